@@ -1,0 +1,51 @@
+# The course's commands. `make course` and `make test` are all a new machine needs (Python 3.11 + pip).
+SHELL  := /bin/bash
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= local
+FROM   ?=
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := true
+
+.PHONY: setup course test lint bench lab clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the one dependency list changes.
+$(STAMP): pyproject.toml | $(PY)
+	@echo "Installing the course into $(VENV) (a few minutes the first time)…"
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+course: $(STAMP)
+	$(PY) -m phi3course.runner --profile $(PROFILE) $(if $(FROM),--from $(FROM))
+
+# Unit tests, then nbval over every notebook in order under the smoke profile.
+test: $(STAMP)
+	$(VENV)/bin/ruff check lib tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+	rm -rf runs/nbval
+	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider \
+	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lib tests
+	$(VENV)/bin/ruff format --check lib tests
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m phi3course.bench
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks
+
+clean:
+	rm -rf runs .pytest_cache

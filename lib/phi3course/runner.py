@@ -1,0 +1,126 @@
+"""Run the course's notebooks in order with papermill, the way ``make course`` does.
+
+Executed notebooks land beside the run's ``summary.json`` (``runs/<profile>/`` by default). The
+first failing notebook stops the run; its name, the failing cell and the error are printed and
+recorded, and ``--from`` starts again from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import profiles
+from .course import run_dir_for
+from .paths import notebooks_dir
+from .rundir import RunDir, now
+
+
+@dataclass
+class Failure:
+    notebook: str
+    cell: int | None
+    error: str
+    output: Path
+
+    def __str__(self) -> str:
+        where = f"cell {self.cell}" if self.cell is not None else "before any cell ran"
+        return f"{self.notebook} failed in {where}: {self.error}\n  executed notebook: {self.output}"
+
+
+def course_notebooks(folder: Path | None = None, include_cleanup: bool = False) -> list[Path]:
+    """The numbered notebooks in order; ``99_*`` (cleanup) only when asked."""
+    found = sorted((folder or notebooks_dir()).glob("[0-9][0-9]_*.ipynb"))
+    return [nb for nb in found if include_cleanup or not nb.name.startswith("99_")]
+
+
+def select(notebooks: list[Path], start: str | None) -> list[Path]:
+    if not start:
+        return notebooks
+    for index, notebook in enumerate(notebooks):
+        if notebook.stem == start or notebook.stem.startswith(start):
+            return notebooks[index:]
+    names = ", ".join(nb.stem for nb in notebooks)
+    raise SystemExit(f"--from {start!r} matches no notebook; choose one of: {names}")
+
+
+def _cell_of(error: BaseException) -> int | None:
+    index = getattr(error, "cell_index", None)
+    return int(index) if index is not None else None
+
+
+def run_course(
+    profile: str = profiles.DEFAULT_PROFILE,
+    start: str | None = None,
+    run_dir: str | None = None,
+    include_cleanup: bool = False,
+    notebooks: list[Path] | None = None,
+    kernel_name: str | None = None,
+) -> tuple[RunDir, Failure | None]:
+    """Execute the notebooks; return the run directory and the first failure, if any."""
+    import papermill as pm
+
+    params: dict[str, Any] = profiles.load(profile)
+    run = run_dir_for(profile, run_dir)
+    params["run_dir"] = str(run.path)
+    chosen = select(notebooks if notebooks is not None else course_notebooks(include_cleanup=include_cleanup), start)
+    if not start:  # a fresh run: a new summary, the state (endpoints, keys' paths) is kept
+        run.summary_path.unlink(missing_ok=True)
+        run.update_summary(profile=profile, started=now())
+    overall = tqdm(chosen, desc=f"course ({profile})", unit="notebook", position=0)
+    for notebook in overall:
+        overall.set_postfix_str(notebook.stem)
+        output = run.path / notebook.name
+        began = time.perf_counter()
+        declared = pm.inspect_notebook(str(notebook))  # pass only what the notebook has: no warnings
+        try:
+            pm.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters={k: v for k, v in params.items() if k in declared},
+                cwd=str(notebook.parent),
+                kernel_name=kernel_name,
+                progress_bar={"desc": notebook.stem, "leave": False, "position": 1},
+            )
+        except Exception as error:  # papermill's execution error, or a kernel that died
+            ename = getattr(error, "ename", type(error).__name__)
+            evalue = getattr(error, "evalue", str(error))
+            failure = Failure(notebook.stem, _cell_of(error), f"{ename}: {evalue}".strip(), output)
+            run.record_stage(notebook.stem, time.perf_counter() - began, False, cell=failure.cell, error=failure.error)
+            overall.close()
+            return run, failure
+    overall.close()
+    run.update_summary(finished=now())
+    return run, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="phi3course course", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default=profiles.DEFAULT_PROFILE, help="local (default), smoke or azureml")
+    parser.add_argument("--from", dest="start", help="start from this notebook (e.g. 02_fine_tune or 02)")
+    parser.add_argument("--run-dir", help="where executed notebooks and state go (default runs/<profile>)")
+    parser.add_argument("--cleanup", action="store_true", help="also run 99_cleanup at the end")
+    parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's own)")
+    args = parser.parse_args(argv)
+    try:
+        profiles.load(args.profile)
+    except profiles.ProfileError as error:
+        print(error, file=sys.stderr)
+        return 2
+    run, failure = run_course(args.profile, args.start, args.run_dir, args.cleanup, kernel_name=args.kernel)
+    if failure:
+        print(f"\n✗ {failure}\n  fix it, then resume with: make course PROFILE={args.profile} FROM={failure.notebook}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"\n✓ course ({args.profile}) done — {run.summary_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
