@@ -11,7 +11,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,7 @@ PHI3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-TINY_VOCAB = 1024
+TINY_VOCAB = 768
 
 
 def resolve(name: str, machine: Any = None, hub: bool = False) -> Preset:
@@ -134,21 +136,54 @@ def _tiny_corpus() -> list[str]:
     return texts
 
 
+def _train_merges(words: Counter[str], merges: int) -> list[tuple[str, str]]:
+    """Byte-pair merges learned from word counts, ties broken by the pair itself: the same every time.
+
+    (The ``tokenizers`` trainer breaks ties in no fixed order, so two runs can number tokens differently.)
+    """
+    pieces = {word: list(word) for word in words}
+    learned: list[tuple[str, str]] = []
+    for _ in range(merges):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            parts = pieces[word]
+            for pair in pairwise(parts):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        learned.append(best)
+        joined = best[0] + best[1]
+        for word, parts in pieces.items():
+            i, merged = 0, []
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(joined)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            pieces[word] = merged
+    return learned
+
+
 def build_tiny_tokenizer() -> Any:
-    """A byte-level BPE tokenizer trained offline on the course's own text, with Phi-3's chat tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer learned offline from the course's own text, with Phi-3's chat tokens."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.BPE(unk_token=None))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    splitter = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    words = Counter(piece for text in _tiny_corpus() for piece, _ in splitter.pre_tokenize_str(text))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: index for index, token in enumerate([*TINY_SPECIAL_TOKENS, *alphabet])}
+    merges = _train_merges(words, TINY_VOCAB - len(vocab))
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    core = Tokenizer(BPE(vocab=vocab, merges=merges))
+    core.pre_tokenizer = splitter
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB,
-        special_tokens=TINY_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    core.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    core.add_special_tokens(TINY_SPECIAL_TOKENS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token=None
     )

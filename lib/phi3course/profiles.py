@@ -48,8 +48,11 @@ def load(name: str) -> dict[str, Any]:
 
 
 def parameter_names() -> set[str]:
-    """Every parameter any profile sets: the names :func:`resolve` looks for in a notebook."""
-    names: set[str] = set()
+    """Every parameter any profile sets, and ``run_dir``: the names :func:`resolve` looks for in a notebook.
+
+    ``run_dir`` is no profile's business (it defaults to ``runs/<profile>``), so no profile overrides it.
+    """
+    names: set[str] = {"run_dir"}
     for name in available():
         names.update(_load(name))
     return names

