@@ -291,3 +291,105 @@ def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
         f'{assign} --role "Storage Blob Data Reader" --scope $({show_ws} --query storage_account -o tsv)',
         f'{assign} --role "AcrPull" --scope $({show_ws} --query container_registry -o tsv)',
     ]
+
+
+# --- the training job ----------------------------------------------------------------------------
+GPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
+# Flags of ``python -m phi3course.train`` that the job passes from the notebook's settings.
+JOB_FLAGS = ("model", "method", "epochs", "max_steps", "learning_rate", "batch_size", "lora_r", "lora_alpha",
+             "max_length", "precision", "seed")  # fmt: skip
+
+
+def quiet_sdk() -> None:
+    """azure-ai-ml logs a line per experimental schema class it touches; learners need none of them."""
+    import logging
+
+    for name in ("azure.ai.ml", "azure.identity", "azure.core.pipeline.policies.http_logging_policy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def course_dependencies() -> list[str]:
+    """The course's one dependency list, read from pyproject.toml, for the job's environment."""
+    import tomllib
+
+    pyproject = course_root() / "pyproject.toml"
+    return list(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"])
+
+
+def training_environment() -> Any:
+    from azure.ai.ml.entities import Environment
+
+    conda = {
+        "name": "phi3-course",
+        "channels": ["conda-forge"],
+        "dependencies": ["python=3.11", "pip", {"pip": course_dependencies()}],
+    }
+    return Environment(name="phi3-course-train", image=GPU_IMAGE, conda_file=conda)
+
+
+class JobSpecError(ValueError):
+    """A training job that Azure ML would reject, found offline."""
+
+
+def training_job(
+    settings: Any,
+    compute: str,
+    instance_count: int = 1,
+    processes_per_instance: int = 1,
+    experiment: str = "phi3-course",
+) -> Any:
+    """The Azure ML command job that runs ``phi3course.train`` — the module the notebook runs locally.
+
+    ``settings`` is a :class:`phi3course.train.TrainSettings`; its data files become ``uri_file``
+    inputs, the model folder the job's output. More than one process uses ``PyTorchDistribution``
+    (``torchrun`` on each node: instance_count × processes_per_instance workers).
+    """
+    from azure.ai.ml import Input, Output, PyTorchDistribution, command
+
+    quiet_sdk()
+    if instance_count < 1 or processes_per_instance < 1:
+        raise JobSpecError("instance_count and processes_per_instance must be at least 1.")
+    inputs = {"train": Input(type="uri_file", path=str(Path(settings.train_file).resolve()))}
+    flags = ["--train-file ${{inputs.train}}", "--output-dir ${{outputs.model}}"]
+    if settings.test_file:
+        inputs["test"] = Input(type="uri_file", path=str(Path(settings.test_file).resolve()))
+        flags.append("--test-file ${{inputs.test}}")
+    flags += [f"--{name.replace('_', '-')} {getattr(settings, name)}" for name in JOB_FLAGS]
+    workers = instance_count * processes_per_instance
+    job = command(
+        code=str(course_root() / "lib"),
+        command="python -m phi3course.train " + " ".join(flags),
+        inputs=inputs,
+        outputs={"model": Output(type="uri_folder")},
+        environment=training_environment(),
+        environment_variables={"PYTHONPATH": ".", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true"},
+        compute=compute,
+        instance_count=instance_count,
+        distribution=PyTorchDistribution(process_count_per_instance=processes_per_instance) if workers > 1 else None,
+        experiment_name=experiment,
+        display_name=f"phi3-course-{settings.model}-{settings.method}",
+        description="Fine-tune with trl SFT: the course's phi3course.train module, as in notebook 02_fine_tune.",
+    )
+    validate_job(job)
+    return job
+
+
+def validate_job(job: Any) -> None:
+    """Offline checks: azure-ai-ml's own schema validation, and every ${{…}} reference is defined."""
+    result = job._validate()
+    if not result.passed:
+        raise JobSpecError(f"the job spec is invalid: {result.error_messages}")
+    for kind, names in (("inputs", set(job.inputs)), ("outputs", set(job.outputs))):
+        for name in re.findall(r"\$\{\{" + kind + r"\.(\w+)\}\}", job.command):
+            if name not in names:
+                raise JobSpecError(f"the command uses ${{{{{kind}.{name}}}}} but the job has no such {kind[:-1]}.")
+    if not (Path(job.code) / "phi3course" / "train.py").is_file():
+        raise JobSpecError(f"the job's code folder {job.code} does not hold phi3course/train.py.")
+
+
+def submit_training(client: MLClient, job: Any, stream: bool = True) -> Any:
+    """Submit the job, stream its logs until it ends, and return the finished job."""
+    submitted = client.jobs.create_or_update(job)
+    if stream:
+        client.jobs.stream(submitted.name)
+    return client.jobs.get(submitted.name)

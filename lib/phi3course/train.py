@@ -1,0 +1,531 @@
+"""Supervised fine-tuning with trl: the one training module of the course.
+
+The notebook calls :func:`train`; Azure ML runs the same code as a command job through the CLI
+(``python -m phi3course.train --train-file … --output-dir …``), and so can ``torchrun``.
+
+Choices, each measured on the course's machines (see ``make bench``):
+- conversational rows become prompt/completion pairs, so the loss covers the answer only;
+- batches are padding-free: a batch's rows are flattened into one sequence, so every token computed is
+  a real token, and transformers builds a block-diagonal attention mask from the position ids;
+- bf16 only where the hardware has it (Ampere GPUs, CPUs with AVX512-BF16 or AMX), fp16 on older
+  GPUs such as the V100 the original tutorial asks bf16 of, fp32 otherwise;
+- no gradient checkpointing unless memory asks for it: it recomputes the forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .data import DataError, read_jsonl
+from .models import AUTO, PRESETS, ModelError, Preset, load_model, resolve
+from .system import GIB, inspect
+
+METHODS = ("lora", "full", "qlora")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+LORA_TARGETS = "all-linear"
+
+
+class TrainError(ValueError):
+    """Settings that cannot train, caught before any heavy work, with what to change."""
+
+
+@dataclass
+class TrainSettings:
+    """Everything one training run needs; the notebook's parameters and the CLI's flags map onto it."""
+
+    train_file: str
+    output_dir: str
+    test_file: str = ""
+    model: str = "smollm2-135m-instruct"
+    method: str = "lora"
+    epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    grad_accum: int = 1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    max_length: int = 512
+    warmup: float = 0.05
+    scheduler: str = "cosine"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    save_steps: int = 25
+    memory_gib: float = 0.0  # 0: this machine's (GPU memory on CUDA, RAM otherwise)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> Preset:
+        """Check everything cheap to check; return the preset. Raises :class:`TrainError`."""
+        try:
+            preset = resolve(self.model) if self.model != AUTO else PRESETS["smollm2-135m-instruct"]
+        except ModelError as error:
+            raise TrainError(str(error)) from None
+        if self.method not in METHODS:
+            raise TrainError(f"Unknown method {self.method!r}: choose one of {', '.join(METHODS)}.")
+        if self.precision not in PRECISIONS:
+            raise TrainError(f"Unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
+        for name in ("learning_rate", "epochs", "warmup", "lora_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise TrainError(f"{name} must be a number, got {value!r}.")
+        if not 0 < self.learning_rate < 1:
+            raise TrainError(f"learning_rate must be between 0 and 1, got {self.learning_rate}.")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise TrainError(f"epochs must be > 0 (got {self.epochs}), or max_steps > 0 (got {self.max_steps}).")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise TrainError(f"max_steps must be > 0, or -1 to train for `epochs`; got {self.max_steps}.")
+        for name in ("batch_size", "grad_accum", "lora_r", "max_length", "save_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise TrainError(f"{name} must be a whole number > 0, got {value!r}.")
+        if not 0 <= self.warmup < 1:
+            raise TrainError(f"warmup is a fraction of the steps, between 0 and 1; got {self.warmup}.")
+        if self.method == "qlora" and not _cuda():
+            raise TrainError("method='qlora' needs a CUDA GPU (bitsandbytes 4-bit); on a CPU use method='lora'.")
+        for name in ("train_file", "test_file"):
+            path = getattr(self, name)
+            if name == "train_file" and not path:
+                raise TrainError("train_file is empty: run 01_data, or pass --train-file.")
+            if path and not Path(path).is_file():
+                raise TrainError(f"{name} {path} does not exist: run notebook 01_data first (same run_dir).")
+        return preset
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --- hardware-dependent choices ---------------------------------------------------------------------
+def pick_precision(requested: str = "auto") -> tuple[str, str]:
+    """(precision, why). ``auto``: bf16 where the hardware computes it natively, else fp16 (GPU) or fp32."""
+    import torch
+
+    if requested != "auto":
+        return requested, "asked for"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", f"{name} computes bf16 natively"
+        return "fp16", f"{name} has no native bf16 (a V100 or older): fp16 mixed precision instead"
+    flags = set(inspect().cpu_flags)
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return "bf16", f"this CPU has {', '.join(sorted(flags & {'avx512_bf16', 'amx_bf16'}))}: bf16 matmuls"
+    return "fp32", "this CPU has no native bf16 (AVX2 only): bf16 would be emulated and many times slower"
+
+
+@dataclass
+class MemoryEstimate:
+    weights_gib: float
+    gradients_gib: float
+    optimizer_gib: float
+    activations_gib: float
+    available_gib: float
+
+    @property
+    def total_gib(self) -> float:
+        return self.weights_gib + self.gradients_gib + self.optimizer_gib + self.activations_gib
+
+    @property
+    def fits(self) -> bool:
+        return self.total_gib <= 0.9 * self.available_gib
+
+
+def weight_dtype(method: str, precision: str, cuda: bool) -> str:
+    """How the base weights are held: 4-bit (QLoRA), 16-bit for LoRA on a GPU, else fp32 masters."""
+    if method == "qlora":
+        return "nf4"
+    if cuda and method == "lora" and precision in {"bf16", "fp16"}:
+        return precision
+    return "fp32"
+
+
+def estimate_memory(
+    preset: Preset, method: str, precision: str, batch_tokens: int, available_gib: float, cuda: bool = False
+) -> MemoryEstimate:
+    """A rough budget: weights, gradients and AdamW state for what trains, plus activations.
+
+    Activations are taken as ~34 bytes × hidden size × layers per token in 16-bit (Korthikanti et al.),
+    with hidden size and depth guessed from the parameter count (≈ 12 × layers × hidden²).
+    """
+    n = preset.parameters_m * 1e6
+    weight_bytes = {"nf4": 0.55, "bf16": 2, "fp16": 2, "fp32": 4}[weight_dtype(method, precision, cuda)]
+    trained = n if method == "full" else 0.01 * n  # LoRA adapters: ~1 % of the weights
+    layers = max(2, round((n / 12) ** (1 / 3) / 8))
+    hidden = math.sqrt(n / (12 * layers))
+    activation = 34 * hidden * layers * batch_tokens * (1 if precision != "fp32" else 2)
+    return MemoryEstimate(
+        weights_gib=n * weight_bytes / GIB,
+        gradients_gib=trained * 4 / GIB,  # fp32 gradients for what trains
+        optimizer_gib=trained * 8 / GIB,  # AdamW: two fp32 moments
+        activations_gib=activation / GIB,
+        available_gib=available_gib,
+    )
+
+
+def available_memory_gib() -> float:
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return free / GIB
+    return psutil.virtual_memory().available / GIB
+
+
+def check_memory(settings: TrainSettings, preset: Preset, precision: str) -> MemoryEstimate:
+    available = settings.memory_gib or available_memory_gib()
+    estimate = estimate_memory(preset, settings.method, precision, settings.batch_size * settings.max_length, available)
+    if not estimate.fits:
+        hints = []
+        if settings.method == "full":
+            hints.append("method='lora'")
+        if settings.method == "lora" and _cuda():
+            hints.append("method='qlora'")
+        hints += ["a smaller batch_size or max_length", "a smaller model preset", "a GPU SKU with more memory"]
+        raise TrainError(
+            f"{preset.name} with method={settings.method!r} in {precision} needs about {estimate.total_gib:.1f} GiB "
+            f"(weights {estimate.weights_gib:.1f}, gradients {estimate.gradients_gib:.1f}, optimizer "
+            f"{estimate.optimizer_gib:.1f}, activations {estimate.activations_gib:.1f}) but {available:.1f} GiB is "
+            f"free. Try {', or '.join(hints)}."
+        )
+    return estimate
+
+
+# --- data -------------------------------------------------------------------------------------------
+def to_training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat rows → prompt/completion pairs (loss on the answer only); text rows stay text."""
+    converted = []
+    for row in rows:
+        if "messages" in row:
+            messages = row["messages"]
+            if messages[-1]["role"] != "assistant":
+                raise DataError("every chat row must end with the assistant's answer to learn from.")
+            converted.append({"prompt": messages[:-1], "completion": [messages[-1]]})
+        else:
+            converted.append({"text": row["text"]})
+    return converted
+
+
+def fit_length(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """The rows no longer than ``max_length`` tokens, and how many were dropped."""
+    kept = []
+    for row in rows:
+        if "prompt" in row:
+            ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+            length = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        else:
+            length = len(tokenizer(row["text"])["input_ids"])
+        if length <= max_length:
+            kept.append(row)
+    if not kept:
+        raise TrainError(f"every row is longer than max_length={max_length} tokens: raise max_length.")
+    return kept, len(rows) - len(kept)
+
+
+def load_rows(path: str) -> list[dict[str, Any]]:
+    rows = read_jsonl(path)
+    usable = [r for r in rows if "text" in r or (r.get("messages") and r["messages"][-1]["role"] == "assistant")]
+    if not usable:
+        raise TrainError(f"{path}: no usable rows (chat rows must end with an assistant message).")
+    return usable
+
+
+# --- training ---------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    output_dir: str
+    model_dir: str
+    seconds: float
+    steps: int
+    tokens: int  # non-padding tokens processed (prompt and answer), over all processes
+    tokens_per_second: float
+    final_loss: float
+    precision: str
+    precision_reason: str
+    history: list[dict[str, float]]
+    trainable_parameters: int
+    total_parameters: int
+    resumed_from: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_kwargs(method: str, precision: str) -> dict[str, Any]:
+    """How to load the base model for ``method``: dtype, and 4-bit quantisation for QLoRA."""
+    import torch
+
+    held = weight_dtype(method, precision, _cuda())
+    if held != "nf4":
+        return {"dtype": getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[held])}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TrainError("method='qlora' needs bitsandbytes on a CUDA machine: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if precision == "bf16" else torch.float16
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    return {"quantization_config": quantization}
+
+
+def _lora_config(settings: TrainSettings) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=LORA_TARGETS,
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_config(settings: TrainSettings, precision: str, steps_per_epoch: int) -> Any:
+    """The trl configuration; every keyword here is checked against the installed trl by the tests."""
+    from trl import SFTConfig
+
+    total = settings.max_steps if settings.max_steps > 0 else math.ceil(steps_per_epoch * settings.epochs)
+    return SFTConfig(
+        output_dir=str(Path(settings.output_dir) / "checkpoints"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=round(settings.warmup * total),
+        weight_decay=0.0,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        packing=False,
+        padding_free=True,  # each batch's rows flattened into one sequence: no padding, no cross-row attention
+        include_num_input_tokens_seen="non_padding",
+        max_length=None,  # padding-free without packing cannot truncate: fit_length() drops longer rows first
+        completion_only_loss=True,
+        logging_steps=1,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # history_callback shows one bar with the loss instead
+        dataset_num_proc=None,
+        use_cpu=not _cuda(),
+        **settings.extra,
+    )
+
+
+def history_callback(mlflow_run: bool) -> Any:
+    """A trainer callback that keeps the loss curve, logs it to MLflow and shows one quiet progress bar.
+
+    It replaces the trainer's own progress printer, which prints every log line (once per step here).
+    """
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class History(TrainerCallback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+            self.bar: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if not logs or "loss" not in logs:
+                return
+            row = {"step": state.global_step, "loss": float(logs["loss"])}
+            for key in ("learning_rate", "grad_norm", "mean_token_accuracy"):
+                if key in logs:
+                    row[key] = float(logs[key])
+            self.rows.append(row)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if mlflow_run and state.is_world_process_zero:
+                import mlflow
+
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=state.global_step)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    return History()
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _settings_record(settings: TrainSettings) -> dict[str, Any]:
+    return {k: v for k, v in asdict(settings).items() if k not in {"output_dir", "extra"}}
+
+
+def previous_result(settings: TrainSettings) -> TrainResult | None:
+    """The result of a finished run with the same settings in ``output_dir``, if there is one."""
+    path = Path(settings.output_dir) / "result.json"
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    if stored.pop("settings", None) != _settings_record(settings) or not Path(stored["model_dir"]).is_dir():
+        return None
+    return TrainResult(**stored)
+
+
+def _prepare_output(settings: TrainSettings) -> None:
+    """Keep checkpoints only if they come from the same settings: a resume must continue the same run."""
+    import shutil
+
+    folder = Path(settings.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / "settings.json"
+    wanted = json.dumps(_settings_record(settings), sort_keys=True)
+    if record.is_file() and record.read_text() != wanted:
+        print(f"Settings changed since the checkpoints in {folder} were made: starting afresh.")
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        (folder / "result.json").unlink(missing_ok=True)
+    record.write_text(wanted)
+
+
+def train(
+    settings: TrainSettings, mlflow_run: bool = False, retrain: bool = False, callbacks: list[Any] | None = None
+) -> TrainResult:
+    """Fine-tune, save the (merged) model to ``output_dir/model`` and return what happened.
+
+    A run that was interrupted resumes from its last checkpoint in ``output_dir/checkpoints`` when called
+    again with the same settings; a finished one is not trained twice unless ``retrain``.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    # transformers 5 renamed gradient_checkpointing; trl still passes the old name. Not the learner's concern.
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
+    preset = settings.validate()
+    precision, why = pick_precision(settings.precision)
+    check_memory(settings, preset, precision)
+    if not retrain and (done := previous_result(settings)) is not None:
+        print(f"Already trained with these settings: {done.model_dir} (retrain=True trains again).")
+        return done
+    _prepare_output(settings)
+    train_rows = to_training_rows(load_rows(settings.train_file))
+    torch.manual_seed(settings.seed)
+    model, tokenizer = load_model(preset, **model_kwargs(settings.method, precision))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_rows, dropped = fit_length(train_rows, tokenizer, settings.max_length)
+    if dropped:
+        print(f"Dropped {dropped} rows longer than max_length={settings.max_length} tokens.")
+    dataset = Dataset.from_list(train_rows)
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum * _world_size())))
+    config = sft_config(settings, precision, steps_per_epoch)
+    history = history_callback(mlflow_run)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_lora_config(settings) if settings.method in {"lora", "qlora"} else None,
+        callbacks=[history, *(callbacks or [])],
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+    began = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - began
+    tokens = int(trainer.state.num_input_tokens_seen or 0) or _count_tokens(trainer)
+    trained = trainer.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trained.parameters())
+    model_dir = Path(settings.output_dir) / "model"
+    if trainer.is_world_process_zero():
+        final = trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
+        final.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    losses = [row["loss"] for row in history.rows]
+    result = TrainResult(
+        output_dir=settings.output_dir,
+        model_dir=str(model_dir),
+        seconds=round(seconds, 2),
+        steps=trainer.state.global_step,
+        tokens=tokens,
+        tokens_per_second=round(tokens / seconds, 1) if seconds else 0.0,
+        final_loss=round(losses[-1] if losses else float(output.training_loss), 4),
+        precision=precision,
+        precision_reason=why,
+        history=history.rows,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        resumed_from=last,
+    )
+    if trainer.is_world_process_zero():
+        stored = {**result.to_json(), "settings": _settings_record(settings)}
+        (Path(settings.output_dir) / "result.json").write_text(json.dumps(stored, indent=2))
+    return result
+
+
+def _count_tokens(trainer: Any) -> int:
+    dataset = trainer.train_dataset
+    per_epoch = sum(len(ids) for ids in dataset["input_ids"])
+    epochs = trainer.state.epoch or 1
+    return int(per_epoch * epochs)
+
+
+# --- command line (the Azure ML job and torchrun run this) -------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m phi3course.train", description=__doc__.splitlines()[0])
+    for f in fields(TrainSettings):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is MISSING:
+            parser.add_argument(flag, required=True)
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    settings = TrainSettings(**args)
+    try:
+        result = train(settings)
+    except (TrainError, DataError, ModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in result.to_json().items() if k != "history"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Training on the tiny Phi-3: the real trl/peft path, in seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phi3course import data, evaluate, models, train
+from phi3course.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> data.Prepared:
+    return data.prepare("synthetic", tmp_path_factory.mktemp("data"), subjects=2)
+
+
+def settings(tiny_data: data.Prepared, out: Path, **changes) -> train.TrainSettings:
+    base = dict(train_file=str(tiny_data.train_path), test_file=str(tiny_data.test_path), output_dir=str(out),
+                model="phi-3-tiny", max_steps=6, batch_size=8, learning_rate=5e-3, lora_r=8, save_steps=2)  # fmt: skip
+    return train.TrainSettings(**{**base, **changes})
+
+
+def test_presets_load_offline() -> None:
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    assert type(model).__name__ == "Phi3ForCausalLM" and model.config.vocab_size == len(tokenizer)
+    with pytest.raises(models.ModelError, match="smollm2-135m-instruct"):
+        models.load_model(models.PRESETS["phi-3-mini-4k-instruct"])
+
+
+def test_smollm2_converts_once_and_reloads_as_a_plain_model() -> None:
+    model, _ = models.load_model(models.PRESETS["smollm2-135m-instruct"])
+    assert getattr(model.config, "quantization_config", None) is None
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 134.5
+    assert (models.model_dir(models.PRESETS["smollm2-135m-instruct"]) / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"model": "gpt-5"}, "Unknown model preset"),
+        ({"method": "dora"}, "Unknown method"),
+        ({"learning_rate": "fast"}, "learning_rate must be a number"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a number"),
+        ({"learning_rate": 3.0}, "between 0 and 1"),
+        ({"max_steps": 0}, "max_steps must be > 0"),
+        ({"max_steps": -1, "epochs": 0}, "epochs must be > 0"),
+        ({"batch_size": 0}, "batch_size must be a whole number"),
+        ({"train_file": "/nowhere/train.jsonl"}, "run notebook 01_data first"),
+        ({"method": "qlora"}, "needs a CUDA GPU"),
+    ],
+)
+def test_bad_settings_fail_before_heavy_work(tiny_data, tmp_path, change, words) -> None:
+    with pytest.raises(train.TrainError, match=words):
+        settings(tiny_data, tmp_path, **change).validate()
+
+
+def test_a_data_set_without_usable_rows_is_refused(tmp_path) -> None:
+    path = data.write_jsonl(tmp_path / "train.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(train.TrainError, match="no usable rows"):
+        train.load_rows(str(path))
+
+
+def test_memory_check_refuses_with_suggestions() -> None:
+    phi3 = models.PRESETS["phi-3-mini-4k-instruct"]
+    estimate = train.estimate_memory(phi3, "full", "fp32", 4096, available_gib=16)
+    assert not estimate.fits and estimate.total_gib > 50
+    s = train.TrainSettings(
+        train_file="x", output_dir="y", model="phi-3-mini-4k-instruct", method="full", memory_gib=16
+    )
+    with pytest.raises(train.TrainError, match=r"needs about .* GiB .* Try method='lora'"):
+        train.check_memory(s, phi3, "fp32")
+    assert train.estimate_memory(models.PRESETS["smollm2-135m-instruct"], "lora", "bf16", 4096, 24).fits
+
+
+def test_chat_rows_become_prompt_and_completion() -> None:
+    row = data.chat_row("Q?", "A.")
+    assert train.to_training_rows([row]) == [
+        {"prompt": [{"role": "user", "content": "Q?"}], "completion": [{"role": "assistant", "content": "A."}]}
+    ]
+    assert train.to_training_rows([{"text": "t"}]) == [{"text": "t"}]
+
+
+def test_training_lowers_the_loss_on_a_repeated_batch(tiny_data, tmp_path) -> None:
+    """The overfit test: a few steps on the same eight rows must lower their loss."""
+    rows = tiny_data.train[:8]
+    small = data.write_jsonl(tmp_path / "eight.jsonl", rows)
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    before = evaluate.perplexity(model, tokenizer, rows)
+    result = train.train(settings(tiny_data, tmp_path / "out", train_file=str(small), max_steps=8, method="full"))
+    from transformers import AutoModelForCausalLM
+
+    tuned = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    after = evaluate.perplexity(tuned, tokenizer, rows)
+    assert after < 0.8 * before
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.steps == 8 and result.tokens > 0 and result.tokens_per_second > 0
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path) -> None:
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:
+                raise KeyboardInterrupt("the learner pressed stop")
+
+    s = settings(tiny_data, tmp_path, max_steps=6, save_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(s, callbacks=[Interrupt()])
+    assert (tmp_path / "checkpoints" / "checkpoint-4").is_dir()
+    result = train.train(s)
+    assert result.resumed_from and result.resumed_from.endswith("checkpoint-4")
+    assert result.steps == 6 and [row["step"] for row in result.history] == [5, 6]
+    again = train.train(s)  # finished with the same settings: not trained twice
+    assert again.model_dir == result.model_dir and again.history == result.history
+    changed = train.train(dataclasses.replace(s, learning_rate=1e-3))  # new settings: starts afresh
+    assert changed.resumed_from is None and changed.history[0]["step"] == 1
+
+
+def test_the_course_uses_only_keywords_the_installed_libraries_have() -> None:
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    config = train.sft_config(train.TrainSettings(train_file="x", output_dir="/tmp/y"), "fp32", 10)
+    assert config.padding_free and config.completion_only_loss and not config.gradient_checkpointing
+    source = inspect.getsource(train.sft_config)
+    used = {line.strip().split("=")[0] for line in source.splitlines() if "=" in line and line.startswith("        ")}
+    sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    assert used - {"**settings.extra", ""} <= sft_fields, used - sft_fields
+    lora = inspect.getsource(train._lora_config)
+    lora_used = {line.strip().split("=")[0] for line in lora.splitlines() if "=" in line and "LoraConfig" not in line}
+    assert lora_used <= {f.name for f in dataclasses.fields(LoraConfig)}
+
+
+def test_signature_declares_the_generation_params() -> None:
+    from phi3course import tracking
+
+    params = {p.name: p.default for p in tracking.signature().params.params}
+    assert params == tracking.GENERATION_PARAMS
+
+
+def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path) -> None:
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "phi3course.train", "--model", "phi-3-tiny", "--train-file", str(tiny_data.train_path),
+               "--output-dir", str(out), "--max-steps", "4", "--batch-size", "4"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 4 and (out / "model" / "config.json").is_file()
+    lengths = data.token_lengths(tiny_data.train, models.load_tokenizer(models.PRESETS["phi-3-tiny"]))
+    expected = 4 * (2 * 4) * sum(lengths) / len(lengths)  # steps × (two processes × batch 4) × mean row length
+    assert 0.75 * expected < result["tokens"] < 1.25 * expected  # both processes' tokens are counted
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path) -> None:
+    command = [sys.executable, "-m", "phi3course.train", "--train-file", str(tmp_path / "none.jsonl"),
+               "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: train_file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_job_spec_validates_offline(tiny_data, tmp_path) -> None:
+    from phi3course import azure
+
+    s = settings(tiny_data, tmp_path)
+    job = azure.training_job(s, "gpu-cluster", instance_count=2, processes_per_instance=4)
+    text = azure.to_yaml(job)
+    assert "python -m phi3course.train --train-file ${{inputs.train}}" in text
+    assert "process_count_per_instance: 4" in text and "instance_count: 2" in text
+    assert "type: uri_file" in text and "torch==2.13.0" in text
+    assert job.outputs["model"].type == "uri_folder"
+    single = azure.training_job(s, "gpu-cluster")
+    assert single.distribution is None
+    with pytest.raises(azure.JobSpecError, match="at least 1"):
+        azure.training_job(s, "gpu-cluster", instance_count=0)
+    job.command += " --extra ${{inputs.missing}}"
+    with pytest.raises(azure.JobSpecError, match="no such input"):
+        azure.validate_job(job)
+
+
+def test_finetune_settings_come_from_the_run(tmp_path, tiny_data) -> None:
+    from phi3course import finetune, profiles
+
+    run = RunDir(tmp_path)
+    with pytest.raises(KeyError, match="run 01_data first"):
+        finetune.settings_for(profiles.load("local"), run)
+    tiny_data.record(run)
+    run.remember(model="smollm2-135m-instruct")
+    s = finetune.settings_for(profiles.load("local"), run)
+    assert s.model == "smollm2-135m-instruct" and s.train_file == str(tiny_data.train_path)
+    assert s.output_dir == str(tmp_path / "train") and s.lora_alpha == 2 * s.lora_r
