@@ -309,11 +309,11 @@ def quiet_sdk() -> None:
 
 
 def course_dependencies() -> list[str]:
-    """The course's one dependency list, read from pyproject.toml, for the job's environment."""
+    """The course's one dependency list (with its GPU extra), read from pyproject.toml, for the job."""
     import tomllib
 
-    pyproject = course_root() / "pyproject.toml"
-    return list(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"])
+    project = tomllib.loads((course_root() / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["gpu"]]
 
 
 def training_environment() -> Any:

@@ -153,8 +153,10 @@ def bench_seed(train_rows: list[dict[str, Any]], out: Path, steps: int) -> dict[
 
     preset = PRESETS[BENCH_MODEL]
     precision, _ = pick_precision("auto")
+    import torch
+
     tokenizer = load_tokenizer(preset)
-    model, _ = load_model(preset)
+    model, _ = load_model(preset, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)  # as the seed
     model.set_attn_implementation("eager")  # the seed's attn_implementation="eager"
     texts = [{"text": tokenizer.apply_chat_template(row["messages"], tokenize=False)} for row in train_rows]
     timer, times = step_timer()
@@ -176,7 +178,7 @@ def bench_seed(train_rows: list[dict[str, Any]], out: Path, steps: int) -> dict[
     }
 
 
-def run(seed_steps: int = 3, our_steps: int = 12) -> dict[str, Any]:
+def run(seed_steps: int = 2, our_steps: int = 12) -> dict[str, Any]:
     import os
 
     work = Path(tempfile.mkdtemp(prefix="phi3course-bench-"))
@@ -239,7 +241,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m phi3course.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--seed-steps", type=int, default=3, help="seed recipe's optimizer steps (first: warm-up)")
+    parser.add_argument("--seed-steps", type=int, default=2, help="seed recipe's optimizer steps (first: warm-up)")
     parser.add_argument("--our-steps", type=int, default=12, help="optimizer steps of the course's recipe")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/bench.json")
     args = parser.parse_args(argv)

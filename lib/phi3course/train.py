@@ -553,8 +553,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     settings = TrainSettings(**args)
+    # In an Azure ML job the workspace's MLflow is already set up: log the loss curve there.
+    tracked = bool(os.environ.get("MLFLOW_TRACKING_URI"))
     try:
-        result = train(settings)
+        result = train(settings, mlflow_run=tracked)
     except (TrainError, DataError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
