@@ -1,0 +1,248 @@
+"""Endpoints: the local one (the Azure ML inference server on 127.0.0.1) and the Azure ML specs.
+
+``azmlinfsrv`` listens on 0.0.0.0 and has no address option and no authentication of its own (Azure's
+gateway authenticates managed endpoints). Locally we therefore run the same server app under
+gunicorn bound to 127.0.0.1, and the scoring script checks a per-deployment key (``@rawhttp``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .paths import course_root
+from .rundir import RunDir, mask
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 5001
+KEY_NAME = "endpoint-key"
+SCORING_SCRIPT = "phi3course/score.py"
+THREADS = 16  # requests waiting at once in the one worker; the batcher serves them together
+
+
+class EndpointError(RuntimeError):
+    """The local endpoint did not start or did not answer; the message says what to check."""
+
+
+def port_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(preferred: int = DEFAULT_PORT) -> int:
+    """``preferred`` if nothing listens there, otherwise a free port the system picks."""
+    if port_free(preferred):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class LocalEndpoint:
+    """A running local deployment: where it listens and where its key is kept."""
+
+    scoring_uri: str
+    key_path: Path
+    pid: int
+    log_path: Path
+
+    @property
+    def key(self) -> str:
+        return self.key_path.read_text(encoding="utf-8").strip()
+
+    def headers(self) -> dict[str, str]:
+        """The seed's header shape: JSON body, Bearer key."""
+        return {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"}
+
+    def score(self, payload: Any, timeout: float = 120) -> Any:
+        response = requests.post(self.scoring_uri, json=payload, headers=self.headers(), timeout=timeout)
+        if response.status_code != 200:
+            raise EndpointError(f"HTTP {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def describe(self) -> dict[str, str]:
+        return {"scoring_uri": self.scoring_uri, "key": mask(self.key), "key_file": str(self.key_path),
+                "pid": str(self.pid), "log": str(self.log_path)}  # fmt: skip
+
+
+def stop(run: RunDir) -> bool:
+    """Stop the local endpoint this run started, if it is still running. Returns whether one was stopped."""
+    pid = run.get("endpoint_pid")
+    stopped = False
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not _alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        stopped = True
+    if pid:
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+            os.waitpid(pid, os.WNOHANG)
+        run.remember(endpoint_pid=None)
+    return stopped
+
+
+def start_local(
+    run: RunDir, model_uri: str, port: int = DEFAULT_PORT, timeout_s: float = 180, env: dict[str, str] | None = None
+) -> LocalEndpoint:
+    """Deploy ``model_uri`` locally: stop the run's previous deployment, make a new key, start, wait until ready."""
+    stop(run)
+    chosen = free_port(port)
+    if chosen != port:
+        print(f"Port {port} is busy; the endpoint uses {chosen} instead.")
+    key_path = run.new_secret(KEY_NAME)
+    log_path = run.path / "endpoint.log"
+    lib = course_root() / "lib"
+    environment = {
+        **os.environ,
+        "AML_APP_ROOT": str(lib),
+        "AZUREML_ENTRY_SCRIPT": SCORING_SCRIPT,
+        "COURSE_MODEL_URI": model_uri,
+        "MLFLOW_TRACKING_URI": run.get("mlflow_tracking_uri") or f"sqlite:///{run.path / 'mlflow.db'}",
+        "COURSE_ENDPOINT_KEY_FILE": str(key_path),
+        "AML_APP_INSIGHTS_ENABLED": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{chosen}", "--workers", "1",
+               "--worker-class", "gthread", "--threads", str(THREADS), "--timeout", "600",
+               "azureml_inference_server_http.server.entry:app"]  # fmt: skip
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=lib, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    run.remember(endpoint_pid=process.pid)
+    endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
+    wait_ready(endpoint, process, timeout_s)
+    run.remember(endpoint_kind="local", scoring_uri=endpoint.scoring_uri, endpoint_key_path=key_path)
+    run.update_summary(endpoint={"kind": "local", "scoring_uri": endpoint.scoring_uri})
+    return endpoint
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    if not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_ready(endpoint: LocalEndpoint, process: subprocess.Popen, timeout_s: float) -> None:
+    """Poll the server's health route until it answers; on failure show the log's tail."""
+    health = endpoint.scoring_uri.rsplit("/", 1)[0] + "/"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise EndpointError(
+                f"the endpoint exited with code {process.returncode}. Log:\n{log_tail(endpoint.log_path)}"
+            )
+        try:
+            if requests.get(health, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise EndpointError(f"the endpoint was not ready after {timeout_s:.0f} s. Log:\n{log_tail(endpoint.log_path)}")
+
+
+def attach(run: RunDir) -> LocalEndpoint:
+    """The run's running local endpoint (for later notebooks), or an error saying to run 03_deploy."""
+    pid = run.get("endpoint_pid")
+    if run.get("endpoint_kind") != "local" or not _alive(pid):
+        raise EndpointError("no local endpoint is running for this run: run notebook 03_deploy first.")
+    return LocalEndpoint(run.get("scoring_uri"), Path(run.get("endpoint_key_path")), pid, run.path / "endpoint.log")
+
+
+# --- timing ---------------------------------------------------------------------------------------------
+@dataclass
+class LoadResult:
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rps(self) -> float:
+        return (self.requests - self.errors) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+    def summary(self) -> dict[str, float]:
+        return {"clients": self.clients, "requests": self.requests, "errors": self.errors,
+                "rps": round(self.rps, 2), "p50_ms": round(self.percentile(50), 1),
+                "p95_ms": round(self.percentile(95), 1)}  # fmt: skip
+
+
+def load(
+    endpoint: LocalEndpoint, payloads: list[Any], clients: int, per_client: int, timeout: float = 300
+) -> LoadResult:
+    """``clients`` concurrent clients each send ``per_client`` requests (bounded in count and time)."""
+    headers = endpoint.headers()
+
+    def client(index: int) -> tuple[list[float], int]:
+        latencies, errors = [], 0
+        with requests.Session() as session:
+            for n in range(per_client):
+                payload = payloads[(index * per_client + n) % len(payloads)]
+                began = time.perf_counter()
+                try:
+                    response = session.post(endpoint.scoring_uri, json=payload, headers=headers, timeout=timeout)
+                    ok = response.status_code == 200 and isinstance(response.json(), list)
+                except (requests.RequestException, json.JSONDecodeError):
+                    ok = False
+                if ok:
+                    latencies.append((time.perf_counter() - began) * 1000)
+                else:
+                    errors += 1
+        return latencies, errors
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    seconds = time.perf_counter() - began
+    latencies = [ms for lat, _ in results for ms in lat]
+    return LoadResult(clients, clients * per_client, sum(e for _, e in results), seconds, latencies)
+
+
+def median_ms(values: list[float]) -> float:
+    return round(statistics.median(values), 1) if values else float("nan")
