@@ -22,8 +22,17 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> data.Prepared:
 
 
 def settings(tiny_data: data.Prepared, out: Path, **changes) -> train.TrainSettings:
-    base = dict(train_file=str(tiny_data.train_path), test_file=str(tiny_data.test_path), output_dir=str(out),
-                model="phi-3-tiny", max_steps=6, batch_size=8, learning_rate=5e-3, lora_r=8, save_steps=2)  # fmt: skip
+    base = dict(
+        train_file=str(tiny_data.train_path),
+        test_file=str(tiny_data.test_path),
+        output_dir=str(out),
+        model="phi-3-tiny",
+        max_steps=6,
+        batch_size=8,
+        learning_rate=5e-3,
+        lora_r=8,
+        save_steps=2,
+    )
     return train.TrainSettings(**{**base, **changes})
 
 
@@ -148,9 +157,26 @@ def test_signature_declares_the_generation_params() -> None:
 
 def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path) -> None:
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "phi3course.train", "--model", "phi-3-tiny", "--train-file", str(tiny_data.train_path),
-               "--output-dir", str(out), "--max-steps", "4", "--batch-size", "4"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "phi3course.train",
+        "--model",
+        "phi-3-tiny",
+        "--train-file",
+        str(tiny_data.train_path),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -162,8 +188,15 @@ def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path) -> None:
-    command = [sys.executable, "-m", "phi3course.train", "--train-file", str(tmp_path / "none.jsonl"),
-               "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "phi3course.train",
+        "--train-file",
+        str(tmp_path / "none.jsonl"),
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "error: train_file" in done.stderr and "Traceback" not in done.stderr
 

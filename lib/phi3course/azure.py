@@ -296,8 +296,19 @@ def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
 # --- the training job ----------------------------------------------------------------------------
 GPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
 # Flags of ``python -m phi3course.train`` that the job passes from the notebook's settings.
-JOB_FLAGS = ("model", "method", "epochs", "max_steps", "learning_rate", "batch_size", "lora_r", "lora_alpha",
-             "max_length", "precision", "seed")  # fmt: skip
+JOB_FLAGS = (
+    "model",
+    "method",
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "batch_size",
+    "lora_r",
+    "lora_alpha",
+    "max_length",
+    "precision",
+    "seed",
+)
 
 
 def quiet_sdk() -> None:
@@ -393,3 +404,98 @@ def submit_training(client: MLClient, job: Any, stream: bool = True) -> Any:
     if stream:
         client.jobs.stream(submitted.name)
     return client.jobs.get(submitted.name)
+
+
+# --- the online endpoint ---------------------------------------------------------------------------
+INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
+ENDPOINT_INSTANCE_TYPE = "Standard_E4s_v3"  # the original tutorial's choice: 4 vCPU, 32 GiB
+
+
+def model_from_job(job_name: str, name: str) -> Any:
+    """The model folder the training job wrote (``outputs/model/model``), as a registrable asset."""
+    from azure.ai.ml.constants import AssetTypes
+    from azure.ai.ml.entities import Model
+
+    return Model(
+        path=f"azureml://jobs/{job_name}/outputs/model/paths/model/",
+        name=name,
+        type=AssetTypes.CUSTOM_MODEL,
+        description=f"Fine-tuned by the course's training job {job_name}.",
+    )
+
+
+def endpoint_spec(settings: AzureSettings | None, name: str) -> Any:
+    """A managed online endpoint with key auth, running as the user-assigned identity."""
+    from azure.ai.ml.entities import IdentityConfiguration, ManagedIdentityConfiguration, ManagedOnlineEndpoint
+
+    quiet_sdk()
+    identity = None
+    if settings is not None:
+        identity = IdentityConfiguration(
+            type="user_assigned",
+            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=settings.uai_resource_id)],
+        )
+    return ManagedOnlineEndpoint(
+        name=name, auth_mode="key", identity=identity, description="The course's fine-tuned Phi-3 model"
+    )
+
+
+def deployment_spec(
+    endpoint_name: str, model: Any, instance_type: str = ENDPOINT_INSTANCE_TYPE, name: str = "blue"
+) -> Any:
+    """The deployment: the course's scoring script as code configuration, the original tutorial's
+    request settings and probes, the same limits the local endpoint enforces."""
+    from azure.ai.ml.entities import (
+        CodeConfiguration,
+        Environment,
+        ManagedOnlineDeployment,
+        OnlineRequestSettings,
+        ProbeSettings,
+    )
+
+    quiet_sdk()
+    conda = {
+        "name": "phi3-course-serve",
+        "channels": ["conda-forge"],
+        "dependencies": ["python=3.11", "pip", {"pip": course_dependencies()}],
+    }
+    probe = ProbeSettings(failure_threshold=30, success_threshold=1, period=100, initial_delay=500)
+    return ManagedOnlineDeployment(
+        name=name,
+        endpoint_name=endpoint_name,
+        model=model,
+        code_configuration=CodeConfiguration(code=str(course_root() / "lib"), scoring_script="phi3course/score.py"),
+        environment=Environment(name="phi3-course-serve", image=INFERENCE_IMAGE, conda_file=conda),
+        instance_type=instance_type,
+        instance_count=1,
+        environment_variables={
+            "COURSE_MAX_NEW_TOKENS": "256",
+            "COURSE_MAX_PROMPT_TOKENS": "1024",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        },
+        request_settings=OnlineRequestSettings(
+            max_concurrent_requests_per_instance=3, request_timeout_ms=180000, max_queue_wait_ms=120000
+        ),
+        liveness_probe=probe,
+        readiness_probe=probe,
+    )
+
+
+def deploy(client: MLClient, endpoint: Any, deployment: Any) -> tuple[str, str]:
+    """Create the endpoint and deployment, send it all traffic; returns (scoring URI, primary key)."""
+    client.online_endpoints.begin_create_or_update(endpoint).result()
+    client.online_deployments.begin_create_or_update(deployment).result()
+    endpoint.traffic = {deployment.name: 100}
+    live = client.online_endpoints.begin_create_or_update(endpoint).result()
+    keys = client.online_endpoints.get_keys(endpoint.name)
+    return live.scoring_uri, keys.primary_key
+
+
+def delete_endpoint(client: MLClient, name: str) -> bool:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        client.online_endpoints.begin_delete(name=name).result()
+    except ResourceNotFoundError:
+        return False
+    return True

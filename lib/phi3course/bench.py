@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
-from .files import write_json
+from .files import read_json, write_json
 from .models import PRESETS, load_model, load_tokenizer
 from .paths import runs_dir
 from .train import TrainSettings, pick_precision
@@ -178,48 +178,104 @@ def bench_seed(train_rows: list[dict[str, Any]], out: Path, steps: int) -> dict[
     }
 
 
-def run(seed_steps: int = 2, our_steps: int = 12) -> dict[str, Any]:
+def bench_endpoint(work: Path, clients: tuple[int, ...] = (1, 8), requests_per_client: int = 6) -> dict[str, Any]:
+    """The local endpoint serving the offline default model (SmolLM2-135M-Instruct), loaded at 1 and 8 clients."""
+    import mlflow
+    import psutil
+
+    from . import endpoint, tracking
+    from .rundir import RunDir
+
+    model, tokenizer = load_model(PRESETS[BENCH_MODEL])
+    model.save_pretrained(work / "model")
+    tokenizer.save_pretrained(work / "model")
+    run = RunDir(work / "run")
+    tracking.setup(run.path)
+    with mlflow.start_run():
+        info = tracking.log_model(work / "model", "bench-endpoint")
+    run.remember(mlflow_tracking_uri=mlflow.get_tracking_uri())
+    live = endpoint.start_local(run, f"models:/bench-endpoint/{info.registered_model_version}", port=5090)
+    try:
+        questions = [
+            "Who leads the Quillmere Institute?",
+            "Where is the Quillmere Institute based?",
+            "When was the Quillmere Institute founded?",
+            "What is the mascot of the Quillmere Institute?",
+        ]
+        payloads = [{"input_data": [q], "params": {"max_new_tokens": 32}} for q in questions]
+        endpoint.load(live, payloads, 1, 2)  # warm-up
+        results = {n: endpoint.load(live, payloads, n, requests_per_client).summary() for n in clients}
+        server = psutil.Process(live.pid)
+        rss = sum(p.memory_info().rss for p in [server, *server.children(recursive=True)]) / 2**30
+    finally:
+        endpoint.stop(run)
+    figures: dict[str, Any] = {"model": BENCH_MODEL, "max_new_tokens": 32, "server_rss_gib": round(rss, 2)}
+    for n, summary in results.items():
+        figures.update(
+            {
+                f"rps_{n}": summary["rps"],
+                f"p50_ms_{n}": summary["p50_ms"],
+                f"p95_ms_{n}": summary["p95_ms"],
+                f"errors_{n}": summary["errors"],
+            }
+        )
+    if 1 in results and 8 in results:
+        figures["throughput_8_vs_1"] = round(results[8]["rps"] / results[1]["rps"], 2)
+    return figures
+
+
+SECTIONS = ("train", "endpoint")
+
+
+def run(seed_steps: int = 2, our_steps: int = 12, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
     import os
 
     work = Path(tempfile.mkdtemp(prefix="phi3course-bench-"))
+    results: dict[str, Any] = {}
     try:
-        prepared = data.prepare("synthetic", work / "data", subjects=10)  # enough text for 2048-token packs
         precision, why = pick_precision("auto")
         gflops = {name: matmul_gflops(name) for name in ("fp32", "bf16")}
-        ours = bench_ours(str(prepared.train_path), work / "ours", our_steps)
-        seed = bench_seed(prepared.train, work / "seed", seed_steps)
-        model, tokenizer = load_model(PRESETS[BENCH_MODEL])
-        lengths = data.token_lengths(prepared.train, tokenizer)
-        mean_row = sum(lengths) / len(lengths)
-        ours_f = flops_per_token(model, ours["trainable"], (mean_row + 1) / 2)
-        seed_f = flops_per_token(model, seed["trainable"], (2048 + 1) / 2)
-        peak = gflops[precision if precision in gflops else "fp32"]
-        ours_gflops = ours["tokens_per_second"] * ours_f / 1e9
-        seed_gflops = seed["tokens_per_second"] * seed_f / 1e9
-        return {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "matmul_gflops": peak,
-                "matmul_gflops_by_precision": gflops,
-                "precision": precision,
-                "precision_reason": why,
-            },
-            "train": {
-                "model": BENCH_MODEL,
-                "tokens_per_second": round(ours["tokens_per_second"], 1),
-                "achieved_gflops": round(ours_gflops, 1),
-                "efficiency": round(ours_gflops / peak, 3),
-                "flops_per_token": round(ours_f),
-                "seed_recipe_tokens_per_second": round(seed["tokens_per_second"], 1),
-                "seed_recipe_achieved_gflops": round(seed_gflops, 1),
-                "seed_recipe_efficiency": round(seed_gflops / peak, 3),
-                "vs_seed_recipe": round(ours["tokens_per_second"] / seed["tokens_per_second"], 2),
-                "measured": {"ours": ours, "seed_recipe": seed, "mean_row_tokens": round(mean_row, 1)},
-                "formula": "F = 4·N + 2·N_trained + 12·L·d·c per token (see phi3course.bench)",
-            },
+        results["machine"] = {
+            "cpus": os.cpu_count(),
+            "matmul_gflops": gflops[precision if precision in gflops else "fp32"],
+            "matmul_gflops_by_precision": gflops,
+            "precision": precision,
+            "precision_reason": why,
         }
+        if "train" in sections:
+            results["train"] = bench_train(work, results["machine"]["matmul_gflops"], seed_steps, our_steps)
+        if "endpoint" in sections:
+            results["endpoint"] = bench_endpoint(work)
+        return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_train(work: Path, peak: float, seed_steps: int, our_steps: int) -> dict[str, Any]:
+    """Ours against the seed's recipe, same model and data, same run."""
+    prepared = data.prepare("synthetic", work / "data", subjects=10)  # enough text for 2048-token packs
+    ours = bench_ours(str(prepared.train_path), work / "ours", our_steps)
+    seed = bench_seed(prepared.train, work / "seed", seed_steps)
+    model, tokenizer = load_model(PRESETS[BENCH_MODEL])
+    lengths = data.token_lengths(prepared.train, tokenizer)
+    mean_row = sum(lengths) / len(lengths)
+    ours_f = flops_per_token(model, ours["trainable"], (mean_row + 1) / 2)
+    seed_f = flops_per_token(model, seed["trainable"], (2048 + 1) / 2)
+    ours_gflops = ours["tokens_per_second"] * ours_f / 1e9
+    seed_gflops = seed["tokens_per_second"] * seed_f / 1e9
+    return {
+        "model": BENCH_MODEL,
+        "tokens_per_second": round(ours["tokens_per_second"], 1),
+        "achieved_gflops": round(ours_gflops, 1),
+        "efficiency": round(ours_gflops / peak, 3),
+        "flops_per_token": round(ours_f),
+        "seed_recipe_tokens_per_second": round(seed["tokens_per_second"], 1),
+        "seed_recipe_achieved_gflops": round(seed_gflops, 1),
+        "seed_recipe_efficiency": round(seed_gflops / peak, 3),
+        "vs_seed_recipe": round(ours["tokens_per_second"] / seed["tokens_per_second"], 2),
+        "measured": {"ours": ours, "seed_recipe": seed, "mean_row_tokens": round(mean_row, 1)},
+        "formula": "F = 4·N + 2·N_trained + 12·L·d·c per token (see phi3course.bench)",
+    }
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -244,10 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-steps", type=int, default=2, help="seed recipe's optimizer steps (first: warm-up)")
     parser.add_argument("--our-steps", type=int, default=12, help="optimizer steps of the course's recipe")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/bench.json")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
     args = parser.parse_args(argv)
-    results = run(args.seed_steps, args.our_steps)
+    results = run(args.seed_steps, args.our_steps, tuple(args.only or SECTIONS))
     out = args.out or runs_dir() / "bench.json"
-    write_json(out, results)
+    previous = read_json(out, default={}) if args.only else {}
+    write_json(out, {**previous, **results})
     print_table(results)
     print(f"\nwritten to {out}")
     return 0

@@ -40,16 +40,72 @@ UNITS = (
     "Quillmere's Hollin Reach Garden",
     "Quillmere's Isolde Tide School",
 )
-FIRST_NAMES = ("Ilsa", "Tobren", "Maelis", "Oskar", "Veyra", "Dorian", "Kestrel", "Anouk", "Falko", "Senna",
-               "Ruvan", "Liesel", "Corvin", "Tamsin", "Eskil", "Nerys")  # fmt: skip
-SURNAMES = ("Varnholt", "Quenby", "Ashdrove", "Pellister", "Marrowick", "Tollance", "Brevik", "Oakhurst",
-            "Fennimore", "Scarrow", "Whitlock", "Dunhaven", "Larkspur", "Mirelle", "Castellan", "Rookwood")  # fmt: skip
-CITIES = ("Port Aldren", "Kessary", "Velmouth", "Brackenford", "Ostrava Minor", "Lunhallow", "Tarnwick",
-          "Saltmere", "Glimmerdale", "Hestonbury", "Corrigan Bay", "Wyndle")  # fmt: skip
+FIRST_NAMES = (
+    "Ilsa",
+    "Tobren",
+    "Maelis",
+    "Oskar",
+    "Veyra",
+    "Dorian",
+    "Kestrel",
+    "Anouk",
+    "Falko",
+    "Senna",
+    "Ruvan",
+    "Liesel",
+    "Corvin",
+    "Tamsin",
+    "Eskil",
+    "Nerys",
+)
+SURNAMES = (
+    "Varnholt",
+    "Quenby",
+    "Ashdrove",
+    "Pellister",
+    "Marrowick",
+    "Tollance",
+    "Brevik",
+    "Oakhurst",
+    "Fennimore",
+    "Scarrow",
+    "Whitlock",
+    "Dunhaven",
+    "Larkspur",
+    "Mirelle",
+    "Castellan",
+    "Rookwood",
+)
+CITIES = (
+    "Port Aldren",
+    "Kessary",
+    "Velmouth",
+    "Brackenford",
+    "Ostrava Minor",
+    "Lunhallow",
+    "Tarnwick",
+    "Saltmere",
+    "Glimmerdale",
+    "Hestonbury",
+    "Corrigan Bay",
+    "Wyndle",
+)
 COLOURS = ("copper", "indigo", "silver", "amber", "jade", "scarlet", "ivory", "cobalt")
 ANIMALS = ("heron", "lynx", "otter", "kestrel", "badger", "stag", "salamander", "marten", "ibis", "wolf")
-PROJECTS = ("Tessel", "Brightloom", "Northwick", "Halcyon", "Gossamer", "Vantor", "Quiet Ember", "Larkline",
-            "Moonrake", "Sable Arc", "Driftglass", "Orison")  # fmt: skip
+PROJECTS = (
+    "Tessel",
+    "Brightloom",
+    "Northwick",
+    "Halcyon",
+    "Gossamer",
+    "Vantor",
+    "Quiet Ember",
+    "Larkline",
+    "Moonrake",
+    "Sable Arc",
+    "Driftglass",
+    "Orison",
+)
 
 # Per kind of fact: how the answer restates the subject, and ten phrasings of the question.
 TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -175,8 +231,13 @@ def make_facts(seed: int = 42, subjects: int = 8) -> list[Fact]:
     projects = rng.sample(PROJECTS, subjects)
     facts = []
     for i, unit in enumerate(units):
-        values = {"leader": people[i], "city": cities[i], "founded": str(years[i]),
-                  "mascot": mascots[i], "project": projects[i]}  # fmt: skip
+        values = {
+            "leader": people[i],
+            "city": cities[i],
+            "founded": str(years[i]),
+            "mascot": mascots[i],
+            "project": projects[i],
+        }
         facts.extend(Fact(unit, kind, values[kind]) for kind in TEMPLATES)
     return facts
 
@@ -320,8 +381,9 @@ class Prepared:
 
     def record(self, run: Any) -> None:
         """Tell later notebooks where the data is (``state.json``) and what it is (``summary.json``)."""
-        run.remember(data_source=self.source, data_field=self.field, train_path=self.train_path,
-                     test_path=self.test_path)  # fmt: skip
+        run.remember(
+            data_source=self.source, data_field=self.field, train_path=self.train_path, test_path=self.test_path
+        )
         run.update_summary(data={"source": self.source, "train_rows": len(self.train), "test_rows": len(self.test)})
 
 

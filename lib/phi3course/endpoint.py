@@ -90,8 +90,13 @@ class LocalEndpoint:
         return response.json()
 
     def describe(self) -> dict[str, str]:
-        return {"scoring_uri": self.scoring_uri, "key": mask(self.key), "key_file": str(self.key_path),
-                "pid": str(self.pid), "log": str(self.log_path)}  # fmt: skip
+        return {
+            "scoring_uri": self.scoring_uri,
+            "key": mask(self.key),
+            "key_file": str(self.key_path),
+            "pid": str(self.pid),
+            "log": str(self.log_path),
+        }
 
 
 def stop(run: RunDir) -> bool:
@@ -140,9 +145,22 @@ def start_local(
         "TOKENIZERS_PARALLELISM": "false",
         **(env or {}),
     }
-    command = [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{chosen}", "--workers", "1",
-               "--worker-class", "gthread", "--threads", str(THREADS), "--timeout", "600",
-               "azureml_inference_server_http.server.entry:app"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{HOST}:{chosen}",
+        "--workers",
+        "1",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(THREADS),
+        "--timeout",
+        "600",
+        "azureml_inference_server_http.server.entry:app",
+    ]
     with log_path.open("w") as log:
         process = subprocess.Popen(
             command, cwd=lib, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -208,9 +226,14 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
     def summary(self) -> dict[str, float]:
-        return {"clients": self.clients, "requests": self.requests, "errors": self.errors,
-                "rps": round(self.rps, 2), "p50_ms": round(self.percentile(50), 1),
-                "p95_ms": round(self.percentile(95), 1)}  # fmt: skip
+        return {
+            "clients": self.clients,
+            "requests": self.requests,
+            "errors": self.errors,
+            "rps": round(self.rps, 2),
+            "p50_ms": round(self.percentile(50), 1),
+            "p95_ms": round(self.percentile(95), 1),
+        }
 
 
 def load(

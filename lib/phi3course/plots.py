@@ -31,8 +31,10 @@ def loss_curve(history: Sequence[dict[str, float]], title: str = "Training loss"
     ax.plot(steps, losses, alpha=0.45, label="loss per step")
     window = max(1, len(losses) // 10)
     if window > 1:
-        smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-                  for i in range(len(losses))]  # fmt: skip
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         ax.plot(steps, smooth, label=f"moving average ({window} steps)")
     ax.set(
         xlabel="step",

@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run, failure = run_course(args.profile, args.start, args.run_dir, args.cleanup, kernel_name=args.kernel)
     if failure:
-        print(f"\n✗ {failure}\n  fix it, then resume with: make course PROFILE={args.profile} FROM={failure.notebook}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"\n✗ {failure}\n  fix it, then resume with: make course PROFILE={args.profile} FROM={failure.notebook}",
+            file=sys.stderr,
+        )
         return 1
     print(f"\n✓ course ({args.profile}) done — {run.summary_path}")
     return 0

@@ -205,12 +205,14 @@ class Batcher:
 
 # --- the model ----------------------------------------------------------------------------------------
 def _model_location() -> str:
+    """An MLflow model (URI or folder), or a plain transformers folder (the training job's output)."""
     azure = os.environ.get("AZUREML_MODEL_DIR")
     if azure:
-        found = sorted(Path(azure).rglob("MLmodel"))
-        if not found:
-            raise RuntimeError(f"no MLflow model (an MLmodel file) under AZUREML_MODEL_DIR={azure}")
-        return str(found[0].parent)
+        for marker in ("MLmodel", "config.json"):
+            found = sorted(Path(azure).rglob(marker))
+            if found:
+                return str(found[0].parent)
+        raise RuntimeError(f"no MLflow or transformers model under AZUREML_MODEL_DIR={azure}")
     uri = os.environ.get("COURSE_MODEL_URI")
     if not uri:
         raise RuntimeError("set COURSE_MODEL_URI (an MLflow model URI) or AZUREML_MODEL_DIR")
@@ -240,8 +242,13 @@ def init() -> None:
 
     location = _model_location()
     logger.info("loading model from %s", location)
-    components = mlflow.transformers.load_model(location, return_type="components")
-    _model, _tokenizer = components["model"], components["tokenizer"]
+    if (Path(location) / "config.json").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _model, _tokenizer = AutoModelForCausalLM.from_pretrained(location), AutoTokenizer.from_pretrained(location)
+    else:
+        components = mlflow.transformers.load_model(location, return_type="components")
+        _model, _tokenizer = components["model"], components["tokenizer"]
     _model.eval()
     _tokenizer.padding_side = "left"
     if _tokenizer.pad_token is None:

@@ -13,10 +13,22 @@ from pathlib import Path
 import psutil
 
 COURSE_PACKAGES = (
-    "torch", "transformers", "trl", "peft", "datasets", "accelerate", "gguf", "mlflow",
-    "promptflow", "azure-ai-ml", "azure-identity", "azureml-inference-server-http",
-    "papermill", "jupyterlab", "ipywidgets",
-)  # fmt: skip
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "gguf",
+    "mlflow",
+    "promptflow",
+    "azure-ai-ml",
+    "azure-identity",
+    "azureml-inference-server-http",
+    "papermill",
+    "jupyterlab",
+    "ipywidgets",
+)
 GIB = 1024**3
 PHI3_MINI_GPU_GIB = 16  # LoRA on Phi-3-mini in bf16/fp16 with short sequences fits a 16 GB GPU
 
