@@ -23,3 +23,23 @@ def clean_azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("AZURE_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def registered(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model registered in a scratch MLflow store: (run directory, model URI)."""
+    import mlflow
+
+    from phi3course import models, tracking
+    from phi3course.rundir import RunDir
+
+    work = tmp_path_factory.mktemp("registry")
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    model.save_pretrained(work / "tiny")
+    tokenizer.save_pretrained(work / "tiny")
+    run = RunDir(work / "run")
+    tracking.setup(run.path)
+    with mlflow.start_run():
+        info = tracking.log_model(work / "tiny", "endpoint-test")
+    run.remember(mlflow_tracking_uri=mlflow.get_tracking_uri())
+    return run, f"models:/endpoint-test/{info.registered_model_version}"

@@ -11,24 +11,8 @@ import psutil
 import pytest
 import requests
 
-from phi3course import endpoint, models, score, tracking
+from phi3course import endpoint, models, score
 from phi3course.rundir import RunDir
-
-
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDir, str]:
-    import mlflow
-
-    work = tmp_path_factory.mktemp("endpoint")
-    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
-    model.save_pretrained(work / "tiny")
-    tokenizer.save_pretrained(work / "tiny")
-    run = RunDir(work / "run")
-    tracking.setup(run.path)
-    with mlflow.start_run():
-        info = tracking.log_model(work / "tiny", "endpoint-test")
-    run.remember(mlflow_tracking_uri=mlflow.get_tracking_uri())
-    return run, f"models:/endpoint-test/{info.registered_model_version}"
 
 
 @pytest.fixture(scope="module")

@@ -224,7 +224,58 @@ def bench_endpoint(work: Path, clients: tuple[int, ...] = (1, 8), requests_per_c
     return figures
 
 
-SECTIONS = ("train", "endpoint")
+def bench_flow(work: Path, calls: int = 50) -> dict[str, Any]:
+    """Latency ``pf flow serve`` adds over calling the endpoint directly with the same payload (p50 of ``calls``).
+
+    Uses the local profile's fine-tuned model (run ``make course`` first): its short answers keep
+    the run short; the base model rambles to the flow's 128-token limit.
+    """
+    import statistics
+
+    import requests
+
+    from . import endpoint, flow
+    from .rundir import RunDir
+
+    local = RunDir(runs_dir() / "local")
+    model_uri = local.require("model_uri", made_by="make course (02_fine_tune, local profile)")
+    run = RunDir(work / "flow-run")
+    run.remember(mlflow_tracking_uri=local.get("mlflow_tracking_uri"))
+    live = endpoint.start_local(run, model_uri, port=5095)
+    try:
+        flow.make_connection(flow.CONNECTION, live.scoring_uri, live.key_path)
+        server = flow.serve(run, port=8095)
+        question = "Who leads the Quillmere Institute?"
+        tool = {
+            "input_data": [[{"role": "user", "content": question}]],
+            "params": {"max_new_tokens": 128, "do_sample": False, "return_full_text": False},
+        }
+        direct, served = [], []
+        for _ in range(3):  # warm-up
+            live.score(tool)
+            server.ask(question)
+        for _ in range(calls):  # interleaved, so drift hits both alike
+            began = time.perf_counter()
+            requests.post(live.scoring_uri, json=tool, headers=live.headers(), timeout=120).raise_for_status()
+            direct.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            server.ask(question)
+            served.append((time.perf_counter() - began) * 1000)
+    finally:
+        flow.stop_serving(run)
+        endpoint.stop_all(run)
+        flow.stop_pf_service()
+    direct_p50, served_p50 = statistics.median(direct), statistics.median(served)
+    return {
+        "calls": calls,
+        "direct_p50_ms": round(direct_p50, 1),
+        "served_p50_ms": round(served_p50, 1),
+        "overhead_ms": round(served_p50 - direct_p50, 1),
+        "overhead_ratio": round(served_p50 / direct_p50 - 1, 3),
+    }
+
+
+SECTIONS = ("train", "endpoint", "flow")
 
 
 def run(seed_steps: int = 2, our_steps: int = 12, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
@@ -246,6 +297,8 @@ def run(seed_steps: int = 2, our_steps: int = 12, sections: tuple[str, ...] = SE
             results["train"] = bench_train(work, results["machine"]["matmul_gflops"], seed_steps, our_steps)
         if "endpoint" in sections:
             results["endpoint"] = bench_endpoint(work)
+        if "flow" in sections:
+            results["flow"] = bench_flow(work)
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)

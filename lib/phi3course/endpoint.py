@@ -7,7 +7,6 @@ gunicorn bound to 127.0.0.1, and the scoring script checks a per-deployment key 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -24,11 +23,12 @@ from typing import Any
 import requests
 
 from .paths import course_root
+from .processes import alive, stop_group
 from .rundir import RunDir, mask
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
-KEY_NAME = "endpoint-key"
+TUNED = "endpoint"  # the fine-tuned model's deployment; 04 adds "base_endpoint" for the comparison
 SCORING_SCRIPT = "phi3course/score.py"
 THREADS = 16  # requests waiting at once in the one worker; the batcher serves them together
 
@@ -54,16 +54,6 @@ def free_port(preferred: int = DEFAULT_PORT) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         return probe.getsockname()[1]
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 @dataclass
@@ -99,39 +89,45 @@ class LocalEndpoint:
         }
 
 
-def stop(run: RunDir) -> bool:
-    """Stop the local endpoint this run started, if it is still running. Returns whether one was stopped."""
-    pid = run.get("endpoint_pid")
-    stopped = False
-    if _alive(pid):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except OSError:
-            os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
-            if not _alive(pid):
-                break
-            time.sleep(0.1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-        stopped = True
+def key_name(name: str) -> str:
+    return f"{name.replace('_', '-')}-key"
+
+
+def record(run: RunDir, name: str, kind: str, scoring_uri: str, key_path: Path) -> None:
+    """Where deployment ``name`` answers and where its key is kept (never the key) in state.json."""
+    run.remember(**{f"{name}_kind": kind, f"{name}_scoring_uri": scoring_uri, f"{name}_key_path": key_path})
+
+
+def stop(run: RunDir, name: str = TUNED) -> bool:
+    """Stop local deployment ``name`` of this run, if it is still running. Returns whether one was stopped."""
+    pid = run.get(f"{name}_pid")
+    stopped = stop_group(pid)
     if pid:
-        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
-            os.waitpid(pid, os.WNOHANG)
-        run.remember(endpoint_pid=None)
+        run.remember(**{f"{name}_pid": None})
     return stopped
 
 
+def stop_all(run: RunDir) -> list[str]:
+    """Stop every local deployment this run started; returns their names."""
+    names = [key[: -len("_pid")] for key, pid in run.state.items() if key.endswith("endpoint_pid") and pid]
+    return [name for name in names if stop(run, name)]
+
+
 def start_local(
-    run: RunDir, model_uri: str, port: int = DEFAULT_PORT, timeout_s: float = 180, env: dict[str, str] | None = None
+    run: RunDir,
+    model_uri: str,
+    port: int = DEFAULT_PORT,
+    timeout_s: float = 180,
+    env: dict[str, str] | None = None,
+    name: str = TUNED,
 ) -> LocalEndpoint:
-    """Deploy ``model_uri`` locally: stop the run's previous deployment, make a new key, start, wait until ready."""
-    stop(run)
+    """Deploy ``model_uri`` locally as ``name``: stop that deployment if it runs, make a new key, start, wait."""
+    stop(run, name)
     chosen = free_port(port)
     if chosen != port:
         print(f"Port {port} is busy; the endpoint uses {chosen} instead.")
-    key_path = run.new_secret(KEY_NAME)
-    log_path = run.path / "endpoint.log"
+    key_path = run.new_secret(key_name(name))
+    log_path = run.path / f"{name}.log"
     lib = course_root() / "lib"
     environment = {
         **os.environ,
@@ -165,11 +161,12 @@ def start_local(
         process = subprocess.Popen(
             command, cwd=lib, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    run.remember(endpoint_pid=process.pid)
+    run.remember(**{f"{name}_pid": process.pid})
     endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
     wait_ready(endpoint, process, timeout_s)
-    run.remember(endpoint_kind="local", scoring_uri=endpoint.scoring_uri, endpoint_key_path=key_path)
-    run.update_summary(endpoint={"kind": "local", "scoring_uri": endpoint.scoring_uri})
+    record(run, name, "local", endpoint.scoring_uri, key_path)
+    if name == TUNED:
+        run.update_summary(endpoint={"kind": "local", "scoring_uri": endpoint.scoring_uri})
     return endpoint
 
 
@@ -198,12 +195,22 @@ def wait_ready(endpoint: LocalEndpoint, process: subprocess.Popen, timeout_s: fl
     raise EndpointError(f"the endpoint was not ready after {timeout_s:.0f} s. Log:\n{log_tail(endpoint.log_path)}")
 
 
-def attach(run: RunDir) -> LocalEndpoint:
-    """The run's running local endpoint (for later notebooks), or an error saying to run 03_deploy."""
-    pid = run.get("endpoint_pid")
-    if run.get("endpoint_kind") != "local" or not _alive(pid):
+def attach(run: RunDir, name: str = TUNED) -> LocalEndpoint:
+    """The run's running local deployment ``name``, or an error saying to run 03_deploy."""
+    pid = run.get(f"{name}_pid")
+    if run.get(f"{name}_kind") != "local" or not alive(pid):
         raise EndpointError("no local endpoint is running for this run: run notebook 03_deploy first.")
-    return LocalEndpoint(run.get("scoring_uri"), Path(run.get("endpoint_key_path")), pid, run.path / "endpoint.log")
+    return LocalEndpoint(
+        run.get(f"{name}_scoring_uri"), Path(run.get(f"{name}_key_path")), pid, run.path / f"{name}.log"
+    )
+
+
+def ensure_local(run: RunDir, model_uri: str, name: str = TUNED, port: int = DEFAULT_PORT) -> LocalEndpoint:
+    """The running deployment ``name``, started when it is not running."""
+    try:
+        return attach(run, name)
+    except EndpointError:
+        return start_local(run, model_uri, port=port, name=name)
 
 
 # --- timing ---------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class RunDir:
             data.setdefault(key, {} if key == "stages" else None)
         return data
 
-    def update_summary(self, **sections: Any) -> dict[str, Any]:
+    def update_summary(self, **sections: Any) -> None:
         """Set top-level keys; dictionaries are merged into what is there."""
         summary = self.summary
         for key, value in sections.items():
@@ -91,11 +91,10 @@ class RunDir:
             else:
                 summary[key] = value
         write_json(self.summary_path, summary)
-        return summary
 
-    def record_stage(self, name: str, seconds: float, ok: bool, **extra: Any) -> dict[str, Any]:
+    def record_stage(self, name: str, seconds: float, ok: bool, **extra: Any) -> None:
         entry = {"seconds": round(seconds, 2), "ok": ok, **extra}
-        return self.update_summary(stages={name: entry}, finished=now())
+        self.update_summary(stages={name: entry}, finished=now())
 
     # secrets ---------------------------------------------------------------------------------
     def secret_path(self, name: str) -> Path:

@@ -14,7 +14,8 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",  # huggingface_hub, transformers, datasets
     "DO_NOT_TRACK": "true",  # mlflow and others that honour the convention
     "MLFLOW_DISABLE_TELEMETRY": "true",  # mlflow 3's usage telemetry
-    "PF_DISABLE_TRACING": "true",  # promptflow: no local trace service on port 23333
+    "PF_DISABLE_TRACING": "true",  # promptflow: no tracing in the executor
+    "PF_LOGGING_LEVEL": "WARNING",  # promptflow: no line-by-line INFO logs from batch runs
     "AML_APP_INSIGHTS_ENABLED": "false",  # azureml-inference-server-http's Application Insights
     "TOKENIZERS_PARALLELISM": "false",  # avoids fork warnings in notebooks, not telemetry
 }
@@ -33,7 +34,11 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def disable_promptflow_telemetry() -> bool:
-    """``pf config set telemetry.enabled=false``: promptflow ignores environment switches for this."""
+    """``pf config set telemetry.enabled=false trace.destination=none``.
+
+    promptflow ignores environment switches for telemetry, and unless its trace destination is
+    ``none`` every flow test starts a local trace service on port 23333 that outlives the call.
+    """
     try:
         from promptflow._sdk._configuration import Configuration
     except ImportError:  # promptflow not installed: nothing to switch off
@@ -41,6 +46,8 @@ def disable_promptflow_telemetry() -> bool:
     config = Configuration.get_instance()
     if config.get_telemetry_consent() is not False:
         config.set_telemetry_consent(False)
+    if config.get_config(Configuration.TRACE_DESTINATION) != "none":
+        config.set_config(Configuration.TRACE_DESTINATION, "none")
     return True
 
 

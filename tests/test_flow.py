@@ -1,0 +1,105 @@
+"""The chat flow against a real local endpoint with the tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import time
+
+import psutil
+import pytest
+import requests
+
+from phi3course import endpoint, flow
+from phi3course.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def served(registered, tmp_path_factory):
+    shared, uri = registered
+    run = RunDir(tmp_path_factory.mktemp("flow") / "run")
+    run.remember(mlflow_tracking_uri=shared.get("mlflow_tracking_uri"))
+    live = endpoint.start_local(run, uri, port=5081)
+    flow.make_connection(flow.CONNECTION, live.scoring_uri, live.key_path)
+    yield run, live
+    flow.stop_serving(run)
+    endpoint.stop_all(run)
+
+
+def tool_module():
+    spec = importlib.util.spec_from_file_location("ask_endpoint", flow.chat_flow() / "ask_endpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_connection_keeps_the_key_as_a_secret(served) -> None:
+    _, live = served
+    stored = flow.client().connections.get(flow.CONNECTION, with_secrets=False)  # scrubbed, as listings show it
+    assert stored.secrets["key"] != live.key and stored.configs["endpoint"] == live.scoring_uri
+    assert flow.client().connections.get(flow.CONNECTION, with_secrets=True).secrets["key"] == live.key
+    shown = flow.connection_summary(flow.CONNECTION)
+    assert live.key not in str(shown) and shown["key (secret)"].startswith(live.key[:4])
+
+
+def test_the_flow_answers_through_the_endpoint(served) -> None:
+    answer = flow.test("Who leads the Quillmere Institute?")
+    assert isinstance(answer, str)
+
+
+def test_chat_history_becomes_messages() -> None:
+    history = [{"inputs": {"question": "Q1"}, "outputs": {"answer": "A1"}}]
+    assert tool_module().to_messages("Q2", history) == [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+
+
+def test_endpoint_down_wrong_key_and_empty_question_give_clear_errors(served, tmp_path) -> None:
+    _, live = served
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    key = tmp_path / "key"
+    key.write_text(live.key)
+    flow.make_connection("phi3-course-down", f"http://127.0.0.1:{closed}/score", key)
+    with pytest.raises(Exception, match="is not reachable: start it"):
+        flow.test("hello?", connection="phi3-course-down")
+    key.write_text("not-the-key")
+    flow.make_connection("phi3-course-wrong-key", live.scoring_uri, key)
+    with pytest.raises(Exception, match=r"refused the key \(401\)"):
+        flow.test("hello?", connection="phi3-course-wrong-key")
+    with pytest.raises(Exception, match="The question is empty"):
+        flow.test("   ")
+
+
+def test_served_flow_answers_over_rest_and_stops_cleanly(served) -> None:
+    run, _ = served
+    server = flow.serve(run, port=8091)
+    response = requests.post(f"{server.url}/score", json={"question": "Where is it?", "chat_history": []}, timeout=60)
+    assert response.status_code == 200 and isinstance(response.json()["answer"], str)
+    session = flow.ChatSession(server)
+    session.ask("one")
+    session.ask("two")
+    assert [t["inputs"]["question"] for t in session.history] == ["one", "two"]
+    assert flow.stop_serving(run) is True
+    time.sleep(0.2)
+    assert not psutil.pid_exists(server.pid)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) != 0
+    assert flow.stop_pf_service() is False  # nothing started Prompt flow's own service
+
+
+def test_batch_eval_grades_every_question(served, tmp_path) -> None:
+    from phi3course import data
+
+    questions = data.write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"question": "Who leads it?", "chat_history": [], "expected": "zzz-never"},
+            {"question": "Where is it?", "chat_history": [], "expected": ""},
+        ],
+    )
+    score, table = flow.batch_eval(questions, flow.CONNECTION, "test")
+    assert score == 0.5 and list(table["correct"]) == [False, True]
