@@ -28,18 +28,11 @@ def clean_azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def registered(tmp_path_factory: pytest.TempPathFactory):
     """The tiny model registered in a scratch MLflow store: (run directory, model URI)."""
-    import mlflow
-
     from phi3course import models, tracking
     from phi3course.rundir import RunDir
 
-    work = tmp_path_factory.mktemp("registry")
+    run = RunDir(tmp_path_factory.mktemp("registry") / "run")
     model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
-    model.save_pretrained(work / "tiny")
-    tokenizer.save_pretrained(work / "tiny")
-    run = RunDir(work / "run")
-    tracking.setup(run.path)
-    with mlflow.start_run():
-        info = tracking.log_model(work / "tiny", "endpoint-test")
-    run.remember(mlflow_tracking_uri=mlflow.get_tracking_uri())
-    return run, f"models:/endpoint-test/{info.registered_model_version}"
+    uri = tracking.register_pretrained(run.path, model, tokenizer, "endpoint-test")
+    run.remember(mlflow_tracking_uri=tracking.store_uri(run.path))
+    return run, uri

@@ -180,21 +180,16 @@ def bench_seed(train_rows: list[dict[str, Any]], out: Path, steps: int) -> dict[
 
 def bench_endpoint(work: Path, clients: tuple[int, ...] = (1, 8), requests_per_client: int = 6) -> dict[str, Any]:
     """The local endpoint serving the offline default model (SmolLM2-135M-Instruct), loaded at 1 and 8 clients."""
-    import mlflow
     import psutil
 
     from . import endpoint, tracking
     from .rundir import RunDir
 
     model, tokenizer = load_model(PRESETS[BENCH_MODEL])
-    model.save_pretrained(work / "model")
-    tokenizer.save_pretrained(work / "model")
     run = RunDir(work / "run")
-    tracking.setup(run.path)
-    with mlflow.start_run():
-        info = tracking.log_model(work / "model", "bench-endpoint")
-    run.remember(mlflow_tracking_uri=mlflow.get_tracking_uri())
-    live = endpoint.start_local(run, f"models:/bench-endpoint/{info.registered_model_version}", port=5090)
+    uri = tracking.register_pretrained(run.path, model, tokenizer, "bench-endpoint")
+    run.remember(mlflow_tracking_uri=tracking.store_uri(run.path))
+    live = endpoint.start_local(run, uri, port=5090)
     try:
         questions = [
             "Who leads the Quillmere Institute?",
@@ -321,6 +316,7 @@ def bench_train(work: Path, peak: float, seed_steps: int, our_steps: int) -> dic
         "tokens_per_second": round(ours["tokens_per_second"], 1),
         "achieved_gflops": round(ours_gflops, 1),
         "efficiency": round(ours_gflops / peak, 3),
+        "matmul_gflops": peak,  # the denominator of both efficiencies, measured in the same run
         "flops_per_token": round(ours_f),
         "seed_recipe_tokens_per_second": round(seed["tokens_per_second"], 1),
         "seed_recipe_achieved_gflops": round(seed_gflops, 1),

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .evaluate import EvalResult, evaluate
 from .rundir import RunDir
+from .tracking import store_uri
 from .train import TrainResult, TrainSettings
 
 
@@ -141,22 +142,14 @@ def record(run: RunDir, result: TrainResult, base: EvalResult, tuned: EvalResult
 
 def register_base(run: RunDir, preset: Any, profile: str) -> str:
     """Log and register the *base* model too (once per run), so it can be served for comparison."""
-    import tempfile
-
-    import mlflow
-
     from .models import load_model
-    from .tracking import log_model, registered_name, setup
+    from .tracking import register_pretrained, registered_name
 
     if uri := run.get("base_model_uri"):
         return uri
-    setup(run.path)
     model, tokenizer = load_model(preset)
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        with mlflow.start_run(run_name=f"{profile}-{preset.name}-base"):
-            info = log_model(folder, registered_name(profile) + "-base")
-    uri = f"models:/{registered_name(profile)}-base/{info.registered_model_version}"
-    run.remember(base_model_uri=uri)
+    uri = register_pretrained(
+        run.path, model, tokenizer, registered_name(profile) + "-base", run_name=f"{profile}-{preset.name}-base"
+    )
+    run.remember(base_model_uri=uri, mlflow_tracking_uri=store_uri(run.path))
     return uri

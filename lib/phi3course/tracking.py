@@ -83,3 +83,20 @@ def log_model(model_dir: str | os.PathLike[str], registered_name: str | None) ->
 
 def registered_name(profile: str) -> str:
     return f"phi3-course-{profile}"
+
+
+def register_pretrained(
+    run_path: str | os.PathLike[str], model: Any, tokenizer: Any, name: str, run_name: str | None = None
+) -> str:
+    """Log an in-memory model (e.g. a base model) to the run's store, register it; returns its models:/ URI."""
+    import tempfile
+
+    import mlflow
+
+    setup(run_path)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        with mlflow.start_run(run_name=run_name):
+            info = log_model(folder, name)
+    return f"models:/{name}/{info.registered_model_version}"
