@@ -7,6 +7,7 @@ the real value, before anything talks to Azure.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
@@ -226,6 +227,18 @@ def ml_client(settings: AzureSettings) -> MLClient:
     )
 
 
+def user_assigned_identity(settings: AzureSettings | None) -> Any:
+    """The course's user-assigned identity as azure-ai-ml wants it (None without settings)."""
+    from azure.ai.ml.entities import IdentityConfiguration, ManagedIdentityConfiguration
+
+    if settings is None:
+        return None
+    return IdentityConfiguration(
+        type="user_assigned",
+        user_assigned_identities=[ManagedIdentityConfiguration(resource_id=settings.uai_resource_id)],
+    )
+
+
 def compute_spec(
     settings: AzureSettings | None,
     name: str = "gpu-cluster",
@@ -233,14 +246,8 @@ def compute_spec(
     max_instances: int = 1,
 ) -> AmlCompute:
     """The training cluster: scales to zero when idle, runs as the user-assigned identity."""
-    from azure.ai.ml.entities import AmlCompute, IdentityConfiguration, ManagedIdentityConfiguration
+    from azure.ai.ml.entities import AmlCompute
 
-    identity = None
-    if settings is not None:
-        identity = IdentityConfiguration(
-            type="user_assigned",
-            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=settings.uai_resource_id)],
-        )
     return AmlCompute(
         name=name,
         size=size,
@@ -248,7 +255,7 @@ def compute_spec(
         max_instances=max_instances,
         idle_time_before_scale_down=120,
         tier="dedicated",
-        identity=identity,
+        identity=user_assigned_identity(settings),
     )
 
 
@@ -264,9 +271,23 @@ def ensure_compute(client: MLClient, spec: AmlCompute) -> Any:
 
 def to_yaml(entity: Any) -> str:
     """An azure-ai-ml entity as the YAML the CLI (`az ml ... --file`) would accept."""
+    import json
+
+    import yaml
+
+    def fresh() -> Any:
+        # Dumping rewrites an endpoint's identity in place: dump a copy, keep the original deployable.
+        try:
+            return copy.deepcopy(entity)
+        except (KeyError, TypeError, AttributeError):  # command jobs refuse deepcopy; their dump is harmless
+            return entity
+
     buffer = io.StringIO()
-    entity.dump(buffer)
-    return buffer.getvalue()
+    fresh().dump(buffer)
+    if buffer.getvalue().strip():
+        return buffer.getvalue()
+    # Endpoints dump nothing to a stream; their dict form (OrderedDicts → plain via JSON) says the same.
+    return yaml.safe_dump(json.loads(json.dumps(fresh()._to_dict())), sort_keys=False)
 
 
 def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
@@ -426,15 +447,10 @@ def model_from_job(job_name: str, name: str) -> Any:
 
 def endpoint_spec(settings: AzureSettings | None, name: str) -> Any:
     """A managed online endpoint with key auth, running as the user-assigned identity."""
-    from azure.ai.ml.entities import IdentityConfiguration, ManagedIdentityConfiguration, ManagedOnlineEndpoint
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
 
     quiet_sdk()
-    identity = None
-    if settings is not None:
-        identity = IdentityConfiguration(
-            type="user_assigned",
-            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=settings.uai_resource_id)],
-        )
+    identity = user_assigned_identity(settings)
     return ManagedOnlineEndpoint(
         name=name, auth_mode="key", identity=identity, description="The course's fine-tuned Phi-3 model"
     )

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -272,7 +271,3 @@ def load(
     seconds = time.perf_counter() - began
     latencies = [ms for lat, _ in results for ms in lat]
     return LoadResult(clients, clients * per_client, sum(e for _, e in results), seconds, latencies)
-
-
-def median_ms(values: list[float]) -> float:
-    return round(statistics.median(values), 1) if values else float("nan")
