@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +20,9 @@ from typing import Any
 import requests
 
 from .paths import course_root
-from .processes import alive, stop_group
+from .processes import ServerError, alive, launch, stop_group, wait_healthy
 from .rundir import RunDir, mask
+from .tracking import store_uri
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
@@ -32,8 +31,7 @@ SCORING_SCRIPT = "phi3course/score.py"
 THREADS = 16  # requests waiting at once in the one worker; the batcher serves them together
 
 
-class EndpointError(RuntimeError):
-    """The local endpoint did not start or did not answer; the message says what to check."""
+EndpointError = ServerError  # the local endpoint did not start or did not answer
 
 
 def port_free(port: int, host: str = HOST) -> bool:
@@ -133,7 +131,7 @@ def start_local(
         "AML_APP_ROOT": str(lib),
         "AZUREML_ENTRY_SCRIPT": SCORING_SCRIPT,
         "COURSE_MODEL_URI": model_uri,
-        "MLFLOW_TRACKING_URI": run.get("mlflow_tracking_uri") or f"sqlite:///{run.path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": run.get("mlflow_tracking_uri") or store_uri(run.path),
         "COURSE_ENDPOINT_KEY_FILE": str(key_path),
         "AML_APP_INSIGHTS_ENABLED": "false",
         "HF_HUB_OFFLINE": "1",
@@ -156,42 +154,14 @@ def start_local(
         "600",
         "azureml_inference_server_http.server.entry:app",
     ]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command, cwd=lib, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = launch(command, log_path, environment, cwd=lib)
     run.remember(**{f"{name}_pid": process.pid})
     endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
-    wait_ready(endpoint, process, timeout_s)
+    wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint")
     record(run, name, "local", endpoint.scoring_uri, key_path)
     if name == TUNED:
         run.update_summary(endpoint={"kind": "local", "scoring_uri": endpoint.scoring_uri})
     return endpoint
-
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    if not path.is_file():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def wait_ready(endpoint: LocalEndpoint, process: subprocess.Popen, timeout_s: float) -> None:
-    """Poll the server's health route until it answers; on failure show the log's tail."""
-    health = endpoint.scoring_uri.rsplit("/", 1)[0] + "/"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise EndpointError(
-                f"the endpoint exited with code {process.returncode}. Log:\n{log_tail(endpoint.log_path)}"
-            )
-        try:
-            if requests.get(health, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGTERM)
-    raise EndpointError(f"the endpoint was not ready after {timeout_s:.0f} s. Log:\n{log_tail(endpoint.log_path)}")
 
 
 def attach(run: RunDir, name: str = TUNED) -> LocalEndpoint:

@@ -12,16 +12,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from .endpoint import HOST, EndpointError, free_port, log_tail
+from .endpoint import HOST, EndpointError, free_port
 from .paths import course_root
-from .processes import stop_group
+from .processes import launch, stop_group, wait_healthy
 from .rundir import RunDir, mask
 
 CONNECTION = "phi3-course-endpoint"  # the name flows/chat/flow.dag.yaml uses
@@ -132,29 +131,12 @@ def serve(run: RunDir, port: int = 8080, timeout_s: float = 120) -> FlowServer:
         str(chosen),
         "--skip-open-browser",
     ]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PF_DISABLE_TRACING": "true"},
-        )
+    process = launch(command, log_path, {**os.environ, "PF_DISABLE_TRACING": "true"})
     run.remember(flow_pid=process.pid)
     server = FlowServer(f"http://{HOST}:{chosen}", process.pid, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise EndpointError(f"pf flow serve exited with code {process.returncode}. Log:\n{log_tail(log_path)}")
-        try:
-            if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
-                run.remember(flow_url=server.url)
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    stop_serving(run)
-    raise EndpointError(f"pf flow serve was not ready after {timeout_s:.0f} s. Log:\n{log_tail(log_path)}")
+    wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve")
+    run.remember(flow_url=server.url)
+    return server
 
 
 def stop_pf_service() -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 
 def alive(pid: int | None) -> bool:
@@ -39,3 +41,37 @@ def stop_group(pid: int | None, grace_s: float = 5.0) -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
     return stopped
+
+
+class ServerError(RuntimeError):
+    """A background server did not start or did not answer; the message says what to check."""
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    if not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def launch(command: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``command`` in its own process group (so :func:`stop_group` ends all of it), output to ``log_path``."""
+    with log_path.open("w") as log:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_healthy(process: subprocess.Popen, health_url: str, log_path: Path, timeout_s: float, what: str) -> None:
+    """Poll ``health_url`` until it answers 200; if the process dies or time runs out, stop it and show its log."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"{what} exited with code {process.returncode}. Log:\n{log_tail(log_path)}")
+        try:
+            if requests.get(health_url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    stop_group(process.pid)
+    raise ServerError(f"{what} was not ready after {timeout_s:.0f} s. Log:\n{log_tail(log_path)}")
