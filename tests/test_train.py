@@ -127,6 +127,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path
     result = train.train(s)
     assert result.resumed_from and result.resumed_from.endswith("checkpoint-4")
     assert result.steps == 6 and [row["step"] for row in result.history] == [5, 6]
+    # throughput counts this session's two steps only, not the four done before the interruption
+    assert result.tokens_per_second * result.seconds < 0.6 * result.tokens
     again = train.train(s)  # finished with the same settings: not trained twice
     assert again.model_dir == result.model_dir and again.history == result.history
     changed = train.train(dataclasses.replace(s, learning_rate=1e-3))  # new settings: starts afresh

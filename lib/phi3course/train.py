@@ -250,7 +250,8 @@ class TrainResult:
     model_dir: str
     seconds: float
     steps: int
-    tokens: int  # non-padding tokens processed (prompt and answer), over all processes
+    tokens: int  # non-padding tokens processed (prompt and answer), over all processes and sessions
+    # tokens_per_second counts only this session's tokens: a resumed run's earlier steps took no time here
     tokens_per_second: float
     final_loss: float
     precision: str
@@ -345,10 +346,16 @@ def history_callback(mlflow_run: bool) -> Any:
         def __init__(self) -> None:
             self.rows: list[dict[str, float]] = []
             self.bar: Any = None
+            self.tokens_at_start: int | None = None  # tokens seen before this session (a resumed run's)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
                 self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step")
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # Not in on_train_begin: the trainer restores a checkpoint's state after calling it.
+            if self.tokens_at_start is None:
+                self.tokens_at_start = int(state.num_input_tokens_seen or 0)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.bar is not None:
@@ -496,7 +503,8 @@ def train(
     began = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - began
-    tokens = int(trainer.state.num_input_tokens_seen or 0) or _count_tokens(trainer)
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    session_tokens = tokens - (history.tokens_at_start or 0)
     trained = trainer.model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trained.parameters())
@@ -512,7 +520,7 @@ def train(
         seconds=round(seconds, 2),
         steps=trainer.state.global_step,
         tokens=tokens,
-        tokens_per_second=round(tokens / seconds, 1) if seconds else 0.0,
+        tokens_per_second=round(session_tokens / seconds, 1) if seconds else 0.0,
         final_loss=round(losses[-1] if losses else float(output.training_loss), 4),
         precision=precision,
         precision_reason=why,
@@ -525,13 +533,6 @@ def train(
         stored = {**result.to_json(), "settings": _settings_record(settings)}
         (Path(settings.output_dir) / "result.json").write_text(json.dumps(stored, indent=2))
     return result
-
-
-def _count_tokens(trainer: Any) -> int:
-    dataset = trainer.train_dataset
-    per_epoch = sum(len(ids) for ids in dataset["input_ids"])
-    epochs = trainer.state.epoch or 1
-    return int(per_epoch * epochs)
 
 
 # --- command line (the Azure ML job and torchrun run this) -------------------------------------------
