@@ -39,6 +39,10 @@ def test_notebooks_in_order_and_cleanup_only_when_asked(folder: Path) -> None:
     assert [p.stem for p in runner.select(runner.course_notebooks(folder), "01")] == ["01_bad", "02_after"]
     with pytest.raises(SystemExit, match="00_ok, 01_bad, 02_after"):
         runner.select(runner.course_notebooks(folder), "07")
+    assert [p.stem for p in runner.select(runner.course_notebooks(folder), None, "01")] == ["00_ok", "01_bad"]
+    assert [p.stem for p in runner.select(runner.course_notebooks(folder), "01", "01_bad")] == ["01_bad"]
+    with pytest.raises(SystemExit, match="comes before"):
+        runner.select(runner.course_notebooks(folder), "02", "00")
 
 
 def test_first_failure_stops_the_run_and_names_notebook_and_cell(folder: Path, tmp_path: Path) -> None:

@@ -41,14 +41,21 @@ def course_notebooks(folder: Path | None = None, include_cleanup: bool = False) 
     return [nb for nb in found if include_cleanup or not nb.name.startswith("99_")]
 
 
-def select(notebooks: list[Path], start: str | None) -> list[Path]:
-    if not start:
-        return notebooks
+def _position(notebooks: list[Path], name: str, option: str) -> int:
     for index, notebook in enumerate(notebooks):
-        if notebook.stem == start or notebook.stem.startswith(start):
-            return notebooks[index:]
+        if notebook.stem == name or notebook.stem.startswith(name):
+            return index
     names = ", ".join(nb.stem for nb in notebooks)
-    raise SystemExit(f"--from {start!r} matches no notebook; choose one of: {names}")
+    raise SystemExit(f"{option} {name!r} matches no notebook; choose one of: {names}")
+
+
+def select(notebooks: list[Path], start: str | None, stop: str | None = None) -> list[Path]:
+    """The notebooks from ``start`` to ``stop`` (both included, either may be a prefix such as ``02``)."""
+    first = _position(notebooks, start, "--from") if start else 0
+    last = _position(notebooks, stop, "--to") if stop else len(notebooks) - 1
+    if last < first:
+        raise SystemExit(f"--to {stop!r} comes before --from {start!r}")
+    return notebooks[first : last + 1]
 
 
 def _source_cell(error: BaseException, source: Path) -> tuple[int | None, str]:
@@ -72,6 +79,7 @@ def run_course(
     include_cleanup: bool = False,
     notebooks: list[Path] | None = None,
     kernel_name: str | None = None,
+    stop: str | None = None,
 ) -> tuple[RunDir, Failure | None]:
     """Execute the notebooks; return the run directory and the first failure, if any."""
     import papermill as pm
@@ -79,7 +87,8 @@ def run_course(
     params: dict[str, Any] = profiles.load(profile)
     run = run_dir_for(profile, run_dir)
     params["run_dir"] = str(run.path)
-    chosen = select(notebooks if notebooks is not None else course_notebooks(include_cleanup=include_cleanup), start)
+    available = notebooks if notebooks is not None else course_notebooks(include_cleanup=include_cleanup)
+    chosen = select(available, start, stop)
     if not start:  # a fresh run: a new summary, the state (endpoints, keys' paths) is kept
         run.summary_path.unlink(missing_ok=True)
         run.update_summary(profile=profile, started=now())
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phi3course course", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=profiles.DEFAULT_PROFILE, help="local (default), smoke or azureml")
     parser.add_argument("--from", dest="start", help="start from this notebook (e.g. 02_fine_tune or 02)")
+    parser.add_argument("--to", dest="stop", help="stop after this notebook (e.g. 02 for a short session)")
     parser.add_argument("--run-dir", help="where executed notebooks and state go (default runs/<profile>)")
     parser.add_argument("--cleanup", action="store_true", help="also run 99_cleanup at the end")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's own)")
@@ -124,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except profiles.ProfileError as error:
         print(error, file=sys.stderr)
         return 2
-    run, failure = run_course(args.profile, args.start, args.run_dir, args.cleanup, kernel_name=args.kernel)
+    run, failure = run_course(
+        args.profile, args.start, args.run_dir, args.cleanup, kernel_name=args.kernel, stop=args.stop
+    )
     if failure:
         print(
             f"\n✗ {failure}\n  fix it, then resume with: make course PROFILE={args.profile} FROM={failure.notebook}",

@@ -1,0 +1,221 @@
+"""For educators: run every learner's notebooks headless, and collect their ``summary.json`` into one table.
+
+    python -m phi3course.classroom run --learners ana ben cleo --profile smoke [--to 02] [--notebooks-root DIR]
+    python -m phi3course.classroom collect runs/class [/home/*/phi3-course/runs/local ...] [--csv class.csv]
+
+``run`` executes the course once per learner with papermill (one after the other: the notebooks use fixed
+ports and one Prompt flow connection name), each into ``runs/class/<learner>/``; with ``--notebooks-root``
+it runs each learner's own copy of the notebooks from ``DIR/<learner>/``. A learner whose run fails does not
+stop the others. ``collect`` accepts run directories, ``summary.json`` files or folders holding either, and
+prints one row per learner: how far they got, where they are stuck, and what their model achieved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import profiles
+from .paths import runs_dir
+
+LEARNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+COLUMNS = [
+    "learner",
+    "profile",
+    "model",
+    "notebooks ok",
+    "stuck at",
+    "minutes",
+    "train tokens/s",
+    "final loss",
+    "exact-match base",
+    "exact-match tuned",
+    "via flow",
+    "endpoint p50 ms",
+    "chat answer",
+]
+
+
+def find_summaries(paths: Iterable[str | Path]) -> list[Path]:
+    """Every ``summary.json`` under the given files or folders, in a stable order."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.is_file():
+            found.append(path)
+        elif (path / "summary.json").is_file():
+            found.append(path / "summary.json")
+        elif path.is_dir():
+            found.extend(sorted(path.rglob("summary.json")))
+        else:
+            raise FileNotFoundError(f"{path} does not exist: give run directories, summary.json files or their folders")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise FileNotFoundError(
+            f"no summary.json under {', '.join(map(str, paths))}: a learner's run writes it to runs/<profile>/"
+        )
+    return unique
+
+
+def learner_names(summaries: Sequence[Path]) -> list[str]:
+    """Short names for the run directories: the parts of their paths that differ.
+
+    ``/home/ana/course/runs/local`` and ``/home/ben/course/runs/local`` become ``ana`` and ``ben``;
+    ``runs/class/ana`` becomes ``ana``.
+    """
+    dirs = [s.parent.parts for s in summaries]
+    if len(dirs) == 1:
+        return [dirs[0][-1]]
+    prefix = 0
+    while all(len(d) > prefix + 1 for d in dirs) and len({d[prefix] for d in dirs}) == 1:
+        prefix += 1
+    suffix = 0
+    while all(len(d) > prefix + suffix + 1 for d in dirs) and len({d[-1 - suffix] for d in dirs}) == 1:
+        suffix += 1
+    return ["/".join(d[prefix : len(d) - suffix]) for d in dirs]
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.1f} %" if isinstance(value, int | float) else ""
+
+
+def _section(summary: dict[str, Any], key: str) -> dict[str, Any]:
+    value = summary.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def row(learner: str, summary: dict[str, Any], expected_notebooks: int) -> dict[str, Any]:
+    """One learner's line of the class table (no secrets are in a summary, so none can show)."""
+    stages = _section(summary, "stages")
+    ok = [name for name, stage in stages.items() if isinstance(stage, dict) and stage.get("ok")]
+    failed = [(name, stage) for name, stage in stages.items() if isinstance(stage, dict) and not stage.get("ok")]
+    stuck = ""
+    if failed:
+        name, stage = failed[-1]
+        cell = f" cell {stage['cell']}" if stage.get("cell") is not None else ""
+        stuck = f"{name}{cell}: {stage.get('error', 'failed')}"[:160]
+    seconds = sum(float(s.get("seconds", 0)) for s in stages.values() if isinstance(s, dict))
+    train, evaluation = _section(summary, "train"), _section(summary, "eval")
+    base, tuned = _section(evaluation, "base"), _section(evaluation, "tuned")
+    answer = str(_section(summary, "chat").get("answer") or "")
+    return {
+        "learner": learner,
+        "profile": summary.get("profile", ""),
+        "model": summary.get("model", ""),
+        "notebooks ok": f"{len(ok)}/{expected_notebooks}",
+        "stuck at": stuck,
+        "minutes": round(seconds / 60, 1),
+        "train tokens/s": train.get("tokens_per_second"),
+        "final loss": train.get("final_loss"),
+        "exact-match base": _percent(base.get("exact_match")),
+        "exact-match tuned": _percent(tuned.get("exact_match")),
+        "via flow": _percent(_section(evaluation, "flow").get("tuned")),
+        "endpoint p50 ms": _section(summary, "endpoint").get("p50_ms"),
+        "chat answer": answer if len(answer) <= 60 else answer[:59] + "…",
+    }
+
+
+def collect(paths: Iterable[str | Path], expected_notebooks: int | None = None) -> pd.DataFrame:
+    """The class table: one row per run directory found under ``paths``.
+
+    A summary that cannot be read becomes a row that says so, instead of stopping the collection.
+    """
+    from .runner import course_notebooks
+
+    expected = expected_notebooks or len(course_notebooks())
+    summaries = find_summaries(paths)
+    rows = []
+    for name, path in zip(learner_names(summaries), summaries, strict=True):
+        try:
+            summary = json.loads(path.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            rows.append({"learner": name, "notebooks ok": f"0/{expected}", "stuck at": f"unreadable {path}: {error}"})
+            continue
+        rows.append(row(name, summary, expected))
+    return pd.DataFrame(rows, columns=COLUMNS).fillna("").set_index("learner")
+
+
+def run_class(
+    learners: Sequence[str],
+    profile: str = "smoke",
+    out: Path | None = None,
+    notebooks_root: Path | None = None,
+    stop: str | None = None,
+) -> pd.DataFrame:
+    """Run the course for each learner into ``out/<learner>`` and return the class table."""
+    from .runner import course_notebooks, run_course, select
+
+    bad = [name for name in learners if not LEARNER_NAME.match(name)]
+    if bad:
+        raise ValueError(f"learner names become folder names; use letters, digits, '.', '_' or '-': {bad}")
+    if not learners:
+        raise ValueError("name at least one learner (--learners ana ben …)")
+    profiles.load(profile)  # an unknown profile fails before anything runs
+    out = out or runs_dir() / "class"
+    for learner in learners:
+        notebooks = None
+        if notebooks_root is not None:
+            notebooks = course_notebooks(notebooks_root / learner)
+            if not notebooks:
+                print(f"✗ {learner}: no numbered notebooks in {notebooks_root / learner}", file=sys.stderr)
+                continue
+        print(f"\n— {learner} —")
+        _, failure = run_course(profile, run_dir=str(out / learner), notebooks=notebooks, stop=stop)
+        if failure:
+            print(f"✗ {learner}: {failure}", file=sys.stderr)
+    ran = [out / learner for learner in learners if (out / learner / "summary.json").is_file()]
+    if not ran:
+        raise ValueError(f"no learner's run produced a summary in {out}")
+    return collect(ran, expected_notebooks=len(select(course_notebooks(), None, stop)))
+
+
+def _show(frame: pd.DataFrame, csv: str | None) -> None:
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
+        print(frame.to_string())
+    if csv:
+        frame.to_csv(csv)
+        print(f"\nwritten to {csv}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m phi3course.classroom", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    collect_cmd = commands.add_parser("collect", help="one table from many learners' summary.json files")
+    collect_cmd.add_argument("paths", nargs="+", help="run directories, summary.json files, or folders holding them")
+    collect_cmd.add_argument("--csv", help="also write the table to this CSV file")
+    run_cmd = commands.add_parser("run", help="run the course headless for each learner, then collect")
+    run_cmd.add_argument("--learners", nargs="+", required=True, help="names; each gets runs/class/<name>/")
+    run_cmd.add_argument("--profile", default="smoke", help="smoke (default), local or azureml")
+    run_cmd.add_argument("--to", dest="stop", help="stop after this notebook (e.g. 02)")
+    run_cmd.add_argument("--notebooks-root", type=Path, help="run DIR/<learner>/*.ipynb instead of the course's")
+    run_cmd.add_argument("--out", type=Path, help="where the run directories go (default runs/class)")
+    run_cmd.add_argument("--csv", help="also write the table to this CSV file")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "collect":
+            frame = collect(args.paths)
+        else:
+            frame = run_class(args.learners, args.profile, args.out, args.notebooks_root, args.stop)
+    except (FileNotFoundError, ValueError, profiles.ProfileError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    _show(frame, args.csv)
+    stuck = [name for name, where in frame["stuck at"].items() if where]
+    if args.command == "run" and stuck:
+        print(f"\n{len(stuck)} of {len(frame)} stuck: {', '.join(stuck)} (see 'stuck at')", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
