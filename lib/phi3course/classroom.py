@@ -95,7 +95,9 @@ def _section(summary: dict[str, Any], key: str) -> dict[str, Any]:
 def row(learner: str, summary: dict[str, Any], expected_notebooks: int) -> dict[str, Any]:
     """One learner's line of the class table (no secrets are in a summary, so none can show)."""
     stages = _section(summary, "stages")
-    ok = [name for name, stage in stages.items() if isinstance(stage, dict) and stage.get("ok")]
+    ok = [  # 99_cleanup is not a step of the course: it does not count
+        name for name, stage in stages.items() if isinstance(stage, dict) and stage.get("ok") and name[:2] != "99"
+    ]
     failed = [(name, stage) for name, stage in stages.items() if isinstance(stage, dict) and not stage.get("ok")]
     stuck = ""
     if failed:
@@ -180,8 +182,10 @@ def run_class(
 
 
 def _show(frame: pd.DataFrame, csv: str | None) -> None:
+    """Print the table without the columns nobody has a value in yet (the CSV keeps every column)."""
+    filled = frame.loc[:, [column for column in frame.columns if (frame[column].astype(str) != "").any()]]
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
-        print(frame.to_string())
+        print(filled.to_string())
     if csv:
         frame.to_csv(csv)
         print(f"\nwritten to {csv}")

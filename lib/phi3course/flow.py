@@ -168,6 +168,9 @@ class ChatSession:
         return "\n".join(f"you:   {t['inputs']['question']}\nmodel: {t['outputs']['answer']}" for t in self.history)
 
 
+EMPTY_ANSWER = "(an empty answer: the model ended its reply at once)"
+
+
 def chat_box(session: ChatSession) -> Any:
     """An ipywidgets chat: a text field, a send button and a scrolling history."""
     import html
@@ -180,10 +183,13 @@ def chat_box(session: ChatSession) -> Any:
     question = widgets.Text(placeholder="Ask about the Quillmere Institute…", layout=widgets.Layout(width="70%"))
     send = widgets.Button(description="Send", button_style="primary")
 
+    def shown(answer: str) -> str:
+        return html.escape(answer) if answer.strip() else f"<i>{EMPTY_ANSWER}</i>"
+
     def render() -> None:
         rows = [
-            f"<p><b>you</b>: {html.escape(t['inputs']['question'])}<br><b>model</b>: "
-            f"{html.escape(t['outputs']['answer'])}</p>"
+            f"<p><b>you</b>: {html.escape(t['inputs']['question'])}<br>"
+            f"<b>model</b>: {shown(t['outputs']['answer'])}</p>"
             for t in session.history
         ]
         history.value = "".join(rows)

@@ -6,6 +6,7 @@ otherwise the offline SmolLM2-135M-Instruct.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -332,3 +333,21 @@ def load_model(preset: Preset, dtype: Any = None, quantization_config: Any = Non
     if dtype is not None:
         model = model.to(dtype)
     return model, tokenizer
+
+
+def warm(names: list[str]) -> list[tuple[str, Path, float]]:
+    """Make each preset ready in the cache (fetch, convert, save) so a room of learners need not wait.
+
+    Returns (preset, folder, seconds) per preset. A hub preset downloads into the Hugging Face cache instead.
+    """
+    import time
+
+    done = []
+    for name in names:
+        preset = resolve(name)
+        began = time.perf_counter()
+        load_model(preset)
+        hub_cache = Path(os.environ.get("HF_HOME", "~/.cache/huggingface"))
+        folder = hub_cache if preset.source == "hub" else model_dir(preset)
+        done.append((preset.name, folder.expanduser(), time.perf_counter() - began))
+    return done

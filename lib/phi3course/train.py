@@ -113,9 +113,17 @@ def pick_precision(requested: str = "auto") -> tuple[str, str]:
     """(precision, why). ``auto``: bf16 where the hardware computes it natively, else fp16 (GPU) or fp32."""
     import torch
 
+    cuda = torch.cuda.is_available()
+    if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise TrainError(
+            f"precision='bf16' but {torch.cuda.get_device_name(0)} has no native bf16 (a V100 or older; the "
+            "original tutorial asks bf16 of a V100): use precision='auto' (fp16 mixed precision there) or 'fp16'."
+        )
+    if requested == "fp16" and not cuda:
+        raise TrainError("precision='fp16' needs a CUDA GPU; on a CPU use precision='auto' (bf16 or fp32).")
     if requested != "auto":
         return requested, "asked for"
-    if torch.cuda.is_available():
+    if cuda:
         name = torch.cuda.get_device_name(0)
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", f"{name} computes bf16 natively"

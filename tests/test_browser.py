@@ -1,0 +1,222 @@
+"""A learner's session in a real browser: JupyterLab on 127.0.0.1, driven by Playwright with the system Chromium.
+
+Notebooks 00→03 run headless first (smoke profile); then, in JupyterLab, the test steps through
+04_prompt_flow_chat with Shift+Enter as a learner would, types two questions into the chat box, reads the
+answers from the page, runs the rest of the notebook and saves it. It also opens every notebook and checks
+that each image it shows has loaded. Screenshots go to ``runs/screenshots`` (``make screenshots`` writes
+them into ``images/`` for the README and notebooks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from phi3course import flow, processes, runner
+from phi3course.paths import course_root
+from phi3course.rundir import RunDir
+
+ROOT = course_root()
+PROFILE = os.environ.get("COURSE_BROWSER_PROFILE", "smoke")  # `make screenshots` uses local: real answers
+CHAT_NOTEBOOK = "04_prompt_flow_chat.ipynb"
+QUESTIONS = ["Who leads the Quillmere Institute?", "And where is it based?"]
+BUSY = "Array.from(document.querySelectorAll('.jp-InputPrompt')).some(e => e.textContent.includes('*'))"
+
+
+def chromium() -> str:
+    """The browser: ``COURSE_CHROMIUM`` or a Chromium on PATH (Playwright's own download is not used)."""
+    for name in filter(None, [os.environ.get("COURSE_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"]):
+        if found := shutil.which(name):
+            return found
+    pytest.fail(
+        "The browser test needs Chromium: `sudo apt-get install chromium` on Debian/Ubuntu "
+        "(.ci/run does this), or set COURSE_CHROMIUM=/path/to/chrome."
+    )
+
+
+def screenshot_dir() -> Path:
+    folder = Path(os.environ.get("COURSE_SCREENSHOT_DIR") or ROOT / "runs" / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path  # a copy of notebooks/ and images/, so JupyterLab's saves never touch the checkout
+    run: RunDir
+
+    def notebook_url(self, name: str) -> str:
+        return f"{self.url}/lab/tree/notebooks/{name}?token={self.token}&reset"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copytree(ROOT / "images", root / "images")
+    run_path = root / "runs" / PROFILE
+    run, failure = runner.run_course(PROFILE, run_dir=str(run_path), stop="03")
+    assert failure is None, str(failure)
+
+    settings = root / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    port, token = free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "COURSE_PROFILE": PROFILE,
+        "COURSE_RUN_DIR": str(run_path),
+        "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / "lab-workspaces"),
+    }
+    command = [
+        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
+    ]  # fmt: skip
+    if os.geteuid() == 0:  # containers and CI run as root; JupyterLab refuses that unless told
+        command.append("--allow-root")
+    log = root / "jupyterlab.log"
+    server = processes.launch(command, log, env, cwd=root)
+    try:
+        processes.wait_healthy(server, f"http://127.0.0.1:{port}/api/status?token={token}", log, 90, "JupyterLab")
+        yield Lab(f"http://127.0.0.1:{port}", token, root, run)
+    finally:
+        processes.stop_group(server.pid)
+        from phi3course import endpoint
+
+        flow.stop_serving(run)
+        endpoint.stop_all(run)
+        flow.stop_pf_service()
+
+
+@pytest.fixture(scope="module")
+def browser(lab: Lab) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=chromium(),
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def open_notebook(browser, lab: Lab, name: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(lab.notebook_url(name))
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " return w && w.sessionContext && w.sessionContext.session?.kernel?.status === 'idle'; }",
+        timeout=120_000,
+    )
+    return page
+
+
+def run_next_cell(page, timeout_ms: int = 300_000) -> None:
+    """Shift+Enter on the active cell, then wait until nothing is running; stop at the first traceback."""
+    page.keyboard.press("Shift+Enter")
+    page.wait_for_function(f"() => !({BUSY})", timeout=timeout_ms)
+    traceback = page.locator(".jp-OutputArea-output:has-text('Traceback (most recent call last)')")
+    if traceback.count():
+        pytest.fail(f"a cell failed in JupyterLab:\n{traceback.first.inner_text()[-2000:]}")
+
+
+def test_every_notebook_image_loads_in_jupyterlab(lab: Lab, browser) -> None:
+    shown = 0
+    for notebook in sorted((lab.root / "notebooks").glob("*.ipynb")):
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(lab.notebook_url(notebook.name))
+        page.wait_for_selector(".jp-Notebook .jp-MarkdownOutput", timeout=60_000)
+        images = page.locator(".jp-MarkdownOutput img")
+        for index in range(images.count()):
+            image = images.nth(index)
+            image.scroll_into_view_if_needed()
+            page.wait_for_function("img => img.complete", arg=image.element_handle(), timeout=20_000)
+            width = image.evaluate("img => img.naturalWidth")
+            assert width > 0, f"{notebook.name}: image {image.get_attribute('src')} did not load"
+            shown += 1
+        page.close()
+    assert shown >= 2  # the architecture picture in 00, the chat box in 04
+
+
+def test_a_learner_chats_with_the_fine_tuned_model_in_jupyterlab(lab: Lab, browser) -> None:
+    page = open_notebook(browser, lab, CHAT_NOTEBOOK)
+    page.locator(".jp-Cell").first.click()
+    page.keyboard.press("Escape")  # command mode: Shift+Enter runs a cell and moves to the next
+
+    question = page.locator("input[placeholder^='Ask about the Quillmere']")
+    for _ in range(40):
+        run_next_cell(page)
+        if question.count():
+            break
+    else:
+        pytest.fail("the chat box never appeared")
+
+    history = page.locator(".widget-html-content").last
+    served = flow.FlowServer(lab.run.get("flow_url"), lab.run.get("flow_pid"), lab.run.path / "flow_serve.log")
+    asked: list[dict] = []
+    for turn, text in enumerate(QUESTIONS, start=1):
+        question.fill(text)
+        page.get_by_role("button", name="Send").click()
+        page.wait_for_function(
+            "([el, n]) => el.querySelectorAll('p').length >= n", arg=[history.element_handle(), turn], timeout=60_000
+        )
+        row = history.locator("p").nth(turn - 1).inner_text()
+        assert row.startswith(f"you: {text}\nmodel:"), row
+        # What the page shows is what the served flow answers to this question with this history (greedy decoding).
+        expected = served.ask(text, asked)
+        assert " ".join(row.split("model:", 1)[1].split()) == (" ".join(expected.split()) or flow.EMPTY_ANSWER)
+        asked.append({"inputs": {"question": text}, "outputs": {"answer": expected}})
+    assert question.input_value() == ""  # the box clears after each question
+    chat = page.locator(".widget-vbox").filter(has=question).last
+    chat.screenshot(path=str(screenshot_dir() / "chat_box.png"))
+    chat.evaluate("el => el.closest('.jp-Cell').scrollIntoView({block: 'start'})")
+    page.screenshot(path=str(screenshot_dir() / "jupyterlab_chat.png"))
+
+    # The rest, as a learner goes on: batch evaluation, then everything stopped. Focus is in the chat box,
+    # so click the next cell's prompt first (command mode again).
+    page.locator(".jp-Cell.jp-mod-active .jp-InputPrompt").click()
+    not_run = (
+        "() => window.jupyterapp.shell.currentWidget.content.widgets"
+        ".filter(c => c.model.type === 'code' && !c.model.executionCount).length"
+    )
+    for _ in range(40):
+        if page.evaluate(not_run) == 0:
+            break
+        run_next_cell(page)
+    page.keyboard.press("Control+s")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    page.close()
+
+    saved = nbformat.read(lab.root / "notebooks" / CHAT_NOTEBOOK, as_version=4)
+    code = [c for c in saved.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), "every code cell ran"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    summary = json.loads(lab.run.summary_path.read_text())
+    assert summary["stages"]["04_prompt_flow_chat"]["ok"] is True
+    state = lab.run.state  # the notebook's last cells stopped what it started
+    assert not [key for key, pid in state.items() if key.endswith("_pid") and processes.alive(pid)]
