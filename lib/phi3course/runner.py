@@ -58,6 +58,21 @@ def select(notebooks: list[Path], start: str | None, stop: str | None = None) ->
     return notebooks[first : last + 1]
 
 
+def ipc_kernel_manager() -> type:
+    """A kernel manager whose kernels talk over local IPC sockets instead of TCP ports.
+
+    Nothing listens on a network port, and ipykernel 7 no longer prints its warning that TCP traffic is
+    unencrypted for every notebook of a headless run (a warning learners took for an error).
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IpcKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IpcKernelManager
+
+
 def _source_cell(error: BaseException, source: Path) -> tuple[int | None, str]:
     """Find the failing cell in the source notebook by its code (papermill's index counts cells it added)."""
     import nbformat
@@ -105,6 +120,7 @@ def run_course(
                 parameters={k: v for k, v in params.items() if k in declared},
                 cwd=str(notebook.parent),
                 kernel_name=kernel_name,
+                kernel_manager_class=ipc_kernel_manager(),
                 progress_bar={"desc": notebook.stem, "leave": False, "position": 1},
             )
         except Exception as error:  # papermill's execution error, or a kernel that died

@@ -15,7 +15,9 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "true",  # mlflow and others that honour the convention
     "MLFLOW_DISABLE_TELEMETRY": "true",  # mlflow 3's usage telemetry
     "PF_DISABLE_TRACING": "true",  # promptflow: no tracing in the executor
-    "PF_LOGGING_LEVEL": "WARNING",  # promptflow: no line-by-line INFO logs from batch runs
+    # promptflow: no line-by-line INFO logs from batch runs, nor the WARNING its batch executor prints for
+    # every worker process it ends normally ("Process N had been terminated"), which read like failures.
+    "PF_LOGGING_LEVEL": "ERROR",
     "AML_APP_INSIGHTS_ENABLED": "false",  # azureml-inference-server-http's Application Insights
     "TOKENIZERS_PARALLELISM": "false",  # avoids fork warnings in notebooks, not telemetry
 }
