@@ -78,9 +78,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
     settings = root / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
+    quiet = {"fetchNews": "false", "checkForUpdates": False}  # no news pop-up over the notebook
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps(quiet))
+    notebook_settings = root / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    notebook_settings.mkdir(parents=True)  # every cell in the page, not only those scrolled into view
+    (notebook_settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port, token = free_port(), secrets.token_hex(16)
     env = {
         **os.environ,
@@ -146,19 +148,26 @@ def run_next_cell(page, timeout_ms: int = 300_000) -> None:
 
 
 def test_every_notebook_image_loads_in_jupyterlab(lab: Lab, browser) -> None:
+    """Each image a notebook's markdown shows is in the page and has loaded (JupyterLab resolves the paths)."""
+    loaded = (
+        "n => { const imgs = [...document.querySelectorAll('.jp-MarkdownOutput img')];"
+        " return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }"
+    )
     shown = 0
     for notebook in sorted((lab.root / "notebooks").glob("*.ipynb")):
+        cells = nbformat.read(notebook, as_version=4).cells
+        expected = sum(c.source.count("![") for c in cells if c.cell_type == "markdown")
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(lab.notebook_url(notebook.name))
         page.wait_for_selector(".jp-Notebook .jp-MarkdownOutput", timeout=60_000)
-        images = page.locator(".jp-MarkdownOutput img")
-        for index in range(images.count()):
-            image = images.nth(index)
-            image.scroll_into_view_if_needed()
-            page.wait_for_function("img => img.complete", arg=image.element_handle(), timeout=20_000)
-            width = image.evaluate("img => img.naturalWidth")
-            assert width > 0, f"{notebook.name}: image {image.get_attribute('src')} did not load"
-            shown += 1
+        try:
+            page.wait_for_function(loaded, arg=expected, timeout=30_000)
+        except Exception:  # Playwright's timeout: say which images did not load
+            state = page.eval_on_selector_all(
+                ".jp-MarkdownOutput img", "imgs => imgs.map(i => [i.getAttribute('src'), i.naturalWidth])"
+            )
+            pytest.fail(f"{notebook.name}: expected {expected} loaded images, the page has {state}")
+        shown += expected
         page.close()
     assert shown >= 2  # the architecture picture in 00, the chat box in 04
 
