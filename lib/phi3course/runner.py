@@ -8,6 +8,7 @@ recorded, and ``--from`` starts again from it.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def select(notebooks: list[Path], start: str | None, stop: str | None = None) ->
     return notebooks[first : last + 1]
 
 
+@functools.cache
 def ipc_kernel_manager() -> type:
     """A kernel manager whose kernels talk over local IPC sockets instead of TCP ports.
 
