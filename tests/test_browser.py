@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import nbformat
 import pytest
 
 from phi3course import flow, processes, runner
+from phi3course.endpoint import free_port
 from phi3course.paths import course_root
 from phi3course.rundir import RunDir
 
@@ -48,12 +48,6 @@ def screenshot_dir() -> Path:
     folder = Path(os.environ.get("COURSE_SCREENSHOT_DIR") or ROOT / "runs" / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -83,7 +77,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     notebook_settings = root / "lab-settings" / "@jupyterlab" / "notebook-extension"
     notebook_settings.mkdir(parents=True)  # every cell in the page, not only those scrolled into view
     (notebook_settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
-    port, token = free_port(), secrets.token_hex(16)
+    port, token = free_port(8888), secrets.token_hex(16)  # JupyterLab's usual port, or any free one
     env = {
         **os.environ,
         "COURSE_PROFILE": PROFILE,

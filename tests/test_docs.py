@@ -107,13 +107,3 @@ def test_papermill_help_explains_every_parameter(path: Path) -> None:
         assert info["help"].strip(), f"{path.name}: {name!r} has no comment"
         assert " ".join(info["help"].split()) in helps[name], f"{path.name}: {name!r} shows {helps[name]!r}"
         assert "Unknown type" not in helps[name], f"{path.name}: annotate {name!r} (name: type = value)"
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_says_how_long_per_profile_and_what_comes_next(path: Path) -> None:
-    cells = nbformat.read(path, as_version=4).cells
-    how_long = next(line for line in cells[0].source.split("\n\n") if line.startswith("**How long:**"))
-    for profile in ["`smoke`", "`local`", "`azureml`"]:
-        assert profile in how_long, f"{path.name}: 'How long' says nothing about {profile}"
-    assert "**What you need:**" in cells[0].source
-    assert "**Next:**" in cells[-1].source

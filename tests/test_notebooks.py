@@ -51,5 +51,9 @@ def test_notebook_opens_and_closes_its_stage(path: Path) -> None:
 def test_notebook_tells_what_it_teaches_and_what_comes_next(path: Path) -> None:
     cells = nbformat.read(path, as_version=4).cells
     assert cells[0].cell_type == "markdown" and "**What you learn:**" in cells[0].source
-    assert "**How long:**" in cells[0].source
+    assert "**What you need:**" in cells[0].source
+    how_long = next(line for line in cells[0].source.split("\n\n") if line.startswith("**How long:**"))
+    for profile in ["`smoke`", "`local`", "`azureml`"]:
+        assert profile in how_long, f"{path.name}: 'How long' says nothing about {profile}"
     assert cells[-1].cell_type == "markdown" and "**Produced:**" in cells[-1].source
+    assert "**Next:**" in cells[-1].source
