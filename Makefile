@@ -35,7 +35,7 @@ cleanup: $(STAMP)
 
 # Unit tests, then nbval over every notebook in order under the smoke profile.
 test: $(STAMP)
-	$(VENV)/bin/ruff check lib tests
+	$(VENV)/bin/ruff check lib tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
 	rm -rf runs/nbval
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider \
@@ -60,11 +60,11 @@ screenshots: $(STAMP)
 	  -k learner tests/test_browser.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lib tests
-	$(VENV)/bin/ruff format --check lib tests
+	$(VENV)/bin/ruff check lib tests benchmarks
+	$(VENV)/bin/ruff format --check lib tests benchmarks
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m phi3course.bench
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.bench
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \

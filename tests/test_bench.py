@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from phi3course import bench, models
+from benchmarks import bench
+from phi3course import models
 
 
 def test_flops_per_token_follows_the_stated_formula() -> None:

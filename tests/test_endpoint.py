@@ -11,6 +11,7 @@ import psutil
 import pytest
 import requests
 
+from benchmarks import loadtest
 from phi3course import endpoint, models, score
 from phi3course.rundir import RunDir
 
@@ -90,7 +91,7 @@ def test_bad_requests_are_400_and_the_server_stays_up(live, body, words) -> None
 
 def test_eight_clients_times_25_requests_without_errors(live) -> None:
     payloads = [{"input_data": [f"question {n}"], "params": {"max_new_tokens": 8}} for n in range(5)]
-    result = endpoint.load(live, payloads, clients=8, per_client=25, timeout=120)
+    result = loadtest.measure(live, payloads, clients=8, per_client=25, timeout=120)
     assert result.requests == 200 and result.errors == 0 and len(result.latencies_ms) == 200
 
 

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import data
-from .files import read_json, write_json
-from .models import PRESETS, load_model, load_tokenizer
-from .paths import runs_dir
-from .train import TrainSettings, pick_precision
+from phi3course import data
+from phi3course.files import read_json, write_json
+from phi3course.models import PRESETS, load_model, load_tokenizer
+from phi3course.paths import runs_dir
+from phi3course.train import TrainSettings, pick_precision
+
+from . import loadtest
 
 BENCH_MODEL = "smollm2-135m-instruct"
 
@@ -87,7 +89,7 @@ def flops_per_token(model: Any, trained: int, attended: float) -> float:
 
 def bench_ours(train_file: str, out: Path, steps: int) -> dict[str, Any]:
     """The course's recipe (LoRA, answer-only loss, padding-free, hardware precision)."""
-    from .train import train
+    from phi3course.train import train
 
     timer, times = step_timer()
     settings = TrainSettings(
@@ -182,8 +184,8 @@ def bench_endpoint(work: Path, clients: tuple[int, ...] = (1, 8), requests_per_c
     """The local endpoint serving the offline default model (SmolLM2-135M-Instruct), loaded at 1 and 8 clients."""
     import psutil
 
-    from . import endpoint, tracking
-    from .rundir import RunDir
+    from phi3course import endpoint, tracking
+    from phi3course.rundir import RunDir
 
     model, tokenizer = load_model(PRESETS[BENCH_MODEL])
     run = RunDir(work / "run")
@@ -198,8 +200,8 @@ def bench_endpoint(work: Path, clients: tuple[int, ...] = (1, 8), requests_per_c
             "What is the mascot of the Quillmere Institute?",
         ]
         payloads = [{"input_data": [q], "params": {"max_new_tokens": 32}} for q in questions]
-        endpoint.load(live, payloads, 1, 2)  # warm-up
-        results = {n: endpoint.load(live, payloads, n, requests_per_client).summary() for n in clients}
+        loadtest.measure(live, payloads, 1, 2)  # warm-up
+        results = {n: loadtest.measure(live, payloads, n, requests_per_client).summary() for n in clients}
         server = psutil.Process(live.pid)
         rss = sum(p.memory_info().rss for p in [server, *server.children(recursive=True)]) / 2**30
     finally:
@@ -229,8 +231,8 @@ def bench_flow(work: Path, calls: int = 50) -> dict[str, Any]:
 
     import requests
 
-    from . import endpoint, flow
-    from .rundir import RunDir
+    from phi3course import endpoint, flow
+    from phi3course.rundir import RunDir
 
     local = RunDir(runs_dir() / "local")
     model_uri = local.require("model_uri", made_by="make course (02_fine_tune, local profile)")
@@ -323,7 +325,7 @@ def bench_train(work: Path, peak: float, seed_steps: int, our_steps: int) -> dic
         "seed_recipe_efficiency": round(seed_gflops / peak, 3),
         "vs_seed_recipe": round(ours["tokens_per_second"] / seed["tokens_per_second"], 2),
         "measured": {"ours": ours, "seed_recipe": seed, "mean_row_tokens": round(mean_row, 1)},
-        "formula": "F = 4·N + 2·N_trained + 12·L·d·c per token (see phi3course.bench)",
+        "formula": "F = 4·N + 2·N_trained + 12·L·d·c per token (see benchmarks/bench.py)",
     }
 
 
@@ -345,7 +347,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m phi3course.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seed-steps", type=int, default=2, help="seed recipe's optimizer steps (first: warm-up)")
     parser.add_argument("--our-steps", type=int, default=12, help="optimizer steps of the course's recipe")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/bench.json")

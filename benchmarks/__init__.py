@@ -1,0 +1,1 @@
+"""Benchmarks of the course (``make bench``): not part of the package learners import."""
