@@ -27,3 +27,14 @@ def rows_table(rows: Sequence[dict[str, Any]], width: int = 120) -> pd.DataFrame
         item.update({k: v for k, v in row.items() if k not in {"messages", "text"}})
         shown.append(item)
     return pd.DataFrame(shown)
+
+
+def show_source(function: Any) -> Any:
+    """A function's source, highlighted: for code a learner should read where it lives rather than copy."""
+    import inspect
+
+    from IPython.display import Code, display
+
+    code = Code(inspect.getsource(function), language="python")
+    display(code)
+    return None

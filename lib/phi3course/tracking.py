@@ -33,8 +33,12 @@ def ui_command(run_path: str | os.PathLike[str]) -> str:
 
 def setup(run_path: str | os.PathLike[str], experiment: str = EXPERIMENT, tracking_uri: str | None = None) -> str:
     """Point MLflow at the run's store and make sure the experiment exists; returns its id."""
+    import logging
+
     import mlflow
 
+    # mlflow.transformers looks for a model card and a licence on the hub: a local fine-tune has neither.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     uri = tracking_uri or store_uri(run_path)
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)

@@ -34,6 +34,10 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LORA_TARGETS = "all-linear"
 
 
+# transformers 5 renamed gradient_checkpointing; trl still uses the old name. Not the learner's concern.
+warnings.filterwarnings("ignore", message=r".*checkpointing.* is deprecated and will be removed in v6.*")
+
+
 class TrainError(ValueError):
     """Settings that cannot train, caught before any heavy work, with what to change."""
 
@@ -46,6 +50,7 @@ class TrainSettings:
     output_dir: str
     test_file: str = ""
     model: str = "smollm2-135m-instruct"
+    model_path: str = ""  # a folder holding the base model (the Azure ML job's catalog input); "" loads the preset
     method: str = "lora"
     epochs: float = 3.0
     max_steps: int = -1
@@ -150,6 +155,17 @@ class MemoryEstimate:
     def fits(self) -> bool:
         return self.total_gib <= 0.9 * self.available_gib
 
+    def rows(self) -> list[tuple[str, float]]:
+        """(part, GiB) rows for a table."""
+        return [
+            ("weights", self.weights_gib),
+            ("gradients", self.gradients_gib),
+            ("optimizer state", self.optimizer_gib),
+            ("activations", self.activations_gib),
+            ("total (estimate)", self.total_gib),
+            ("available", self.available_gib),
+        ]
+
 
 def weight_dtype(method: str, precision: str, cuda: bool) -> str:
     """How the base weights are held: 4-bit (QLoRA), 16-bit for LoRA on a GPU, else fp32 masters."""
@@ -193,8 +209,14 @@ def available_memory_gib() -> float:
     return psutil.virtual_memory().available / GIB
 
 
-def check_memory(settings: TrainSettings, preset: Preset, precision: str) -> MemoryEstimate:
-    available = settings.memory_gib or available_memory_gib()
+def check_memory(
+    settings: TrainSettings, preset: Preset, precision: str, available_gib: float | None = None
+) -> MemoryEstimate:
+    """The estimate for this run, or :class:`TrainError` with what to change when it cannot fit.
+
+    ``available_gib``: the memory where the training runs (a cluster's GPU); default this machine's.
+    """
+    available = available_gib or settings.memory_gib or available_memory_gib()
     estimate = estimate_memory(preset, settings.method, precision, settings.batch_size * settings.max_length, available)
     if not estimate.fits:
         hints = []
@@ -291,7 +313,8 @@ def model_kwargs(method: str, precision: str) -> dict[str, Any]:
     return {"quantization_config": quantization}
 
 
-def _lora_config(settings: TrainSettings) -> Any:
+def lora_config(settings: TrainSettings) -> Any:
+    """The adapters. Notebook 02 builds the same object in its ``lora-config`` cell (a test holds them equal)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -303,42 +326,60 @@ def _lora_config(settings: TrainSettings) -> Any:
     )
 
 
-def sft_config(settings: TrainSettings, precision: str, steps_per_epoch: int) -> Any:
-    """The trl configuration; every keyword here is checked against the installed trl by the tests."""
-    from trl import SFTConfig
+def steps_per_epoch(settings: TrainSettings, rows: int) -> int:
+    """Optimizer steps in one pass over ``rows`` rows, over every process."""
+    return max(1, math.ceil(rows / (settings.batch_size * settings.grad_accum * _world_size())))
 
-    total = settings.max_steps if settings.max_steps > 0 else math.ceil(steps_per_epoch * settings.epochs)
-    return SFTConfig(
+
+def warmup_steps(settings: TrainSettings, per_epoch: int) -> int:
+    """``settings.warmup`` as a number of steps (transformers 5 dropped ``warmup_ratio``)."""
+    total = settings.max_steps if settings.max_steps > 0 else math.ceil(per_epoch * settings.epochs)
+    return round(settings.warmup * total)
+
+
+def plumbing_kwargs(settings: TrainSettings) -> dict[str, Any]:
+    """The SFTConfig keywords about I/O, logging and devices: the same in the notebook and the job."""
+    return dict(
         output_dir=str(Path(settings.output_dir) / "checkpoints"),
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.scheduler,
-        warmup_steps=round(settings.warmup * total),
         weight_decay=0.0,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        gradient_checkpointing=settings.gradient_checkpointing,
         packing=False,
-        padding_free=True,  # each batch's rows flattened into one sequence: no padding, no cross-row attention
         include_num_input_tokens_seen="non_padding",
         max_length=None,  # padding-free without packing cannot truncate: fit_length() drops longer rows first
-        completion_only_loss=True,
         logging_steps=1,
         logging_first_step=True,
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=1,
         report_to="none",
-        seed=settings.seed,
         data_seed=settings.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,  # history_callback shows one bar with the loss instead
         dataset_num_proc=None,
         use_cpu=not _cuda(),
         **settings.extra,
+    )
+
+
+def sft_config(settings: TrainSettings, precision: str, per_epoch: int) -> Any:
+    """The trl configuration. Notebook 02 builds the same object in its ``sft-config`` cell (a test holds them
+    equal); ``per_epoch`` is :func:`steps_per_epoch` of the rows that train."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=warmup_steps(settings, per_epoch),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        completion_only_loss=True,
+        padding_free=True,
+        seed=settings.seed,
+        **plumbing_kwargs(settings),
     )
 
 
@@ -391,41 +432,45 @@ def history_callback(mlflow_run: bool) -> Any:
     return History()
 
 
-def answer_only_trainer() -> type:
-    """An ``SFTTrainer`` whose loss projects only the answer positions through the LM head.
+def score_answers_only(trainer: Any) -> Any:
+    """Make an ``SFTTrainer`` project only the answer positions through the LM head; returns the trainer.
 
-    trl scores every position through an fp32, chunked LM head (and its entropy) unless Triton is
-    present; on a CPU that was ~45 % of a step here. With padding-free batches (one flattened
-    sequence) ``logits_to_keep`` asks the model for the logits of the answer positions alone, in the
-    training precision — the same loss, through the model's own forward (so DDP and peft still apply).
+    The loss is trl's completion-only loss, unchanged (a test compares the two). What changes is the
+    work: trl scores every position through an fp32, chunked LM head (and its entropy) unless Triton is
+    present; on a CPU that was ~45 % of a step here. With padding-free batches (one flattened sequence)
+    ``logits_to_keep`` asks the model for the logits of the answer positions alone, in the training
+    precision, through the model's own forward (so DDP and peft still apply).
     """
+    import types
+
     import torch
-    from trl import SFTTrainer
 
-    class AnswerOnlySFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
-            labels = inputs["labels"]
-            if labels.shape[0] != 1 or return_outputs:  # not a padding-free batch: trl's own path
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            targets = labels[0, 1:]
-            keep = (targets != -100).nonzero().squeeze(-1)
-            forward = {k: v for k, v in inputs.items() if k != "labels"}
-            outputs = model(**forward, use_cache=False, logits_to_keep=keep)
-            logits = outputs.logits[0].float()
-            wanted = targets[keep]
-            count = num_items_in_batch if num_items_in_batch is not None else wanted.numel()
-            loss = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum") / max(int(count), 1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            correct = self.accelerator.gather_for_metrics((logits.argmax(-1) == wanted).sum()).sum()
-            valid = self.accelerator.gather_for_metrics(torch.tensor(wanted.numel(), device=logits.device)).sum()
-            self._metrics["train"]["mean_token_accuracy"].append((correct / valid.clamp(min=1)).item())
-            local = torch.tensor(inputs["input_ids"].size(1), device=logits.device)
-            self._total_train_tokens += int(self.accelerator.gather_for_metrics(local).sum().item())
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-            return loss
+    parent = trainer.compute_loss
 
-    return AnswerOnlySFTTrainer
+    def compute_loss(self: Any, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
+        labels = inputs["labels"]
+        if labels.shape[0] != 1 or return_outputs:  # not a padding-free batch: trl's own path
+            return parent(model, inputs, return_outputs, num_items_in_batch)
+        targets = labels[0, 1:]
+        keep = (targets != -100).nonzero().squeeze(-1)
+        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**forward, use_cache=False, logits_to_keep=keep)
+        logits = outputs.logits[0].float()
+        wanted = targets[keep]
+        count = num_items_in_batch if num_items_in_batch is not None else wanted.numel()
+        loss = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum") / max(int(count), 1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        correct = self.accelerator.gather_for_metrics((logits.argmax(-1) == wanted).sum()).sum()
+        valid = self.accelerator.gather_for_metrics(torch.tensor(wanted.numel(), device=logits.device)).sum()
+        self._metrics["train"]["mean_token_accuracy"].append((correct / valid.clamp(min=1)).item())
+        local = torch.tensor(inputs["input_ids"].size(1), device=logits.device)
+        self._total_train_tokens += int(self.accelerator.gather_for_metrics(local).sum().item())
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return loss
+
+    trainer.compute_loss = types.MethodType(compute_loss, trainer)
+    return trainer
 
 
 def _world_size() -> int:
@@ -462,20 +507,48 @@ def _prepare_output(settings: TrainSettings) -> None:
     record.write_text(wanted)
 
 
+def base_model_folder(path: str) -> str:
+    """The folder under ``path`` that holds ``config.json`` (a catalog model nests it a few folders down)."""
+    found = sorted(Path(path).rglob("config.json"), key=lambda p: len(p.parts))
+    if not found:
+        raise TrainError(f"model_path {path} holds no config.json: pass a folder with a transformers model.")
+    return str(found[0].parent)
+
+
+def load_base(settings: TrainSettings, preset: Preset, precision: str) -> tuple[Any, Any]:
+    """(model, tokenizer) to fine-tune: from ``settings.model_path`` when set (the job's input), else the preset."""
+    kwargs = model_kwargs(settings.method, precision)
+    if settings.model_path:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = base_model_folder(settings.model_path)
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(folder, **kwargs), AutoTokenizer.from_pretrained(folder)
+    else:
+        model, tokenizer = load_model(preset, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
 def train(
-    settings: TrainSettings, mlflow_run: bool = False, retrain: bool = False, callbacks: list[Any] | None = None
+    settings: TrainSettings,
+    mlflow_run: bool = False,
+    retrain: bool = False,
+    callbacks: list[Any] | None = None,
+    evaluate: bool = False,
 ) -> TrainResult:
     """Fine-tune, save the (merged) model to ``output_dir/model`` and return what happened.
 
+    This is what the Azure ML job (and ``torchrun``) runs; notebook 02 builds the same objects in its cells.
     A run that was interrupted resumes from its last checkpoint in ``output_dir/checkpoints`` when called
-    again with the same settings; a finished one is not trained twice unless ``retrain``.
+    again with the same settings; a finished one is not trained twice unless ``retrain``. With ``evaluate``
+    and a test file, the base and the tuned model answer the held-out questions (``output_dir/eval.json``).
     """
     import torch
     from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
 
-    # transformers 5 renamed gradient_checkpointing; trl still passes the old name. Not the learner's concern.
-    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
     preset = settings.validate()
     precision, why = pick_precision(settings.precision)
     check_memory(settings, preset, precision)
@@ -485,28 +558,23 @@ def train(
     _prepare_output(settings)
     train_rows = to_training_rows(load_rows(settings.train_file))
     torch.manual_seed(settings.seed)
-    model, tokenizer = load_model(preset, **model_kwargs(settings.method, precision))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = load_base(settings, preset, precision)
     train_rows, dropped = fit_length(train_rows, tokenizer, settings.max_length)
     if dropped:
         print(f"Dropped {dropped} rows longer than max_length={settings.max_length} tokens.")
-    dataset = Dataset.from_list(train_rows)
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum * _world_size())))
-    config = sft_config(settings, precision, steps_per_epoch)
+    base_eval = _evaluate(model, tokenizer, settings, "base") if evaluate else None
+    config = sft_config(settings, precision, steps_per_epoch(settings, len(train_rows)))
     history = history_callback(mlflow_run)
-    trainer = answer_only_trainer()(
+    trainer = SFTTrainer(
         model=model,
         args=config,
-        train_dataset=dataset,
+        train_dataset=Dataset.from_list(train_rows),
         processing_class=tokenizer,
-        peft_config=_lora_config(settings) if settings.method in {"lora", "qlora"} else None,
+        peft_config=lora_config(settings) if settings.method in {"lora", "qlora"} else None,
         callbacks=[history, *(callbacks or [])],
     )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
+    score_answers_only(trainer)
+    quiet_trainer(trainer)
     last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
     began = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last)
@@ -517,8 +585,8 @@ def train(
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trained.parameters())
     model_dir = Path(settings.output_dir) / "model"
+    final = trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
     if trainer.is_world_process_zero():
-        final = trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
         final.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
     losses = [row["loss"] for row in history.rows]
@@ -540,7 +608,39 @@ def train(
     if trainer.is_world_process_zero():
         stored = {**result.to_json(), "settings": _settings_record(settings)}
         (Path(settings.output_dir) / "result.json").write_text(json.dumps(stored, indent=2))
+        if base_eval is not None:
+            scores = {"base": base_eval, "tuned": _evaluate(final, tokenizer, settings, "tuned")}
+            (Path(settings.output_dir) / "eval.json").write_text(json.dumps(scores, indent=2))
     return result
+
+
+def job_outcome(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a finished job wrote (downloaded to ``folder``): ``result`` (result.json) and ``eval`` (eval.json)."""
+    found = {name: sorted(Path(folder).rglob(f"{name}.json")) for name in ("result", "eval")}
+    missing = [f"{name}.json" for name, paths in found.items() if not paths]
+    if missing:
+        what = " or ".join(missing)
+        raise TrainError(f"the job's output in {folder} has no {what}: did the job run with --evaluate?")
+    return {name: json.loads(paths[0].read_text()) for name, paths in found.items()}
+
+
+def quiet_trainer(trainer: Any) -> Any:
+    """Drop the trainer's own printer and bar (they print every log line); :func:`history_callback` shows one bar."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _evaluate(model: Any, tokenizer: Any, settings: TrainSettings, label: str) -> dict[str, Any]:
+    """Held-out exact-match and perplexity of ``model`` on the test file (the job's before/after)."""
+    from .evaluate import evaluate
+
+    if not settings.test_file:
+        return {}
+    result = evaluate(model, tokenizer, read_jsonl(settings.test_file), label)
+    return {**result.summary(), "answers": result.rows}
 
 
 # --- command line (the Azure ML job and torchrun run this) -------------------------------------------
@@ -556,20 +656,62 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
+    parser.add_argument(
+        "--evaluate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="answer the test file's questions with the base and the tuned model (eval.json)",
+    )
     return parser
+
+
+PATH_FIELDS = ("train_file", "test_file", "output_dir", "model_path")
+
+
+def job_arguments(settings: TrainSettings, paths: dict[str, str]) -> str:
+    """Every setting as a flag of ``python -m phi3course.train``; ``paths`` puts job references
+    (``${{inputs.train}}``) in place of the local path fields. :func:`_parser` reads it back (a test round-trips it)."""
+    flags = []
+    for f in fields(TrainSettings):
+        if f.name == "extra":
+            continue
+        value = paths.get(f.name) if f.name in PATH_FIELDS else getattr(settings, f.name)
+        if value in (None, ""):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags.append(f"{flag} {value}")
+    return " ".join(flags)
+
+
+def log_model_to_workspace(model_dir: str, name: str) -> None:
+    """In an Azure ML job: the fine-tuned model as an MLflow model in the workspace's tracking store."""
+    import mlflow
+
+    from .tracking import log_model
+
+    with mlflow.start_run(nested=mlflow.active_run() is not None):
+        log_model(model_dir, None)
+    print(f"logged {name} as an MLflow model to {mlflow.get_tracking_uri().split('?')[0]}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
+    evaluate = args.pop("evaluate")
     settings = TrainSettings(**args)
-    # In an Azure ML job the workspace's MLflow is already set up: log the loss curve there.
+    # In an Azure ML job MLFLOW_TRACKING_URI points at the workspace (azureml://, through azureml-mlflow):
+    # the loss curve and the model are logged there.
     tracked = bool(os.environ.get("MLFLOW_TRACKING_URI"))
     try:
-        result = train(settings, mlflow_run=tracked)
+        result = train(settings, mlflow_run=tracked, evaluate=evaluate)
     except (TrainError, DataError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
+        if tracked:
+            log_model_to_workspace(result.model_dir, settings.model)
         print(json.dumps({k: v for k, v in result.to_json().items() if k != "history"}, indent=2))
     return 0
 
