@@ -93,7 +93,7 @@ def test_role_commands_cover_the_three_roles_with_real_scopes() -> None:
 def test_compute_spec_scales_to_zero_and_uses_the_identity() -> None:
     settings = azure.validate(GOOD)
     yaml_text = azure.to_yaml(azure.compute_spec(settings, name="gpu", size=azure.GPU_CLUSTER_SIZE))
-    assert "min_instances: 0" in yaml_text and "size: Standard_NC6s_v3" in yaml_text
+    assert "min_instances: 0" in yaml_text and "size: Standard_NC24ads_A100_v4" in yaml_text
     assert settings.uai_resource_id in yaml_text and "user_assigned" in yaml_text
 
 

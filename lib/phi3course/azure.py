@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 PLACEHOLDER = re.compile(r"^(your[_\- ].*|<.*>|\{.*\}|x{3,}.*|.*changeme.*|.*placeholder.*|todo|tbd|\.\.\.)$", re.I)
-GPU_CLUSTER_SIZE = "Standard_NC6s_v3"  # the seed's choice: V100, 16 GB, no bf16
+# The training cluster's size. The original tutorial's V100 size (NCv3) was retired on 2025-09-30;
+# its maintainers moved to the A100 size below. VM_SIZES says what each offered size fits.
+GPU_CLUSTER_SIZE = "Standard_NC24ads_A100_v4"
+SMALL_GPU_CLUSTER_SIZE = "Standard_NC4as_T4_v3"
 CPU_CLUSTER_SIZE = "Standard_E16s_v3"
 ARM_SCOPE = "https://management.azure.com/.default"
 
@@ -291,11 +294,15 @@ def to_yaml(entity: Any) -> str:
 
 
 def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
-    """The `az` commands that give the identity what the course needs.
+    """The `az` commands that give the identity what the course needs, in an order that works.
 
-    Contributor on the resource group (jobs and endpoints), Storage Blob Data Reader on the
-    workspace's storage account (read data and models), AcrPull on its container registry
-    (pull the environment's image). With no settings, placeholders show the shape.
+    Contributor on the resource group (jobs and endpoints) and Storage Blob Data Reader on the workspace's
+    storage account (data and models) can run at once. AcrPull goes on the workspace's container registry,
+    which Azure ML creates lazily, on the workspace's first image build (the first job of 02_fine_tune):
+    right after `az ml workspace create` the registry does not exist and the assignment has no scope.
+    The last command therefore looks the registry up and assigns AcrPull only when it exists, saying
+    otherwise to run it again after the first job has started. Lines starting with '#' explain.
+    With no settings, placeholders show the shape.
     """
     s = settings
     group = s.resource_group if s else "<resource-group>"
@@ -310,7 +317,11 @@ def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
         f"az identity create -g {group} -n {identity} -l {location}",
         f'{assign} --role "Contributor" --scope {scope}',
         f'{assign} --role "Storage Blob Data Reader" --scope $({show_ws} --query storage_account -o tsv)',
-        f'{assign} --role "AcrPull" --scope $({show_ws} --query container_registry -o tsv)',
+        "# AcrPull: the workspace's container registry appears with its first image build (the first job of"
+        " 02_fine_tune). Run the next line after that job has started; until then it only says so.",
+        f"ACR=$({show_ws} --query container_registry -o tsv); "
+        f'if [ -n "$ACR" ]; then {assign} --role "AcrPull" --scope "$ACR"; '
+        'else echo "No container registry yet: run this again once the first job of 02_fine_tune has started."; fi',
     ]
 
 
@@ -515,3 +526,369 @@ def delete_endpoint(client: MLClient, name: str) -> bool:
     except ResourceNotFoundError:
         return False
     return True
+
+
+# === today's Azure offering (issue 10) ==========================================================
+# Everything below is what the notebooks build their inline entities from. The spec builders above
+# (compute_spec, training_job, endpoint_spec, deployment_spec, model_from_job, deploy) are kept
+# until the notebooks stop calling them.
+
+
+@dataclass(frozen=True)
+class VmSize:
+    """A training VM size the course offers, and what fits on it (see :data:`VM_SIZES`)."""
+
+    name: str
+    gpu: str
+    gpu_gib: float  # memory of one GPU as torch reports it (an "80 GB" A100 has 80 GiB, a "16 GB" T4 ~15 GiB)
+    gpus: int
+    vcpus: int  # cores the quota counts per node
+    family: str  # the quota family, as ml_client.compute.list_usage() and list_sizes() name it
+    bf16: bool  # native bf16 (Ampere and newer)
+    method: str  # the fine-tuning method that fits Phi-3-mini on it
+    precision: str
+    torch_index: str  # the PyTorch wheel index with kernels for this GPU
+
+    def row(self) -> dict[str, Any]:
+        """One row for a table in a notebook."""
+        return {
+            "size": self.name,
+            "GPU": f"{self.gpus} × {self.gpu}",
+            "GPU GiB": self.gpu_gib,
+            "vCPUs": self.vcpus,
+            "quota family": self.family,
+            "bf16": "yes" if self.bf16 else "no (fp16)",
+            "Phi-3-mini fits as": f"{self.method}, {self.precision}",
+        }
+
+
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"  # CUDA 12.8 wheels: kernels for T4 (sm75) to H100
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+VM_SIZES: dict[str, VmSize] = {
+    v.name: v
+    for v in (
+        VmSize(
+            "Standard_NC24ads_A100_v4",
+            "A100 80GB PCIe",
+            80.0,
+            1,
+            24,
+            "standardNCADSA100v4Family",
+            True,
+            "lora",
+            "bf16",
+            TORCH_CUDA_INDEX,
+        ),
+        VmSize(
+            "Standard_NC4as_T4_v3",
+            "T4 16GB",
+            15.0,
+            1,
+            4,
+            "standardNCASv3_T4Family",
+            False,
+            "qlora",
+            "fp16",
+            TORCH_CUDA_INDEX,
+        ),
+    )
+}
+# Sizes the original tutorial or older guides name that Azure no longer offers, with what to use instead.
+RETIRED_SIZES = {
+    "Standard_NC6s_v3": "NCv3 (V100) sizes were retired on 2025-09-30",
+    "Standard_NC12s_v3": "NCv3 (V100) sizes were retired on 2025-09-30",
+    "Standard_NC24s_v3": "NCv3 (V100) sizes were retired on 2025-09-30",
+    "Standard_NC6": "NC (K80) sizes were retired on 2023-09-06",
+}
+
+
+class SizeError(ValueError):
+    """A VM size the course cannot use, with the sizes it offers."""
+
+
+def vm_size(name: str) -> VmSize:
+    """The course's record of training size ``name``; a retired or unknown size raises :class:`SizeError`."""
+    offered = ", ".join(f"{v.name} ({v.gpu}: {v.method}, {v.precision})" for v in VM_SIZES.values())
+    if name in RETIRED_SIZES:
+        raise SizeError(f"{name}: {RETIRED_SIZES[name]}. Use one of: {offered}.")
+    if name not in VM_SIZES:
+        raise SizeError(f"{name} is not a training size this course has sized; use one of: {offered}.")
+    return VM_SIZES[name]
+
+
+def vm_size_table() -> list[dict[str, Any]]:
+    """The offered training sizes as rows (``pandas.DataFrame(azure.vm_size_table())`` in a notebook)."""
+    return [v.row() for v in VM_SIZES.values()]
+
+
+# --- quota -----------------------------------------------------------------------------------------
+@dataclass
+class QuotaRow:
+    """One quota the chosen size draws on: what it needs against what the region allows."""
+
+    quota: str
+    needed: int
+    used: int | None
+    limit: int | None
+
+    @property
+    def free(self) -> int | None:
+        return None if self.limit is None or self.used is None else self.limit - self.used
+
+    @property
+    def ok(self) -> bool:
+        return self.free is not None and self.free >= self.needed
+
+
+def _family_key(text: str) -> str:
+    """'standardNCADSA100v4Family' and 'Standard NCADSA100v4 Family Cluster Dedicated vCPUs' → one key."""
+    key = re.sub(r"[^a-z0-9]", "", text.lower())
+    return key.removesuffix("clusterdedicatedvcpus")
+
+
+def _usage_name(usage: Any) -> str:
+    """Usage.name as azure-ai-ml returns it: a dict {'value', 'localized_value'} (from as_dict()) or an object."""
+    name = getattr(usage, "name", None)
+    if isinstance(name, dict):
+        return str(name.get("value") or name.get("localizedValue") or name.get("localized_value") or "")
+    return str(getattr(name, "value", None) or getattr(name, "localized_value", None) or name or "")
+
+
+def _field(entity: Any, *names: str) -> Any:
+    """An attribute of an SDK entity under any of its names.
+
+    azure-ai-ml 1.35's ``VmSize``/``Usage._from_rest_object`` copy the REST model's ``as_dict()`` into the
+    entity, which keys by the wire names: ``VmSize.v_cp_us`` stays None and the cores are in ``vCPUs``;
+    ``Usage.current_value`` stays None and the use is in ``currentValue``.
+    """
+    for name in names:
+        value = getattr(entity, name, None)
+        if value is None and isinstance(getattr(entity, "__dict__", None), dict):
+            value = entity.__dict__.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def quota_rows(client: Any, size: str, location: str | None = None, instances: int = 1) -> list[QuotaRow]:
+    """The Azure ML compute quota the training cluster needs, read with the SDK (not ``az vm list-usage``,
+    which shows VM quota: Azure ML compute has its own).
+
+    ``client.compute.list_sizes(location=…)`` gives the size's family and cores (``VmSize.family``,
+    ``VmSize.v_cp_us``); ``client.compute.list_usage(location=…)`` the family's and the region's
+    dedicated-core limits and use. Raises :class:`SizeError` if the region does not offer the size.
+    """
+    sizes = {str(s.name).lower(): s for s in client.compute.list_sizes(location=location)}
+    found = sizes.get(size.lower())
+    if found is None:
+        raise SizeError(f"{size} is not offered for Azure ML compute in {location or 'the workspace region'}.")
+    cores = int(_field(found, "v_cp_us", "vCPUs") or 0) * instances
+    usages = list(client.compute.list_usage(location=location))
+    family = _family_key(str(found.family))
+    rows = []
+    for wanted, label in (
+        (family, f"{found.family} (the family of {size})"),
+        (_family_key("Total Cluster Dedicated Regional vCPUs"), "Total Cluster Dedicated Regional vCPUs"),
+    ):
+        match = next((u for u in usages if _family_key(_usage_name(u)) == wanted), None)
+        used = None if match is None else int(_field(match, "current_value", "currentValue") or 0)
+        limit = None if match is None else int(_field(match, "limit") or 0)
+        rows.append(QuotaRow(label, cores, used, limit))
+    return rows
+
+
+def quota_report(rows: list[QuotaRow]) -> str:
+    """A line per quota and what to do when one is short."""
+    lines = []
+    for row in rows:
+        state = "ok" if row.ok else "TOO LOW"
+        lines.append(f"{row.quota}: need {row.needed} vCPUs, {row.used} of {row.limit} in use → {state}")
+    if not all(row.ok for row in rows):
+        lines.append(
+            "Request more in Azure ML studio → Quota (or the portal's 'Usage + quotas' for Machine Learning), "
+            "or choose the other size (azure.VM_SIZES)."
+        )
+    return "\n".join(lines)
+
+
+# --- names -----------------------------------------------------------------------------------------
+ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
+
+
+def endpoint_name(base: str = "phi3-course", suffix: str | None = None) -> str:
+    """A managed online endpoint name: ``base`` plus 8 hex characters, as Azure's own examples do,
+    because endpoint names must be unique in the whole region. Keep it in the run directory."""
+    import secrets
+
+    name = f"{base}-{suffix if suffix is not None else secrets.token_hex(4)}"
+    if not ENDPOINT_NAME.match(name):
+        raise ValueError(
+            f"endpoint name {name!r}: 3–32 letters, digits or '-', starting with a letter, not ending with '-'."
+        )
+    return name
+
+
+# --- the connection ---------------------------------------------------------------------------------
+REHEARSAL_LIMITS = (
+    "quota and regional capacity (GPU sizes are often out of stock or at 0 cores on new subscriptions)",
+    "the environment image build (conda/pip resolution on Azure's builder, the CUDA torch wheel)",
+    "the GPU itself (the job runs on this machine's CPU or GPU), role assignments and network access",
+    "real latency and cost (the endpoint runs on this machine, behind no gateway)",
+)
+
+
+def connect(
+    settings: AzureSettings | None,
+    target: str,
+    dry_run: bool = False,
+    run_path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The gate of every Azure section: an ``MLClient``, the local rehearsal workspace, or None.
+
+    ``dry_run=True`` returns :class:`phi3course.rehearsal.Workspace` under ``<run_path>/rehearsal``: the
+    same calls as ``MLClient``, answered on this machine. Otherwise a real ``MLClient`` when the target is
+    ``azureml``, the settings are valid and a sign-in works; else None, with one line saying why.
+    """
+    if dry_run:
+        from . import rehearsal
+
+        if run_path is None:
+            raise ValueError("a rehearsal keeps its workspace in the run directory: pass run_path.")
+        workspace = rehearsal.Workspace(Path(run_path) / "rehearsal", settings or rehearsal.EXAMPLE_SETTINGS)
+        print(
+            "REHEARSAL (dry run): the Azure cells talk to a local stand-in of the workspace in "
+            f"{workspace.root}, not to Azure. It validates every entity with azure-ai-ml, runs the job's "
+            "command and serves the deployment here. It cannot check:\n"
+            + "\n".join(f"  - {limit}" for limit in REHEARSAL_LIMITS)
+        )
+        return workspace
+    if target != "azureml":
+        print(f"Target {target!r}: the Azure ML cells skip (set target='azureml', or dry_run=True to rehearse).")
+        return None
+    if settings is None:
+        print("The Azure ML cells skip: the Azure settings above are not usable yet (fix .env, re-run 00_setup).")
+        return None
+    if not has_credentials():
+        print("The Azure ML cells skip: no Azure sign-in found. Run `az login` in a terminal, then re-run this cell.")
+        return None
+    quiet_sdk()
+    return ml_client(settings)
+
+
+def is_rehearsal(client: Any) -> bool:
+    """Whether ``client`` is the local stand-in rather than a real MLClient."""
+    return bool(getattr(client, "is_rehearsal", False))
+
+
+# --- the base model from the model catalog ----------------------------------------------------------------
+# Azure ML's model catalog (the `azureml` registry) names the models as below. The offline presets are in no
+# catalog: their URIs name the registry "rehearsal", which exists nowhere on Azure; only the stand-in resolves it.
+CATALOG_MODELS = {
+    "phi-3-mini-4k-instruct": ("azureml", "Phi-3-mini-4k-instruct"),
+    "phi-3.5-mini-instruct": ("azureml", "Phi-3.5-mini-instruct"),
+    "smollm2-135m-instruct": ("rehearsal", "smollm2-135m-instruct"),
+    "phi-3-tiny": ("rehearsal", "phi-3-tiny"),
+}
+CATALOG_MODEL_TYPE = "mlflow_model"  # how the catalog stores Phi-3: an MLflow folder (data/model, data/tokenizer)
+REHEARSAL_REGISTRY = "rehearsal"
+
+
+def catalog_model_uri(preset_name: str, label: str = "latest", version: str | None = None) -> str:
+    """The job's base-model input: ``azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest``.
+
+    ``catalog_model_uri("phi-3.5-mini-instruct")`` is the model the tutorial's maintainers moved to. The offline
+    presets get a ``registries/rehearsal`` URI that only a dry run resolves; on Azure it fails, by design.
+    """
+    if preset_name not in CATALOG_MODELS:
+        raise ValueError(f"no catalog entry for {preset_name!r}: choose one of {', '.join(CATALOG_MODELS)}.")
+    registry, name = CATALOG_MODELS[preset_name]
+    tail = f"versions/{version}" if version else f"labels/{label}"
+    return f"azureml://registries/{registry}/models/{name}/{tail}"
+
+
+def rehearsal_only(uri: str) -> bool:
+    """Whether a model URI exists only in the rehearsal (an offline preset), not in Azure's catalog."""
+    return uri.startswith(f"azureml://registries/{REHEARSAL_REGISTRY}/")
+
+
+# --- lean environments from one place ----------------------------------------------------------------------
+JOB_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:latest"
+SERVE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
+
+
+def _project() -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((course_root() / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def requirements(group: str) -> list[str]:
+    """The pip requirements of optional-dependency group ``group`` (``job`` or ``serve``) in pyproject.toml.
+
+    The group names packages; a bare name takes its pin from the course's main dependency list, so every
+    version lives in one place and each environment gets only what its code imports.
+    """
+    from packaging.requirements import Requirement
+
+    project = _project()
+    pins = {Requirement(spec).name.lower(): spec for spec in project["dependencies"]}
+    groups = project.get("optional-dependencies", {})
+    if group not in groups:
+        raise KeyError(f"pyproject.toml has no [project.optional-dependencies] {group!r}.")
+    resolved = []
+    for spec in groups[group]:
+        requirement = Requirement(spec)
+        bare = not requirement.specifier and not requirement.extras and requirement.marker is None
+        resolved.append(pins.get(requirement.name.lower(), spec) if bare else spec)
+    return resolved
+
+
+def conda_spec(name: str, pip: list[str], index_lines: list[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "channels": ["conda-forge"],
+        "dependencies": ["python=3.11", "pip", {"pip": [*index_lines, *pip]}],
+    }
+
+
+def job_environment(size: str = GPU_CLUSTER_SIZE) -> Any:
+    """The training job's environment: the ``job`` group (with ``azureml-mlflow``, which the job needs because
+    Azure ML points MLflow at an ``azureml://`` URI), torch from the CUDA index with kernels for ``size``'s GPU."""
+    from azure.ai.ml.entities import Environment
+
+    index = VM_SIZES[size].torch_index if size in VM_SIZES else TORCH_CUDA_INDEX
+    conda = conda_spec("phi3-course-job", requirements("job"), [f"--extra-index-url {index}"])
+    return Environment(
+        name="phi3-course-job",
+        image=JOB_IMAGE,
+        conda_file=conda,
+        description="Fine-tuning job: pyproject.toml [job], CUDA torch.",
+    )
+
+
+def serving_environment() -> Any:
+    """The deployment's environment on Azure's CPU inference image: the ``serve`` group, CPU torch, nothing else
+    (no JupyterLab, papermill or promptflow)."""
+    from azure.ai.ml.entities import Environment
+
+    conda = conda_spec("phi3-course-serve", requirements("serve"), [f"--extra-index-url {TORCH_CPU_INDEX}"])
+    return Environment(
+        name="phi3-course-serve",
+        image=SERVE_IMAGE,
+        conda_file=conda,
+        description="Online deployment: pyproject.toml [serve], CPU torch.",
+    )
+
+
+def pip_requirements(environment: Any) -> list[str]:
+    """The requirement lines of an Environment's conda pip section (index options left out)."""
+    conda = environment.conda_file if not isinstance(environment, dict) else environment
+    if isinstance(conda, str | os.PathLike):
+        import yaml
+
+        conda = yaml.safe_load(Path(conda).read_text(encoding="utf-8"))
+    pip: list[str] = []
+    for item in (conda or {}).get("dependencies", []):
+        if isinstance(item, dict) and "pip" in item:
+            pip += [line for line in item["pip"] if not line.strip().startswith("-")]
+    return pip
