@@ -1,4 +1,4 @@
-"""Endpoints: the local one (the Azure ML inference server on 127.0.0.1) and the Azure ML specs.
+"""The local endpoint: the Azure ML inference server running the course's scoring script on 127.0.0.1.
 
 ``azmlinfsrv`` listens on 0.0.0.0 and has no address option and no authentication of its own (Azure's
 gateway authenticates managed endpoints). Locally we therefore run the same server app under
@@ -23,12 +23,17 @@ from .tracking import store_uri
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
-TUNED = "endpoint"  # the fine-tuned model's deployment; 04 adds "base_endpoint" for the comparison
-SCORING_SCRIPT = "phi3course/score.py"
+# Deployments a run may have; each keeps <name>_scoring_uri, <name>_key_path, <name>_kind, <name>_pid in state.json.
+TUNED = "tuned"  # the fine-tuned model (03_deploy)
+BASE = "base"  # the base model, served beside it in 04 for the comparison
+DEPLOYMENTS = (TUNED, BASE)
+SCORING_ROOT = course_root() / "lib"  # the code folder: the same for the local server and Azure ML's CodeConfiguration
+SCORING_SCRIPT = "phi3course/score.py"  # relative to SCORING_ROOT
 THREADS = 16  # requests waiting at once in the one worker; the batcher serves them together
 
 
-EndpointError = ServerError  # the local endpoint did not start or did not answer
+class EndpointError(ServerError):
+    """The local endpoint did not start, is not running, or did not answer."""
 
 
 def port_free(port: int, host: str = HOST) -> bool:
@@ -103,8 +108,7 @@ def stop(run: RunDir, name: str = TUNED) -> bool:
 
 def stop_all(run: RunDir) -> list[str]:
     """Stop every local deployment this run started; returns their names."""
-    names = [key[: -len("_pid")] for key, pid in run.state.items() if key.endswith("endpoint_pid") and pid]
-    return [name for name in names if stop(run, name)]
+    return [name for name in DEPLOYMENTS if run.get(f"{name}_pid") and stop(run, name)]
 
 
 def start_local(
@@ -122,7 +126,7 @@ def start_local(
         print(f"Port {port} is busy; the endpoint uses {chosen} instead.")
     key_path = run.new_secret(key_name(name))
     log_path = run.path / f"{name}.log"
-    lib = course_root() / "lib"
+    lib = SCORING_ROOT
     environment = {
         **os.environ,
         "AML_APP_ROOT": str(lib),
@@ -154,7 +158,10 @@ def start_local(
     process = launch(command, log_path, environment, cwd=lib)
     run.remember(**{f"{name}_pid": process.pid})
     endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
-    wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint")
+    try:
+        wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint")
+    except ServerError as error:
+        raise EndpointError(str(error)) from None
     record(run, name, "local", endpoint.scoring_uri, key_path)
     if name == TUNED:
         run.update_summary(endpoint={"kind": "local", "scoring_uri": endpoint.scoring_uri})
