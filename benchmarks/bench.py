@@ -3,10 +3,14 @@
 Training FLOPs per token (the usual estimate, stated with the figure):
     F = 2·N (forward) + 2·N (backward through activations) + 2·N_trained (weight gradients)
         + 12·L·d·c (attention: QKᵀ and AV, forward and backward, over c attended positions on average)
-with N the model's parameters (the tied embedding counted once, as the LM head's matmul), L layers,
-d the attention width, c = (row length + 1) / 2 under a causal mask, or (2048 + 1) / 2 for the seed's
-packed 2048-token sequences, whose rows attend across their boundaries.
-Efficiency = achieved training FLOP/s ÷ matmul FLOP/s measured in the same run at the training precision.
+with N the weights of the model's matmuls (its Linear layers, LoRA's adapters included; the input
+embedding is a lookup, and a tied embedding counts once, as the LM head), N_trained those the optimizer
+updates, L layers, d the attention width, c = (row length + 1) / 2 under a causal mask, or (2048 + 1) / 2
+for the original tutorial's packed 2048-token sequences, whose rows attend across their boundaries.
+tests/test_bench.py holds this estimate equal to the matmul FLOPs torch's own counter sees.
+Efficiency = achieved training FLOP/s ÷ matmul FLOP/s measured in the same run, in the precision the
+recipe trains in on this machine. A precision the machine only emulates (bf16 on an AVX2-only CPU: about
+1 GFLOP/s, a minute per 2048² matmul) is not timed: the recipe does not train in it there.
 """
 
 from __future__ import annotations
@@ -58,11 +62,14 @@ class StepTimes:
     tokens: list[int]
 
     def steady(self, skip: int = 1) -> tuple[float, int]:
-        """Seconds and tokens of the steps after the first ``skip`` (warm-up)."""
+        """Seconds and tokens of the steps after the first ``skip`` (warm-up); all of them if that leaves none."""
+        skip = skip if len(self.seconds) > skip else 0
         return sum(self.seconds[skip:]), sum(self.tokens[skip:])
 
 
-def step_timer() -> tuple[Any, StepTimes]:
+def step_timer(budget_s: float | None = None) -> tuple[Any, StepTimes]:
+    """A trainer callback timing each optimizer step; with ``budget_s``, training stops after the first step
+    when that step alone took longer (a step that long is its own warm-up: the one-time costs are seconds)."""
     from transformers import TrainerCallback
 
     times = StepTimes([], [])
@@ -75,13 +82,33 @@ def step_timer() -> tuple[Any, StepTimes]:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             times.seconds.append(time.perf_counter() - self.began)
             times.tokens.append(int(state.num_input_tokens_seen or 0) - self.seen)
+            print(f"  step {len(times.seconds)}: {times.seconds[-1]:.1f} s, {times.tokens[-1]} tokens", flush=True)
+            if budget_s is not None and len(times.seconds) == 1 and times.seconds[0] > budget_s:
+                control.should_training_stop = True
 
     return Timer(), times
 
 
-def flops_per_token(model: Any, trained: int, attended: float) -> float:
+def matmul_weights(model: Any, trained_only: bool = False) -> int:
+    """Weights that take part in a matmul: every Linear layer's (a tied LM head counted once), no lookups."""
+    import torch
+
+    weights = {
+        id(module.weight): module.weight
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear) and (module.weight.requires_grad or not trained_only)
+    }
+    return sum(w.numel() for w in weights.values())
+
+
+def flops_per_token(model: Any, trained: int, attended: float, added: int = 0) -> float:
+    """Training FLOPs per token of ``model`` (the base model) with ``trained`` of its matmul weights updated.
+
+    ``added``: matmul weights the fine-tune adds to the base model (LoRA's adapters: they run forward and
+    backward too, and are also the trained ones); 0 for a full fine-tune.
+    """
     config = model.config
-    n = sum(p.numel() for p in model.parameters())  # the base model: tied embedding counted once
+    n = matmul_weights(model) + added
     layers = config.num_hidden_layers
     width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
     return 4 * n + 2 * trained + 12 * layers * width * attended
@@ -148,27 +175,46 @@ def seed_recipe_config(out: Path, precision: str, steps: int) -> Any:
     )
 
 
-def bench_seed(train_rows: list[dict[str, Any]], out: Path, steps: int) -> dict[str, Any]:
-    """Full fine-tune, eager attention, gradient checkpointing, batch 4 × 2048 packed tokens."""
+def seed_recipe_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict[str, Any]],
+    out: Path,
+    precision: str,
+    steps: int,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The tutorial's trainer: eager attention, the chat rows rendered as text, packed into 2048-token sequences."""
     from datasets import Dataset
     from trl import SFTTrainer
 
+    model.set_attn_implementation("eager")  # the seed's attn_implementation="eager"
+    texts = [{"text": tokenizer.apply_chat_template(row["messages"], tokenize=False)} for row in train_rows]
+    return SFTTrainer(
+        model=model,
+        args=seed_recipe_config(out, precision, steps),
+        train_dataset=Dataset.from_list(texts),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def bench_seed(
+    train_rows: list[dict[str, Any]], out: Path, steps: int, budget_s: float | None = None
+) -> dict[str, Any]:
+    """Full fine-tune, eager attention, gradient checkpointing, batch 4 × 2048 packed tokens.
+
+    The first step is a warm-up and not counted, unless it alone took longer than ``budget_s``: then it is
+    the only step (on a 2-core AVX2 CPU one step is minutes of fp32 work, its one-time costs seconds).
+    """
     preset = PRESETS[BENCH_MODEL]
     precision, _ = pick_precision("auto")
     import torch
 
     tokenizer = load_tokenizer(preset)
     model, _ = load_model(preset, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)  # as the seed
-    model.set_attn_implementation("eager")  # the seed's attn_implementation="eager"
-    texts = [{"text": tokenizer.apply_chat_template(row["messages"], tokenize=False)} for row in train_rows]
-    timer, times = step_timer()
-    trainer = SFTTrainer(
-        model=model,
-        args=seed_recipe_config(out, precision, steps),
-        train_dataset=Dataset.from_list(texts),
-        processing_class=tokenizer,
-        callbacks=[timer],
-    )
+    timer, times = step_timer(budget_s)
+    trainer = seed_recipe_trainer(model, tokenizer, train_rows, out, precision, steps, callbacks=[timer])
     trainer.train()
     seconds, tokens = times.steady()
     return {
@@ -176,7 +222,9 @@ def bench_seed(train_rows: list[dict[str, Any]], out: Path, steps: int) -> dict[
         "tokens": tokens,
         "tokens_per_second": tokens / seconds,
         "precision": precision,
-        "trainable": sum(p.numel() for p in model.parameters()),
+        "steps_timed": len(times.seconds),
+        "warm_up_step_counted": len(times.seconds) == 1,
+        "trainable": matmul_weights(model, trained_only=True),
     }
 
 
@@ -235,7 +283,11 @@ def bench_flow(work: Path, calls: int = 50) -> dict[str, Any]:
     from phi3course.rundir import RunDir
 
     local = RunDir(runs_dir() / "local")
-    model_uri = local.require("model_uri", made_by="make course (02_fine_tune, local profile)")
+    model_uri = local.get("model_uri")
+    if not model_uri:
+        why = f"skipped: no fine-tuned model in {local.path} yet; run `make course` (local profile) first"
+        print(f"flow: {why}", flush=True)
+        return {"skipped": why}
     run = RunDir(work / "flow-run")
     run.remember(mlflow_tracking_uri=local.get("mlflow_tracking_uri"))
     live = endpoint.start_local(run, model_uri, port=5095)
@@ -275,23 +327,59 @@ def bench_flow(work: Path, calls: int = 50) -> dict[str, Any]:
 SECTIONS = ("train", "endpoint", "flow")
 
 
-def run(seed_steps: int = 2, our_steps: int = 12, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+def native_precisions() -> set[str]:
+    """The precisions this machine's matmuls compute natively (fp32 always)."""
+    import torch
+
+    if torch.cuda.is_available():
+        native = {"fp32", "fp16"}
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            native.add("bf16")
+        return native
+    from phi3course.system import inspect
+
+    return {"fp32", "bf16"} if set(inspect().cpu_flags) & {"avx512_bf16", "amx_bf16"} else {"fp32"}
+
+
+def machine_section(
+    precision: str, why: str, native: set[str], measure: Any = matmul_gflops, cpus: int | None = None
+) -> dict[str, Any]:
+    """Matmul rates of the precisions this machine computes natively; the training precision's is the denominator.
+
+    ``measure(name)`` times one precision. bf16 where it is only emulated is skipped and said so: on an
+    AVX2-only CPU it runs at about 1 GFLOP/s, and the recipe trains in fp32 there anyway.
+    """
     import os
 
+    rates: dict[str, Any] = {}
+    for name in ("fp32", "bf16", "fp16"):
+        if name in native or name == precision:
+            rates[name] = measure(name)
+        elif name == "bf16":
+            rates[name] = "not timed: this machine has no native bf16 (it would be emulated, many times slower)"
+    return {
+        "cpus": cpus or os.cpu_count(),
+        "matmul_gflops": rates[precision],
+        "matmul_precision": precision,
+        "matmul_gflops_by_precision": rates,
+        "precision": precision,
+        "precision_reason": why,
+    }
+
+
+def run(
+    seed_steps: int = 2, our_steps: int = 12, sections: tuple[str, ...] = SECTIONS, seed_budget_s: float = 90
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="phi3course-bench-"))
     results: dict[str, Any] = {}
     try:
         precision, why = pick_precision("auto")
-        gflops = {name: matmul_gflops(name) for name in ("fp32", "bf16")}
-        results["machine"] = {
-            "cpus": os.cpu_count(),
-            "matmul_gflops": gflops[precision if precision in gflops else "fp32"],
-            "matmul_gflops_by_precision": gflops,
-            "precision": precision,
-            "precision_reason": why,
-        }
+        results["machine"] = machine_section(precision, why, native_precisions())
+        print(f"matmul: {results['machine']['matmul_gflops_by_precision']}", flush=True)
         if "train" in sections:
-            results["train"] = bench_train(work, results["machine"]["matmul_gflops"], seed_steps, our_steps)
+            results["train"] = bench_train(
+                work, results["machine"]["matmul_gflops"], precision, seed_steps, our_steps, seed_budget_s
+            )
         if "endpoint" in sections:
             results["endpoint"] = bench_endpoint(work)
         if "flow" in sections:
@@ -301,15 +389,22 @@ def run(seed_steps: int = 2, our_steps: int = 12, sections: tuple[str, ...] = SE
         shutil.rmtree(work, ignore_errors=True)
 
 
-def bench_train(work: Path, peak: float, seed_steps: int, our_steps: int) -> dict[str, Any]:
-    """Ours against the seed's recipe, same model and data, same run."""
+def bench_train(
+    work: Path, peak: float, precision: str, seed_steps: int, our_steps: int, seed_budget_s: float | None = None
+) -> dict[str, Any]:
+    """Ours against the seed's recipe, same model and data, same run; ``peak``: the matmul rate in ``precision``."""
     prepared = data.prepare("synthetic", work / "data", subjects=10)  # enough text for 2048-token packs
+    print(f"train: our recipe, {our_steps} steps in {precision}", flush=True)
     ours = bench_ours(str(prepared.train_path), work / "ours", our_steps)
-    seed = bench_seed(prepared.train, work / "seed", seed_steps)
+    if ours["precision"] != precision:
+        raise RuntimeError(f"the recipe trained in {ours['precision']}, the matmul rate is for {precision}")
+    print(f"train: the original tutorial's recipe, up to {seed_steps} steps in {precision}", flush=True)
+    seed = bench_seed(prepared.train, work / "seed", seed_steps, seed_budget_s)
     model, tokenizer = load_model(PRESETS[BENCH_MODEL])
     lengths = data.token_lengths(prepared.train, tokenizer)
     mean_row = sum(lengths) / len(lengths)
-    ours_f = flops_per_token(model, ours["trainable"], (mean_row + 1) / 2)
+    # LoRA: the trained weights are adapters added to the base model's matmuls
+    ours_f = flops_per_token(model, ours["trainable"], (mean_row + 1) / 2, added=ours["trainable"])
     seed_f = flops_per_token(model, seed["trainable"], (2048 + 1) / 2)
     ours_gflops = ours["tokens_per_second"] * ours_f / 1e9
     seed_gflops = seed["tokens_per_second"] * seed_f / 1e9
@@ -319,6 +414,7 @@ def bench_train(work: Path, peak: float, seed_steps: int, our_steps: int) -> dic
         "achieved_gflops": round(ours_gflops, 1),
         "efficiency": round(ours_gflops / peak, 3),
         "matmul_gflops": peak,  # the denominator of both efficiencies, measured in the same run
+        "precision": precision,  # what both recipes trained in here, and the matmul rate's precision
         "flops_per_token": round(ours_f),
         "seed_recipe_tokens_per_second": round(seed["tokens_per_second"], 1),
         "seed_recipe_achieved_gflops": round(seed_gflops, 1),
@@ -333,8 +429,10 @@ def print_table(results: dict[str, Any]) -> None:
     machine = results["machine"]
     rows = [
         ("machine", "cpus", machine["cpus"]),
-        ("machine", f"matmul GFLOP/s ({machine['precision']})", machine["matmul_gflops"]),
+        ("machine", "trains in", f"{machine['precision']} ({machine['precision_reason']})"),
     ]
+    for name, rate in machine["matmul_gflops_by_precision"].items():
+        rows.append(("machine", f"matmul GFLOP/s {name}", rate))
     for key, value in results.get("train", {}).items():
         if not isinstance(value, dict | str):
             rows.append(("train", key, value))
@@ -348,12 +446,20 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--seed-steps", type=int, default=2, help="seed recipe's optimizer steps (first: warm-up)")
+    parser.add_argument(
+        "--seed-steps", type=int, default=2, help="the original tutorial's recipe: optimizer steps (first: warm-up)"
+    )
+    parser.add_argument(
+        "--seed-budget",
+        type=float,
+        default=90,
+        help="seconds: a first step of the tutorial's recipe longer than this is the only one timed",
+    )
     parser.add_argument("--our-steps", type=int, default=12, help="optimizer steps of the course's recipe")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/bench.json")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
     args = parser.parse_args(argv)
-    results = run(args.seed_steps, args.our_steps, tuple(args.only or SECTIONS))
+    results = run(args.seed_steps, args.our_steps, tuple(args.only or SECTIONS), args.seed_budget)
     out = args.out or runs_dir() / "bench.json"
     previous = read_json(out, default={}) if args.only else {}
     write_json(out, {**previous, **results})
