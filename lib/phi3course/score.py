@@ -235,20 +235,46 @@ def generate(prompts: list[str], params: dict[str, Any]) -> list[str]:
     return [text.strip() for text in _tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); AVX2-only CPUs emulate it, slowly."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def serving_dtype() -> Any:
+    """The dtype the serving hardware computes in: bf16 where native (Ampere+ GPUs, AVX512-BF16/AMX CPUs),
+    fp16 on older GPUs, fp32 on other CPUs. transformers 5 would otherwise keep the checkpoint's saved dtype,
+    so a bf16 fine-tune would generate in emulated bf16 on a CPU instance, many times slower."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
 def init() -> None:
     """Load the model once per server process, read the key (local), start the batcher."""
     global _model, _tokenizer, _key, _batcher
-    import mlflow
+    import torch
 
     location = _model_location()
-    logger.info("loading model from %s", location)
+    dtype = serving_dtype()
+    logger.info("loading model from %s in %s", location, dtype)
     if (Path(location) / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        _model, _tokenizer = AutoModelForCausalLM.from_pretrained(location), AutoTokenizer.from_pretrained(location)
+        _model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+        _tokenizer = AutoTokenizer.from_pretrained(location)
     else:
+        import mlflow
+
         components = mlflow.transformers.load_model(location, return_type="components")
         _model, _tokenizer = components["model"], components["tokenizer"]
+    _model = _model.to(dtype=dtype, device="cuda" if torch.cuda.is_available() else "cpu")
     _model.eval()
     _tokenizer.padding_side = "left"
     if _tokenizer.pad_token is None:

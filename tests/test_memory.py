@@ -1,0 +1,103 @@
+"""10.2: memory estimated from the model's real shapes and the real (padding-free) token count."""
+
+from __future__ import annotations
+
+import pytest
+
+from phi3course import memory, models
+
+PHI3 = models.PRESETS["phi-3-mini-4k-instruct"]
+SMOL = models.PRESETS["smollm2-135m-instruct"]
+T4_GIB, A100_GIB = 15.0, 80.0  # what torch reports for a "16 GB" T4 and an "80 GB" A100
+# The azureml profile's batch: 8 rows. Chat rows of the course's data are ~60–130 tokens; the old estimate
+# counted batch_size × max_length = 8 × 512 tokens although batches are padding-free.
+ROWS, MEAN_ROW_TOKENS, MAX_LENGTH = 8, 128, 512
+
+
+def test_phi3_mini_shapes_are_the_real_ones() -> None:
+    """32 layers × 3072 wide (the old estimate guessed 85 × 1935 from the parameter count)."""
+    shape = PHI3.shape
+    assert (shape.layers, shape.hidden, shape.heads, shape.kv_heads) == (32, 3072, 32, 32)
+    assert (shape.intermediate, shape.vocab, shape.tied) == (8192, 32064, False)
+
+
+@pytest.mark.parametrize("preset", [PHI3, SMOL], ids=lambda p: p.name)
+def test_shapes_account_for_every_parameter(preset: models.Preset) -> None:
+    assert memory.total_parameters(preset.shape) == pytest.approx(preset.parameters_m * 1e6, rel=0.001)
+
+
+def test_the_tiny_shape_is_the_tiny_models_config() -> None:
+    model, _ = models.load_model(models.PRESETS["phi-3-tiny"])
+    config, shape = model.config, models.PRESETS["phi-3-tiny"].shape
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (
+        shape.layers,
+        shape.hidden,
+        shape.intermediate,
+    )
+    assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (
+        shape.heads,
+        shape.kv_heads,
+        shape.vocab,
+    )
+    assert memory.total_parameters(shape) == sum(p.numel() for p in model.parameters())
+    assert {k: models.TINY_CONFIG[k] for k in ("hidden_size", "num_hidden_layers")} == {
+        "hidden_size": shape.hidden,
+        "num_hidden_layers": shape.layers,
+    }
+
+
+def test_tokens_are_rows_times_mean_length_not_batch_times_max_length() -> None:
+    assert memory.batch_tokens(ROWS, MEAN_ROW_TOKENS) == 1024
+    assert memory.batch_tokens(ROWS, MEAN_ROW_TOKENS) < ROWS * MAX_LENGTH
+
+
+def test_a_16gb_gpu_fine_tunes_phi3_mini_with_qlora() -> None:
+    """The learner with a 16 GB GPU and a hub connection (target=local, model=phi-3-mini-4k-instruct)."""
+    tokens = memory.batch_tokens(ROWS, MEAN_ROW_TOKENS)
+    found = memory.check(PHI3, "qlora", "fp16", tokens, T4_GIB, device="cuda", where="a 16 GB GPU")
+    assert found.fits and found.total_gib < 10, found  # the old estimate said ~24 GiB
+    assert found.weights_gib < 2.5  # 4-bit linear layers; embeddings and head in 16 bit
+
+
+def test_lora_in_16_bit_fits_a_16gb_gpu_at_the_profiles_batch() -> None:
+    tokens = memory.batch_tokens(ROWS, MEAN_ROW_TOKENS)
+    assert memory.estimate(PHI3, "lora", "fp16", tokens, T4_GIB, device="cuda").fits
+
+
+def test_lora_fits_a_64gb_laptop_in_fp32() -> None:
+    tokens = memory.batch_tokens(ROWS, MEAN_ROW_TOKENS)
+    assert memory.check(PHI3, "lora", "fp32", tokens, 64.0, device="cpu").fits
+
+
+def test_lora_bf16_on_an_a100_80gb_fits_even_full_length_rows() -> None:
+    found = memory.check(PHI3, "lora", "bf16", ROWS * MAX_LENGTH, A100_GIB, device="cuda")
+    assert found.fits and found.weights_gib == pytest.approx(3.821e9 * 2 / memory.GIB, rel=0.01)
+
+
+def test_full_fine_tune_of_phi3_mini_on_16gb_is_refused_with_what_fits() -> None:
+    tokens = memory.batch_tokens(ROWS, MEAN_ROW_TOKENS)
+    with pytest.raises(memory.MemoryBudgetError) as refused:
+        memory.check(PHI3, "full", "fp16", tokens, T4_GIB, device="cuda", where="Standard_NC4as_T4_v3")
+    message = str(refused.value)
+    assert "Standard_NC4as_T4_v3" in message and "method='qlora'" in message and "method='lora'" in message
+    # optimizer state alone: 12 bytes for each of 3.8 B parameters
+    assert memory.estimate(PHI3, "full", "fp16", tokens, T4_GIB).training_state_gib > 40
+
+
+def test_qlora_is_offered_only_on_cuda_and_checkpointing_when_it_helps() -> None:
+    with pytest.raises(memory.MemoryBudgetError) as refused:
+        memory.check(PHI3, "full", "fp32", 1024, 32.0, device="cpu")
+    assert "qlora" not in str(refused.value)
+    with pytest.raises(memory.MemoryBudgetError) as refused:
+        memory.check(PHI3, "qlora", "fp16", ROWS * MAX_LENGTH * 2, T4_GIB)
+    assert "gradient_checkpointing=True" in str(refused.value)
+
+
+def test_fit_table_matches_the_sizes_advice() -> None:
+    from phi3course import azure
+
+    rows = memory.fit_table(PHI3, memory.batch_tokens(ROWS, MEAN_ROW_TOKENS))
+    for size in azure.VM_SIZES.values():
+        advised = next(r for r in rows if r["size"] == size.name and r["method"] == size.method)
+        assert advised["fits"] and advised["precision"] == size.precision
+    assert not next(r for r in rows if r["size"] == "Standard_NC4as_T4_v3" and r["method"] == "full")["fits"]
