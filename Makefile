@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml | $(PY)
 	@echo "Installing the course into $(VENV) (a few minutes the first time)…"
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['phi3course']['install-without-deps'])") \
+	  2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0  # see [tool.phi3course] in pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
 	@touch $(STAMP)
 
