@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 
 from phi3course import system, telemetry
 from phi3course.system import Gpu, Machine
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_inspect_reads_this_machine() -> None:
@@ -18,31 +22,78 @@ def test_inspect_reads_this_machine() -> None:
     assert {"Python", "CPU", "Memory", "Free disk", "torch"} <= set(rows)
 
 
-def test_package_versions_cover_the_course() -> None:
+def test_package_versions_are_what_pyproject_asks_for() -> None:
+    from packaging.requirements import Requirement
+
+    wanted = {}
+    for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(line)
+        wanted[canonicalize_name(requirement.name)] = requirement.specifier
     versions = system.package_versions()
-    assert set(system.COURSE_PACKAGES) == set(versions)
-    assert versions["mlflow"] == "3.17.2" and versions["promptflow"] == "1.18.5"
+    assert set(versions) == set(system.COURSE_PACKAGES)
+    for name, version in versions.items():
+        assert canonicalize_name(name) in wanted, f"00_setup reports {name}, which pyproject.toml does not install"
+        spec = wanted[canonicalize_name(name)]
+        assert spec.contains(version), f"{name} {version} is installed; pyproject.toml asks for {spec}"
     assert system.package_versions(("no-such-package-here",)) == {"no-such-package-here": "not installed"}
 
 
+def machine(memory: float = 24.0, disk: float = 50.0, available: float | None = None, gpus=(), flags=()) -> Machine:
+    return Machine("3.11", "linux", "cpu", 2, list(flags), memory, disk, "2.13.0", list(gpus), available)
+
+
 @pytest.mark.parametrize(
-    ("gpus", "hub", "words"),
+    ("box", "hub", "profile", "words"),
     [
-        ([], False, "CPU only and no model hub"),
-        ([Gpu("T4", 15.0, False)], True, "less than 16 GiB"),
-        ([Gpu("A100", 80.0, True)], True, "trains the real Phi-3-mini"),
+        (machine(), False, "local", "CPU only and no model hub"),
+        (machine(gpus=[Gpu("T4", 15.0, False)]), True, "local", "less than 16 GiB"),
+        (machine(gpus=[Gpu("A100", 80.0, True)]), True, "local", "trains the real Phi-3-mini"),
+        (machine(gpus=[Gpu("A100", 80.0, True)]), False, "local", "packaged SmolLM2"),
+        (machine(memory=3.0), False, "smoke", "3.0 GiB of memory available"),
+        (machine(memory=16.0, available=2.5), False, "smoke", "2.5 GiB of memory available"),
+        (machine(available=8.0), False, "local", "CPU only"),
+        (machine(disk=1.0), False, "smoke", "1.0 GiB of free disk"),
+        (machine(memory=2.0, disk=1.0), True, "smoke", "memory available (a local run peaks at about 4 GiB) and 1.0"),
     ],
 )
-def test_recommendation_explains_itself(gpus: list[Gpu], hub: bool, words: str) -> None:
-    machine = Machine("3.11", "linux", "cpu", 2, [], 24.0, 50.0, "2.13.0", gpus)
-    profile, why = system.recommend(machine, hub)
-    assert profile == "local" and words in why
+def test_recommendation_decides_from_the_machine(box: Machine, hub: bool, profile: str, words: str) -> None:
+    fit, why = system.recommend(box, hub)
+    assert (fit, words in why) == (profile, True), why
 
 
-def test_quiet_switches_telemetry_off_and_goes_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in telemetry.QUIET_ENV:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.mark.parametrize(
+    ("box", "words"),
+    [
+        (machine(flags=["avx2", "fma"]), "AVX2-only"),
+        (machine(flags=["avx2", "avx512f", "avx512_bf16"]), "native bf16 (avx512_bf16)"),
+        (machine(flags=["avx2", "amx_bf16"]), "native bf16 (amx_bf16)"),
+        (machine(flags=[]), "without AVX2"),
+        (machine(flags=["avx2"], gpus=[Gpu("T4", 15.0, False)]), "CUDA GPU"),
+    ],
+)
+def test_machine_class_follows_the_cpu_flags(box: Machine, words: str) -> None:
+    assert words in system.machine_class(box)
+    assert dict(system.report_rows(box))["Machine class"] == system.machine_class(box)
+
+
+ENVIRONMENT_BEFORE_QUIET: dict[str, str] = {}
+
+
+@pytest.fixture
+def restored_environment():
+    """Every variable as it was before the test, including those the code under test set for the first time
+    (``monkeypatch.delenv(key, raising=False)`` of an unset key records nothing, so it would leave them set)."""
+    saved = dict(os.environ)
+    ENVIRONMENT_BEFORE_QUIET.update(saved)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_quiet_switches_telemetry_off_and_goes_offline(restored_environment) -> None:
+    for key in [*telemetry.QUIET_ENV, *telemetry.OFFLINE_ENV]:
+        os.environ.pop(key, None)
+    os.environ["HF_HUB_OFFLINE"] = "1"
     applied = telemetry.quiet()
     for key, value in telemetry.QUIET_ENV.items():
         assert os.environ[key] == value
@@ -50,3 +101,11 @@ def test_quiet_switches_telemetry_off_and_goes_offline(monkeypatch: pytest.Monke
     assert applied["promptflow telemetry.enabled"] is False
     pf_config = Path(os.environ["PF_HOME_DIRECTORY"]) / "pf.yaml"
     assert yaml.safe_load(pf_config.read_text())["telemetry"]["enabled"] is False
+
+
+def test_quiet_leaves_no_variable_behind_for_later_tests() -> None:
+    """Runs right after the test above (file order): what quiet() set there is gone again."""
+    assert ENVIRONMENT_BEFORE_QUIET, "run with the test above"
+    keys = [*telemetry.QUIET_ENV, *telemetry.OFFLINE_ENV]
+    now = {key: os.environ.get(key) for key in keys}
+    assert now == {key: ENVIRONMENT_BEFORE_QUIET.get(key) for key in keys}

@@ -31,6 +31,11 @@ COURSE_PACKAGES = (
 )
 GIB = 1024**3
 PHI3_MINI_GPU_GIB = 16  # LoRA on Phi-3-mini in bf16/fp16 with short sequences fits a 16 GB GPU
+# What one `local` run needs (README): 3.8 GiB of memory at its peak, 2.5 GiB of environment already installed
+# plus 0.6 GiB of model cache and 1.6 GiB per run on disk. Below either, the smoke profile still runs.
+LOCAL_MEMORY_GIB = 4.0
+LOCAL_DISK_GIB = 2.5
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass
@@ -51,10 +56,27 @@ class Machine:
     disk_free_gib: float
     torch: str | None
     gpus: list[Gpu] = field(default_factory=list)
+    memory_available_gib: float | None = None  # free for the course now; None: not measured
 
     @property
     def cuda(self) -> bool:
         return bool(self.gpus)
+
+    @property
+    def native_bf16_cpu(self) -> bool:
+        return bool(set(self.cpu_flags) & set(NATIVE_BF16_FLAGS))
+
+
+def machine_class(machine: Machine) -> str:
+    """The class the course's timings are given for: a CUDA GPU, a CPU with native bf16, or an AVX2-only CPU."""
+    if machine.cuda:
+        return "CUDA GPU"
+    if machine.native_bf16_cpu:
+        found = ", ".join(f for f in NATIVE_BF16_FLAGS if f in machine.cpu_flags)
+        return f"CPU with native bf16 ({found})"
+    if "avx2" in machine.cpu_flags:
+        return "AVX2-only CPU (no native bf16: trains in fp32)"
+    return "CPU without AVX2 (slower than the course's timings)"
 
 
 def _cpu_model_and_flags() -> tuple[str, list[str]]:
@@ -96,6 +118,7 @@ def inspect(disk_path: str | os.PathLike[str] = ".") -> Machine:
         disk_free_gib=round(shutil.disk_usage(Path(disk_path).resolve()).free / GIB, 1),
         torch=torch_version,
         gpus=gpus,
+        memory_available_gib=round(psutil.virtual_memory().available / GIB, 1),
     )
 
 
@@ -115,7 +138,12 @@ def report_rows(machine: Machine) -> list[tuple[str, str]]:
         ("Python", machine.python),
         ("Platform", machine.platform),
         ("CPU", f"{machine.cpu} × {machine.cpus} (flags: {', '.join(machine.cpu_flags) or 'none listed'})"),
-        ("Memory", f"{machine.memory_gib} GiB"),
+        ("Machine class", machine_class(machine)),
+        (
+            "Memory",
+            f"{machine.memory_gib} GiB"
+            + ("" if machine.memory_available_gib is None else f" ({machine.memory_available_gib} GiB available)"),
+        ),
         ("Free disk", f"{machine.disk_free_gib} GiB"),
         ("torch", machine.torch or "not installed"),
     ]
@@ -128,7 +156,18 @@ def report_rows(machine: Machine) -> list[tuple[str, str]]:
 
 
 def recommend(machine: Machine, hub: bool) -> tuple[str, str]:
-    """The profile that fits this machine, and why."""
+    """The profile that fits this machine (``local`` or, where memory or disk is short for it, ``smoke``), and why."""
+    memory = machine.memory_gib if machine.memory_available_gib is None else machine.memory_available_gib
+    short = []
+    if memory < LOCAL_MEMORY_GIB:
+        short.append(f"{memory} GiB of memory available (a local run peaks at about {LOCAL_MEMORY_GIB:g} GiB)")
+    if machine.disk_free_gib < LOCAL_DISK_GIB:
+        short.append(f"{machine.disk_free_gib} GiB of free disk (a local run writes about {LOCAL_DISK_GIB:g} GiB)")
+    if short:
+        return "smoke", (
+            " and ".join(short) + ": the smoke profile's tiny model runs the whole course in minutes; close other "
+            "programs or free disk space for the local profile, or use the azureml profile."
+        )
     big_gpu = any(gpu.memory_gib >= PHI3_MINI_GPU_GIB for gpu in machine.gpus)
     if big_gpu and hub:
         return "local", (
