@@ -360,14 +360,8 @@ def course_dependencies() -> list[str]:
 
 
 def training_environment() -> Any:
-    from azure.ai.ml.entities import Environment
-
-    conda = {
-        "name": "phi3-course",
-        "channels": ["conda-forge"],
-        "dependencies": ["python=3.11", "pip", {"pip": course_dependencies()}],
-    }
-    return Environment(name="phi3-course-train", image=GPU_IMAGE, conda_file=conda)
+    """Kept for the old spec builders: the lean job environment (see :func:`job_environment`)."""
+    return job_environment()
 
 
 class JobSpecError(ValueError):
@@ -474,25 +468,19 @@ def deployment_spec(
     request settings and probes, the same limits the local endpoint enforces."""
     from azure.ai.ml.entities import (
         CodeConfiguration,
-        Environment,
         ManagedOnlineDeployment,
         OnlineRequestSettings,
         ProbeSettings,
     )
 
     quiet_sdk()
-    conda = {
-        "name": "phi3-course-serve",
-        "channels": ["conda-forge"],
-        "dependencies": ["python=3.11", "pip", {"pip": course_dependencies()}],
-    }
     probe = ProbeSettings(failure_threshold=30, success_threshold=1, period=100, initial_delay=500)
     return ManagedOnlineDeployment(
         name=name,
         endpoint_name=endpoint_name,
         model=model,
         code_configuration=CodeConfiguration(code=str(course_root() / "lib"), scoring_script="phi3course/score.py"),
-        environment=Environment(name="phi3-course-serve", image=INFERENCE_IMAGE, conda_file=conda),
+        environment=serving_environment(),
         instance_type=instance_type,
         instance_count=1,
         environment_variables={
@@ -892,3 +880,18 @@ def pip_requirements(environment: Any) -> list[str]:
         if isinstance(item, dict) and "pip" in item:
             pip += [line for line in item["pip"] if not line.strip().startswith("-")]
     return pip
+
+
+def settings_for(target: str, env_file: str | os.PathLike[str] | None = ".env", dry_run: bool = False) -> Any:
+    """The Azure settings a notebook builds its entities with: ``.env``'s, checked, on the azureml target.
+
+    A rehearsal without usable settings falls back to the stand-in's example values (fake ids), so the
+    entities still carry an identity and validate as they would on Azure.
+    """
+    settings = check(target, env_file) if target == "azureml" else None
+    if settings is None and dry_run:
+        from .rehearsal import EXAMPLE_SETTINGS
+
+        print("The rehearsal uses example Azure settings (fake ids): nothing reaches Azure.")
+        return EXAMPLE_SETTINGS
+    return settings

@@ -347,6 +347,11 @@ class Workspace:
         if match := re.match(r"^azureml://(?:subscriptions/.+?/workspaces/[^/]+/)?datastores/([^/]+)/paths/(.*)$", uri):
             store, sub = match.groups()
             return self.root / "datastores" / store / sub.strip("/")
+        arm = r"^(?:azureml:)?/?subscriptions/[^/]+/resource[gG]roups/[^/]+/providers/[^/]+/workspaces/[^/]+"
+        if match := re.match(arm + r"/(data|models)/([^/]+)/versions/([^/]+)$", uri):  # an asset's id
+            kind, name, version = match.groups()
+            operations = self.data if kind == "data" else self.models
+            return self._resolve(operations.get(name, version=version).path)
         if match := re.match(r"^azureml://registries/([^/]+)/models/([^/]+)/(?:labels|versions)/[^/]+$", uri):
             return self._registry_model(*match.groups())
         if match := re.match(
@@ -361,7 +366,8 @@ class Workspace:
         return Path(uri).expanduser().resolve()
 
     def _registry_model(self, registry: str, name: str) -> Path:
-        """A catalog model as a job input: an MLflow-style folder (``data/model``, ``data/tokenizer``, MLmodel).
+        """A catalog model as a job input, laid out as Azure ML's catalog lays out its MLflow models:
+        ``mlflow_model_folder/MLmodel``, ``…/model/`` (config and weights), ``…/components/tokenizer/``.
 
         Only the ``rehearsal`` registry resolves here (the offline presets); Azure's own catalog needs Azure.
         """
@@ -375,15 +381,18 @@ class Workspace:
                 "azure.catalog_model_uri() names the rehearsal registry."
             )
         folder = cache_dir() / "rehearsal-registry" / name
-        if not (folder / "MLmodel").is_file():
+        if not (folder / "mlflow_model_folder" / "MLmodel").is_file():
             models.load_model(preset)  # builds the offline preset into the course cache once
             partial = folder.with_name(f"{name}.part")
             shutil.rmtree(partial, ignore_errors=True)
-            _copytree(models.model_dir(preset), partial / "data" / "model", link=True)
-            _copytree(models.preset_dir(preset) / "tokenizer", partial / "data" / "tokenizer", link=True)
-            (partial / "MLmodel").write_text(
-                "flavors:\n  transformers:\n    model_binary: model\n    task: text-generation\n"
-                f"metadata:\n  rehearsal: stands in for a catalog model ({name})\n"
+            inner = partial / "mlflow_model_folder"
+            _copytree(models.model_dir(preset), inner / "model", link=True)
+            _copytree(models.preset_dir(preset) / "tokenizer", inner / "components" / "tokenizer", link=True)
+            for stray in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+                (inner / "model" / stray).unlink(missing_ok=True)  # the tokenizer lives in components/ only
+            (inner / "MLmodel").write_text(
+                "flavors:\n  transformers:\n    components:\n    - tokenizer\n    model_binary: model\n"
+                f"    task: text-generation\nmetadata:\n  rehearsal: stands in for a catalog model ({name})\n"
             )
             shutil.rmtree(folder, ignore_errors=True)
             partial.replace(folder)

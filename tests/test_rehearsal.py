@@ -1,0 +1,301 @@
+"""The local stand-in of the Azure ML workspace (issue 10's dry run), driven as the notebooks drive MLClient."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from azure.ai.ml import Input, Output, PyTorchDistribution, command
+from azure.ai.ml.entities import (
+    AmlCompute,
+    CodeConfiguration,
+    Data,
+    Environment,
+    ManagedOnlineDeployment,
+    ManagedOnlineEndpoint,
+    Model,
+)
+from azure.ai.ml.exceptions import JobException
+from azure.core.exceptions import ResourceNotFoundError
+
+from phi3course import azure, rehearsal
+from phi3course.processes import alive
+
+JOB_SCRIPT = """
+import json, os, sys
+import yaml  # from the environment's list (pyyaml)
+
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+keys = ("AZUREML_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "GREETING", "RANK", "WORLD_SIZE", "PYTHONPATH")
+seen = {k: os.environ.get(k) for k in keys}
+seen.update(cwd=os.getcwd(), args=args, train=open(args["--train"]).read(), yaml=yaml.__name__)
+print("hello from rank", os.environ.get("RANK", "0"))
+os.makedirs(args["--out"], exist_ok=True)
+with open(os.path.join(args["--out"], f"seen{os.environ.get('RANK', '')}.json"), "w") as handle:
+    json.dump(seen, handle)
+"""
+
+
+def environment(*pip: str) -> Environment:
+    return Environment(
+        image="mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:latest", conda_file=azure.conda_spec("t", list(pip), [])
+    )
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory):
+    workspace = rehearsal.Workspace(tmp_path_factory.mktemp("dryrun") / "rehearsal")
+    cluster = AmlCompute(name="gpu-cluster", size=azure.GPU_CLUSTER_SIZE, min_instances=0, max_instances=1)
+    workspace.compute.begin_create_or_update(cluster).result()
+    yield workspace
+    workspace.stop_all()
+
+
+@pytest.fixture(scope="module")
+def code(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("code")
+    (folder / "job.py").write_text(JOB_SCRIPT)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def train_asset(ws, tmp_path_factory: pytest.TempPathFactory) -> Data:
+    source = tmp_path_factory.mktemp("data") / "train.jsonl"
+    source.write_text('{"text": "one"}\n')
+    return ws.data.create_or_update(Data(name="course-train", path=str(source), type="uri_file"))
+
+
+def job_of(code: Path, train: Data, env: Environment, **options) -> object:
+    return command(
+        code=str(code),
+        command="python job.py --train ${{inputs.train}} --n ${{inputs.n}} --out ${{outputs.result}}",
+        inputs={"train": Input(type="uri_file", path=f"azureml:{train.name}:{train.version}"), "n": 3},
+        outputs={"result": Output(type="uri_folder")},
+        environment=env,
+        compute="gpu-cluster",
+        experiment_name="rehearsal-test",
+        **options,
+    )
+
+
+def test_compute_quota_and_retired_sizes(ws) -> None:
+    cluster = ws.compute.get("gpu-cluster")
+    assert isinstance(cluster, AmlCompute) and cluster.size == "Standard_NC24ads_A100_v4"
+    assert cluster.provisioning_state == "Succeeded" and cluster.min_instances == 0
+    with pytest.raises(ResourceNotFoundError):
+        ws.compute.get("no-such-cluster")
+    with pytest.raises(rehearsal.RehearsalError, match="retired"):
+        ws.compute.begin_create_or_update(AmlCompute(name="old", size="Standard_NC6s_v3"))
+    family, _ = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location)
+    assert family.needed == 24 and family.ok and "standardNCADSA100v4Family" in family.quota
+    marked = [u for u in ws.compute.list_usage() if "rehearsal" in str(u.name)]
+    assert marked, "canned quota must say it is the rehearsal's"
+
+
+def test_data_assets_are_versioned_and_resolve_to_their_upload(ws, train_asset, tmp_path) -> None:
+    assert train_asset.version == "1" and train_asset.path.startswith("azureml://subscriptions/")
+    assert "/datastores/workspaceblobstore/paths/LocalUpload/" in train_asset.path
+    again = tmp_path / "train.jsonl"
+    again.write_text('{"text": "two"}\n')
+    second = ws.data.create_or_update(Data(name="course-train", path=str(again), type="uri_file"))
+    assert second.version == "2" and ws.data.get("course-train", label="latest").version == "2"
+    assert ws.local_path(ws.data.get("course-train", version="1").path).read_text() == '{"text": "one"}\n'
+    assert ws.local_path("azureml:course-train:2").read_text() == '{"text": "two"}\n'
+    with pytest.raises(ResourceNotFoundError):
+        ws.data.get("no-such-data", version="1")
+
+
+def test_a_command_job_runs_its_exact_command_as_azure_ml_lays_it_out(ws, code, train_asset, tmp_path, capsys) -> None:
+    env = environment("pyyaml", "azureml-mlflow")
+    job = job_of(code, train_asset, env, environment_variables={"GREETING": "hi", "PYTHONPATH": "."})
+    submitted = ws.jobs.create_or_update(job)
+    assert submitted.status in ("Starting", "Running") and submitted.name
+    ws.jobs.stream(submitted.name)
+    assert "hello from rank 0" in capsys.readouterr().out
+    done = ws.jobs.get(submitted.name)
+    assert done.status == "Completed" and done.experiment_name == "rehearsal-test"
+    ws.jobs.download(submitted.name, download_path=tmp_path, output_name="result")
+    seen = json.loads((tmp_path / "named-outputs" / "result" / "seen.json").read_text())
+    assert seen["AZUREML_RUN_ID"] == submitted.name and seen["GREETING"] == "hi"
+    assert seen["MLFLOW_TRACKING_URI"] == ws.mlflow_uri and seen["MLFLOW_RUN_ID"]  # the workspace's MLflow
+    assert seen["args"]["--n"] == "3" and seen["train"] == '{"text": "one"}\n'
+    assert Path(seen["cwd"]) == ws.root / "jobs" / submitted.name / "code"  # a snapshot, not the source folder
+    assert (Path(seen["cwd"]) / "job.py").read_text() == JOB_SCRIPT
+    assert seen["PYTHONPATH"].endswith(os.pathsep + ".")
+    assert seen["RANK"] is None  # one process: no distribution variables
+    with pytest.raises(rehearsal.RehearsalError, match="unique"):
+        job = job_of(code, train_asset, env)
+        job.name = submitted.name
+        ws.jobs.create_or_update(job)
+
+
+def test_a_job_whose_environment_lacks_an_import_fails_naming_the_package_and_the_fix(ws, code, train_asset) -> None:
+    submitted = ws.jobs.create_or_update(job_of(code, train_asset, environment("requests")))
+    with pytest.raises(JobException) as failed:
+        ws.jobs.stream(submitted.name)
+    assert "'pyyaml'" in str(failed.value) and "pyproject.toml" in str(failed.value)
+    assert ws.jobs.get(submitted.name).status == "Failed"
+
+
+def test_mlflow_in_a_job_needs_azureml_mlflow_as_on_azure(ws, tmp_path) -> None:
+    """10.3: Azure ML sets an azureml:// tracking URI; without azureml-mlflow the first metric crashes."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "log.py").write_text("import mlflow\nmlflow.log_metric('loss', 0.5)\n")
+
+    def run(*pip: str) -> str:
+        job = command(code=str(folder), command="python log.py", environment=environment(*pip), compute="gpu-cluster")
+        name = ws.jobs.create_or_update(job).name
+        try:
+            ws.jobs.stream(name)
+        except JobException as error:
+            assert "azureml" in str(error)
+        return name
+
+    assert ws.jobs.get(run("mlflow")).status == "Failed"
+    name = run("mlflow", "azureml-mlflow")
+    assert ws.jobs.get(name).status == "Completed"
+    runs = MlflowClient(ws.mlflow_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(ws.mlflow_uri).search_experiments()],
+        filter_string=f"tags.`azureml.runid` = '{name}'",
+    )
+    assert runs and runs[0].data.metrics == {"loss": 0.5}
+
+
+def test_pytorch_distribution_starts_a_process_per_rank(ws, code, train_asset) -> None:
+    job = job_of(
+        code, train_asset, environment("pyyaml"), distribution=PyTorchDistribution(process_count_per_instance=2)
+    )
+    name = ws.jobs.create_or_update(job).name
+    ws.jobs.stream(name)
+    out = ws.root / "jobs" / name / "outputs" / "result"
+    ranks = {json.loads((out / f"seen{r}.json").read_text())["RANK"]: r for r in ("0", "1")}
+    assert set(ranks) == {"0", "1"}
+    assert json.loads((out / "seen1.json").read_text())["WORLD_SIZE"] == "2"
+    assert "hello from rank 1" in (ws.root / "jobs" / name / "user_logs" / "std_log_process_1.txt").read_text()
+
+
+def test_stop_all_ends_what_the_stand_in_started(ws, tmp_path) -> None:
+    (tmp_path / "wait.py").write_text("import time\ntime.sleep(300)\n")
+    job = command(code=str(tmp_path), command="python wait.py", environment=environment(), compute="gpu-cluster")
+    name = ws.jobs.create_or_update(job).name
+    pid = json.loads(ws.state_file("jobs", name).read_text())["pid"]
+    assert alive(pid)
+    assert f"jobs/{name}" in ws.stop_all() and not alive(pid)
+    assert ws.jobs.get(name).status == "Failed"
+
+
+def test_endpoint_names_are_unique_per_region(tmp_path, monkeypatch) -> None:
+    """10.9: two workspaces in one region cannot both have an endpoint called phi3-course."""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    first, second = rehearsal.Workspace(tmp_path / "a"), rehearsal.Workspace(tmp_path / "b")
+    first.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="phi3-course", auth_mode="key")).result()
+    with pytest.raises(rehearsal.RehearsalError, match="already in use"):
+        second.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="phi3-course", auth_mode="key"))
+    second.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name=azure.endpoint_name(), auth_mode="key"))
+    first.online_endpoints.begin_delete(name="phi3-course").result()
+    second.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="phi3-course", auth_mode="key")).result()
+    with pytest.raises(ResourceNotFoundError):
+        first.online_endpoints.get("phi3-course")
+
+
+def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
+    """Register data, train with phi3course.train as a job, register its model, deploy, score, delete."""
+    from phi3course import data as course_data
+
+    train_rows, _ = course_data.synthetic(seed=0, subjects=2)
+    source = tmp_path / "train.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
+    train = ws.data.create_or_update(Data(name="tiny-train", path=str(source), type="uri_file"))
+    lib = azure.course_root() / "lib"
+    job = command(
+        code=str(lib),
+        command="python -m phi3course.train --train-file ${{inputs.train}} --output-dir ${{outputs.model}} "
+        "--model phi-3-tiny --method lora --max-steps 2 --batch-size 4",
+        inputs={
+            "train": Input(type="uri_file", path=train.id),  # an asset's id, as 02 passes it
+            "base_model": Input(type=azure.CATALOG_MODEL_TYPE, path=azure.catalog_model_uri("phi-3-tiny")),
+        },
+        outputs={"model": Output(type="uri_folder")},
+        environment=azure.job_environment(),
+        environment_variables={"PYTHONPATH": "."},
+        compute="gpu-cluster",
+        experiment_name="phi3-course",
+    )
+    name = ws.jobs.create_or_update(job).name
+    ws.jobs.stream(name)
+    base = ws.root / "jobs" / name / "inputs" / "base_model" / "phi-3-tiny" / "mlflow_model_folder"
+    assert (base / "model" / "config.json").is_file() and (base / "components" / "tokenizer").is_dir()
+
+    model = ws.models.create_or_update(
+        Model(name="phi3-course-tiny", path=f"azureml://jobs/{name}/outputs/model/paths/model/", type="custom_model")
+    )
+    assert model.version == "1" and ws.models.get("phi3-course-tiny").version == "1"
+
+    endpoint_name = azure.endpoint_name()
+    ws.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name=endpoint_name, auth_mode="key")).result()
+    deployment = ManagedOnlineDeployment(
+        name="blue",
+        endpoint_name=endpoint_name,
+        model=model,
+        environment=azure.serving_environment(),
+        code_configuration=CodeConfiguration(code=str(lib), scoring_script="phi3course/score.py"),
+        instance_type="Standard_E4s_v3",
+        instance_count=1,
+        environment_variables={"COURSE_MAX_NEW_TOKENS": "16"},
+    )
+    ws.online_deployments.begin_create_or_update(deployment).result()
+    assert ws.online_endpoints.get(endpoint_name).scoring_uri is None  # no traffic yet, as on Azure
+    endpoint = ManagedOnlineEndpoint(name=endpoint_name, auth_mode="key", traffic={"blue": 100})
+    live = ws.online_endpoints.begin_create_or_update(endpoint).result()
+    assert live.traffic == {"blue": 100} and live.scoring_uri.startswith("http://127.0.0.1:")
+    model_dir = (
+        ws.root / "endpoints" / endpoint_name / "deployments" / "blue" / "azureml-models" / "phi3-course-tiny" / "1"
+    )
+    assert (model_dir / "model" / "config.json").is_file()  # AZUREML_MODEL_DIR/<registered folder>/…
+
+    keys = ws.online_endpoints.get_keys(endpoint_name)
+    assert keys.primary_key and keys.secondary_key and keys.primary_key != keys.secondary_key
+    key_file = ws.online_endpoints.key_file(endpoint_name)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    payload = {"input_data": ["Who leads the Quillmere Institute?"], "params": {"max_new_tokens": 4}}
+    answered = requests.post(live.scoring_uri, json=payload, headers={"Authorization": f"Bearer {keys.primary_key}"})
+    assert answered.status_code == 200 and isinstance(answered.json(), list) and len(answered.json()) == 1
+    assert requests.post(live.scoring_uri, json=payload, timeout=30).status_code == 401
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(payload))
+    assert json.loads(ws.online_endpoints.invoke(endpoint_name, request_file=str(request_file)))
+    assert "ready" in ws.online_deployments.get_logs("blue", endpoint_name, lines=200).lower()
+
+    # The serving environment is guarded too: a deployment whose list lacks transformers does not start.
+    lean = ManagedOnlineDeployment(
+        name="green",
+        endpoint_name=endpoint_name,
+        model=f"azureml:{model.name}:{model.version}",
+        environment=environment("azureml-inference-server-http", "torch"),
+        code_configuration=CodeConfiguration(code=str(lib), scoring_script="phi3course/score.py"),
+        instance_type="Standard_E4s_v3",
+        instance_count=1,
+    )
+    with pytest.raises(rehearsal.RehearsalError, match="transformers"):
+        ws.online_deployments.begin_create_or_update(lean)
+
+    pid = json.loads(ws.state_file("deployments", endpoint_name, "blue").read_text())["pid"]
+    ws.online_endpoints.begin_delete(name=endpoint_name).result()
+    assert not alive(pid)
+    with pytest.raises(ResourceNotFoundError):
+        ws.online_endpoints.get(endpoint_name)
+    with pytest.raises(requests.ConnectionError):
+        requests.post(live.scoring_uri, json=payload, timeout=5)
+
+
+def test_the_supervisor_cli_says_how_to_use_it() -> None:
+    assert rehearsal.main([]) == 2
+    assert sys.executable
