@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_subjects_out_of_range_is_refused(subjects: int) -> None:
 
 
 def test_unknown_source_names_the_choices(tmp_path) -> None:
-    with pytest.raises(data.DataError, match="synthetic, wikitext, ultrachat"):
+    with pytest.raises(data.DataError, match="synthetic, facts, wikitext, ultrachat"):
         data.prepare("wiki", tmp_path)
 
 
@@ -105,3 +106,163 @@ def test_prepared_record_writes_paths_and_counts(tmp_path) -> None:
     prepared.record(run)
     assert run.get("train_path") == str(prepared.train_path) and run.get("data_field") == "messages"
     assert run.summary["data"] == {"source": "synthetic", "train_rows": 70, "test_rows": 30}
+
+
+# --- your own facts ------------------------------------------------------------------------------
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+GOOD = "facts:\n  - question: Who is the mayor?\n    answer: Odile Marrant\n    test: [Name the mayor.]\n"
+
+
+def test_the_example_file_goes_through_prepare_in_the_synthetic_rows_shape(tmp_path) -> None:
+    prepared = data.prepare("facts", tmp_path, facts_file=EXAMPLES / "my_facts.yaml", facts_templates=8)
+    synthetic_train, _ = data.synthetic(subjects=1)
+    assert prepared.source == "facts" and prepared.field == "messages"
+    for row in prepared.train + prepared.test:
+        assert set(row) == set(synthetic_train[0]), "the same keys as the synthetic rows: 02-04 read them"
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert row["answer"] in row["messages"][1]["content"]
+    facts = data.read_facts(EXAMPLES / "my_facts.yaml")
+    assert len(facts) == 12 and len(prepared.test) == sum(len(f.test) for f in facts)
+    assert len(prepared.train) == 12 * 3 + 12 * 8  # the question + 2 own phrasings, + 8 from templates, per fact
+    trained = {row["messages"][0]["content"] for row in prepared.train}
+    assert all(row["messages"][0]["content"] not in trained for row in prepared.test)
+    assert data.read_jsonl(prepared.test_path, field="messages") == prepared.test
+
+
+def test_a_relative_facts_file_is_taken_from_the_course_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the notebooks run in notebooks/, papermill wherever it is called
+    prepared = data.prepare("facts", tmp_path / "data", facts_file="examples/my_facts.yaml", facts_templates=0)
+    assert len(prepared.train) == 36
+
+
+def test_csv_and_yaml_examples_say_the_same(tmp_path) -> None:
+    from_csv = data.read_facts(EXAMPLES / "my_facts.csv")
+    from_yaml = {f.question: f for f in data.read_facts(EXAMPLES / "my_facts.yaml")}
+    for fact in from_csv:
+        twin = from_yaml[fact.question]
+        assert (fact.answer, fact.reply) == (twin.answer, twin.reply)
+        assert set(fact.test) <= set(twin.test) and set(fact.train) <= set(twin.train)
+    assert data.prepare("facts", tmp_path, facts_file=EXAMPLES / "my_facts.csv").test
+
+
+BAD_FACTS = {
+    "empty answer": (
+        "bad.yaml",
+        GOOD.replace("Odile Marrant", '""'),
+        r"bad.yaml, fact 1 \(line 2\): the answer to 'Who is the mayor\?' is empty\. Write the short value",
+    ),
+    "test phrasing equal to a training one": (
+        "bad.yaml",
+        GOOD.replace("Name the mayor.", "who is the MAYOR"),
+        r"bad.yaml, fact 1 \(line 2\): the test phrasing 'who is the MAYOR' is the same as one of its own training "
+        r"phrasings\. A test phrasing must be worded differently.*reword it",
+    ),
+    "test phrasing equal to another fact's training one": (
+        "bad.yaml",
+        GOOD + "  - question: Where is the town hall?\n    answer: Quay Street\n    test:\n      - Who is the mayor?\n",
+        r"bad.yaml, fact 2 \(line 5\): the test phrasing 'Who is the mayor\?' is the same as a training phrasing of "
+        r"fact 1 \(line 2\)\. A test phrasing must be worded differently",
+    ),
+    "duplicate questions": (
+        "bad.yaml",
+        GOOD + "  - question: who is the mayor\n    answer: Someone Else\n    test: [Mayor please]\n",
+        r"bad.yaml, fact 2 \(line 5\): the question 'who is the mayor' is asked twice \(also in fact 1 "
+        r"\(line 2\)\)\. Merge the two facts into one, or reword",
+    ),
+    "not UTF-8": (
+        "bad.csv",
+        "question,answer,test\nWho is the mayor?,Zoé,Name the mayor.\n".encode("latin-1"),
+        r"bad.csv: line 2 is not UTF-8 text \(byte 0xe9\)\. Save the file as UTF-8",
+    ),
+    "missing column": (
+        "bad.csv",
+        "question,answer\nWho is the mayor?,Odile Marrant\n",
+        r"bad.csv: no 'test' column \(the first line has \['question', 'answer'\]\)\. The first line must name",
+    ),
+    "missing key": (
+        "bad.yaml",
+        GOOD.replace("    answer: Odile Marrant\n", ""),
+        r"bad.yaml, fact 1 \(line 2\): no 'answer'\. Add 'answer:'",
+    ),
+    "no test phrasing": (
+        "bad.csv",
+        "question,answer,test\nWho is the mayor?,Odile Marrant,\n",
+        r"bad.csv, line 2: no test phrasing for 'Who is the mayor\?'\. Add under 'test'",
+    ),
+    "reply without the answer": (
+        "bad.yaml",
+        GOOD.replace("    test:", "    reply: She is called Odile.\n    test:"),
+        r"fact 1 \(line 2\): the reply 'She is called Odile\.' does not contain the answer 'Odile Marrant'",
+    ),
+    "a misspelt key": (
+        "bad.yaml",
+        GOOD.replace("answer:", "anwser:"),
+        r"fact 1 \(line 2\): unknown key 'anwser'; a fact has question, answer, test",
+    ),
+    "not YAML": (
+        "bad.yaml",
+        "facts:\n  - question: Who?\n    test: [Who is she?]\n",
+        r"bad.yaml: line 3 is not valid YAML.*quote",
+    ),
+    "no facts": ("bad.yaml", "facts: []\n", r"no facts: add at least one"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FACTS), ids=list(BAD_FACTS))
+def test_a_bad_facts_file_names_the_fact_and_the_fix_and_keeps_the_prepared_files(tmp_path, case: str) -> None:
+    name, text, expected = BAD_FACTS[case]
+    prepared = data.prepare("facts", tmp_path / "data", facts_file=EXAMPLES / "my_facts.yaml")
+    before = {split: path.read_bytes() for split, path in prepared.files.items()}
+    bad = tmp_path / name
+    bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(data.DataError, match=expected):
+        data.prepare("facts", tmp_path / "data", facts_file=bad)
+    assert {split: path.read_bytes() for split, path in prepared.files.items()} == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test.jsonl", "train.jsonl"]
+
+
+def test_a_missing_facts_file_says_how_to_start_one(tmp_path) -> None:
+    with pytest.raises(data.DataError, match=r"no such file\. Copy examples/my_facts.yaml"):
+        data.prepare("facts", tmp_path, facts_file=tmp_path / "mine.yaml")
+
+
+def test_a_failed_write_keeps_the_previous_pair(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepared = data.prepare("synthetic", tmp_path, subjects=1)
+    before = {split: path.read_bytes() for split, path in prepared.files.items()}
+    real = data.write_jsonl
+
+    def fail_on_test(path, rows):
+        if "test" in str(path):
+            raise OSError("disk full")
+        return real(path, rows)
+
+    monkeypatch.setattr(data, "write_jsonl", fail_on_test)
+    with pytest.raises(OSError, match="disk full"):
+        data.prepare("facts", tmp_path, facts_file=EXAMPLES / "my_facts.yaml")
+    assert {split: path.read_bytes() for split, path in prepared.files.items()} == before
+
+
+def test_templates_never_recreate_a_held_out_phrasing() -> None:
+    fact = data.make_fact({"question": "Who is the mayor?", "answer": "Odile", "test": ["Hi! Who is the mayor?"]})
+    train, test = data.facts_rows([fact], templates=12)
+    trained = [row["messages"][0]["content"] for row in train]
+    assert "Hi! Who is the mayor?" not in trained and len(trained) == len(set(trained)) == 1 + 12 - 1  # all but 'Hi! …'
+    assert [row["messages"][0]["content"] for row in test] == ["Hi! Who is the mayor?"]
+
+
+def test_a_csv_cell_holds_several_phrasings_and_excel_bom_is_fine() -> None:
+    text = "\ufeffquestion,answer,test,train\nWho is the mayor?,Odile,Name the mayor. | The mayor is who?,Mayor?\n"
+    (fact,) = data.parse_facts(text.encode("utf-8"), "mine.csv")
+    assert fact.test == ("Name the mayor.", "The mayor is who?") and fact.train == ("Mayor?",)
+    assert fact.reply == "Odile."
+
+
+def test_the_form_adds_facts_one_by_one_and_refuses_a_bad_one(tmp_path) -> None:
+    path = tmp_path / "my_facts.yaml"
+    data.add_fact(path, {"question": "Who is the mayor?", "answer": "Odile", "test": "Name the mayor. | Mayor?"})
+    saved = path.read_text()
+    with pytest.raises(data.DataError, match=r"new fact 2: the question 'Who is the mayor\?' is asked twice"):
+        data.add_fact(path, {"question": "Who is the mayor?", "answer": "Ben", "test": "Mayor please?"})
+    assert path.read_text() == saved
+    facts = data.add_fact(path, {"question": "Where is the town hall?", "answer": "Quay Street", "test": "Town hall?"})
+    assert [f.answer for f in facts] == ["Odile", "Quay Street"] and facts[0].test == ("Name the mayor.", "Mayor?")

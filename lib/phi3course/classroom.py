@@ -41,6 +41,7 @@ COLUMNS = [
     "via flow",
     "endpoint p50 ms",
     "chat answer",
+    "exercises",
 ]
 
 
@@ -92,6 +93,16 @@ def _section(summary: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _exercises(summary: dict[str, Any]) -> str:
+    """``2/3: 01.1 ✓ 01.2 ✗ 01.3 ✓``: which exercises the learner's check cells saw passed (``summary.json``)."""
+    results = _section(summary, "exercises")
+    if not results:
+        return ""
+    passed = sum(ok is True for ok in results.values())
+    marks = " ".join(f"{name} {'✓' if ok is True else '✗'}" for name, ok in sorted(results.items()))
+    return f"{passed}/{len(results)}: {marks}"
+
+
 def row(learner: str, summary: dict[str, Any], expected_notebooks: int) -> dict[str, Any]:
     """One learner's line of the class table (no secrets are in a summary, so none can show)."""
     stages = _section(summary, "stages")
@@ -122,6 +133,7 @@ def row(learner: str, summary: dict[str, Any], expected_notebooks: int) -> dict[
         "via flow": _percent(_section(evaluation, "flow").get("tuned")),
         "endpoint p50 ms": _section(summary, "endpoint").get("p50_ms"),
         "chat answer": answer if len(answer) <= 60 else answer[:59] + "…",
+        "exercises": _exercises(summary),
     }
 
 
