@@ -270,16 +270,18 @@ def bench_endpoint(work: Path, clients: tuple[int, ...] = (1, 8), requests_per_c
 
 
 def bench_flow(work: Path, calls: int = 50) -> dict[str, Any]:
-    """Latency ``pf flow serve`` adds over calling the endpoint directly with the same payload (p50 of ``calls``).
+    """Latency ``pf flow serve`` adds over calling the endpoint directly with the same payload (p50 of ``calls``),
+    and the latency 05's Agent Framework workflow (``phi3course.agents``, in this process) adds.
 
     Uses the local profile's fine-tuned model (run ``make course`` first): its short answers keep
     the run short; the base model rambles to the flow's 128-token limit.
     """
+    import asyncio
     import statistics
 
     import requests
 
-    from phi3course import endpoint, flow
+    from phi3course import agents, endpoint, flow
     from phi3course.rundir import RunDir
 
     local = RunDir(runs_dir() / "local")
@@ -299,28 +301,38 @@ def bench_flow(work: Path, calls: int = 50) -> dict[str, Any]:
             "input_data": [[{"role": "user", "content": question}]],
             "params": {"max_new_tokens": 128, "do_sample": False, "return_full_text": False},
         }
-        direct, served = [], []
+        workflow = agents.chat_workflow(agents.AzureMLScoringClient(live.scoring_uri, live.key_path), 128)
+        loop = asyncio.new_event_loop()
+        direct, served, framework = [], [], []
         for _ in range(3):  # warm-up
             live.score(tool)
             server.ask(question)
-        for _ in range(calls):  # interleaved, so drift hits both alike
+            loop.run_until_complete(agents.ask(workflow, question))
+        for _ in range(calls):  # interleaved, so drift hits all three alike
             began = time.perf_counter()
             requests.post(live.scoring_uri, json=tool, headers=live.headers(), timeout=120).raise_for_status()
             direct.append((time.perf_counter() - began) * 1000)
             began = time.perf_counter()
             server.ask(question)
             served.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            loop.run_until_complete(agents.ask(workflow, question))
+            framework.append((time.perf_counter() - began) * 1000)
+        loop.close()
     finally:
         flow.stop_serving(run)
         endpoint.stop_all(run)
         flow.stop_pf_service()
-    direct_p50, served_p50 = statistics.median(direct), statistics.median(served)
+    direct_p50, served_p50, framework_p50 = (statistics.median(x) for x in (direct, served, framework))
     return {
         "calls": calls,
         "direct_p50_ms": round(direct_p50, 1),
         "served_p50_ms": round(served_p50, 1),
         "overhead_ms": round(served_p50 - direct_p50, 1),
         "overhead_ratio": round(served_p50 / direct_p50 - 1, 3),
+        "agent_framework_p50_ms": round(framework_p50, 1),
+        "agent_framework_overhead_ms": round(framework_p50 - direct_p50, 1),
+        "agent_framework_overhead_ratio": round(framework_p50 / direct_p50 - 1, 3),
     }
 
 

@@ -166,6 +166,17 @@ def test_the_workflow_answers_like_the_endpoint(live, client) -> None:
     assert run(agents.ask(workflow, question)) == direct  # a workflow runs again
 
 
+def test_the_workflow_answers_what_the_flows_tool_answers(live, client) -> None:
+    from promptflow.connections import CustomConnection
+
+    connection = CustomConnection(secrets={"key": live.key}, configs={"endpoint": live.scoring_uri})
+    tool, limit = flow_tool(), NODE["inputs"]["max_new_tokens"]
+    workflow = agents.chat_workflow(client, limit)
+    history = [{"inputs": {"question": "Who leads it?"}, "outputs": {"answer": "Dr. Ada"}}]
+    for question, past in [("Who leads the Quillmere Institute?", []), ("Where is it based?", history)]:
+        assert run(agents.ask(workflow, question, past)) == tool.ask_endpoint(connection, question, past, limit)
+
+
 def test_an_empty_question_is_refused() -> None:
     workflow = agents.chat_workflow(agents.AzureMLScoringClient("http://127.0.0.1:9/score", "/dev/null"), 8)
     with pytest.raises(ValueError, match="empty"):
