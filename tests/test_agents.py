@@ -209,7 +209,7 @@ def test_the_notebook_states_the_retirement_and_links_the_migration_guide() -> N
 def test_the_mapping_table_names_every_part_of_the_dag() -> None:
     table = next(c.source for c in cells() if c.cell_type == "markdown" and "| Prompt flow" in c.source)
     parts = [*DAG["inputs"], *DAG["outputs"], *(n["name"] for n in DAG["nodes"])]
-    parts += [str(value) for value in NODE["inputs"].values() if not str(value).startswith("${")]
+    parts += [*NODE["inputs"], NODE["inputs"]["connection"]]
     for part in parts:
         assert f"`{part}" in table or f" {part}" in table, f"the mapping table does not mention {part!r}"
 
