@@ -73,13 +73,29 @@ def test_the_tutorials_recipe_trains_packed_2048_token_text_with_loss_on_every_t
     assert all(-100 not in labels for labels in trainer.train_dataset["labels"])  # no masked prompt: every token
     assert model.config._attn_implementation == "eager"
     assert trainer.args.gradient_checkpointing and trainer.args.per_device_train_batch_size == 4
+    on_cpu = bench.seed_recipe_config(tmp_path, "fp32", steps=2, micro_batch=1)
+    assert on_cpu.per_device_train_batch_size * on_cpu.gradient_accumulation_steps == 4  # the same optimizer step
 
 
-def test_a_step_longer_than_the_budget_is_the_only_one_timed() -> None:
-    times = bench.StepTimes([200.0], [8192])
-    assert times.steady() == (200.0, 8192)  # one step: counted, warm-up and all
-    times = bench.StepTimes([9.0, 3.0, 3.0], [100, 100, 100])
-    assert times.steady() == (6.0, 200)  # more: the first is a warm-up
+def test_the_tutorials_passes_are_timed_one_sequence_each_within_the_budget(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock.now)
+    timer, times = bench.step_timer(budget_s=90)
+    state, control = SimpleNamespace(num_input_tokens_seen=0), TrainerControl()
+    timer.on_step_begin(None, state, control)
+    for seconds, end in [(100, timer.on_substep_end), (80, timer.on_substep_end), (80, timer.on_substep_end)]:
+        clock.now += seconds
+        state.num_input_tokens_seen += 2048
+        end(None, state, control)
+        if control.should_training_stop:
+            break
+    assert times.seconds == [100, 80] and times.tokens == [2048, 2048]  # stopped after the second pass
+    assert times.steady() == (80, 2048)  # the first, a warm-up, is not counted
+    assert bench.StepTimes([200.0], [8192]).steady() == (200.0, 8192)  # a single pass is all there is
 
 
 def test_matmul_throughput_is_measured() -> None:
