@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
 
-from phi3course.files import atomic_write_lines
+from phi3course.files import atomic_write_text, read_json, write_json
 from phi3course.rundir import SUMMARY_KEYS, RunDir, mask
 
 
@@ -51,18 +52,37 @@ def test_require_names_the_notebook_to_run(tmp_path) -> None:
         RunDir(tmp_path).require("train_path", made_by="01_data")
 
 
-def test_failed_write_keeps_the_old_file(tmp_path) -> None:
-    target = tmp_path / "rows.txt"
-    atomic_write_lines(target, ["old"])
+@pytest.mark.parametrize("fails_in", ["write", "fsync", "replace"])
+def test_a_write_that_fails_midway_keeps_the_old_file(tmp_path, monkeypatch, fails_in) -> None:
+    target = tmp_path / "state.json"
+    write_json(target, {"old": True})
+    if fails_in == "write":  # the text cannot be encoded: fails inside handle.write, after the file was opened
+        text = '{"new": "\ud800"}'
+    else:
+        text = '{"new": true}'
 
-    def lines():
-        yield "new"
-        raise RuntimeError("disk full")
+        def broken(*args):
+            raise OSError(28, "No space left on device")
 
-    with pytest.raises(RuntimeError):
-        atomic_write_lines(target, lines())
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["rows.txt"]
+        monkeypatch.setattr(os, fails_in, broken)
+    with pytest.raises((OSError, UnicodeEncodeError)):
+        atomic_write_text(target, text)
+    monkeypatch.undo()
+    assert read_json(target) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left beside it
+
+
+def test_a_secret_is_never_readable_by_others_not_even_while_written(tmp_path, monkeypatch) -> None:
+    seen: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # the moment the value is in the file but not yet renamed into place
+        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    RunDir(tmp_path).write_secret("endpoint-key", "value")
+    assert seen == [0o600]
 
 
 def test_mask_never_shows_the_whole_secret() -> None:
