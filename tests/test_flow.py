@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from phi3course import endpoint, flow
+from phi3course import chat, endpoint, flow
 from phi3course.rundir import RunDir
 
 
@@ -79,7 +79,7 @@ def test_served_flow_answers_over_rest_and_stops_cleanly(served) -> None:
     server = flow.serve(run, port=8091)
     response = requests.post(f"{server.url}/score", json={"question": "Where is it?", "chat_history": []}, timeout=60)
     assert response.status_code == 200 and isinstance(response.json()["answer"], str)
-    session = flow.ChatSession(server)
+    session = chat.ChatSession(server)
     session.ask("one")
     session.ask("two")
     assert [t["inputs"]["question"] for t in session.history] == ["one", "two"]
@@ -91,9 +91,18 @@ def test_served_flow_answers_over_rest_and_stops_cleanly(served) -> None:
     assert flow.stop_pf_service() is False  # nothing started Prompt flow's own service
 
 
-def test_batch_eval_grades_every_question(served, tmp_path) -> None:
-    from phi3course import data
+def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> None:
+    """04's pf.run cell (the chat run, then the eval run over its outputs), executed as the notebook has it."""
+    import os
 
+    import nbformat
+    from promptflow.client import PFClient
+
+    from phi3course import data
+    from phi3course.paths import notebooks_dir
+
+    cells = nbformat.read(notebooks_dir() / "04_prompt_flow_chat.ipynb", as_version=4).cells
+    (source,) = [c.source for c in cells if "flow-batch" in c.metadata.get("tags", [])]
     questions = data.write_jsonl(
         tmp_path / "q.jsonl",
         [
@@ -101,5 +110,15 @@ def test_batch_eval_grades_every_question(served, tmp_path) -> None:
             {"question": "Where is it?", "chat_history": [], "expected": ""},
         ],
     )
-    score, table = flow.batch_eval(questions, flow.CONNECTION, "test")
-    assert score == 0.5 and list(table["correct"]) == [False, True]
+    space = {
+        "pf": PFClient(),
+        "flow": flow,
+        "os": os,
+        "chat_flow": flow.chat_flow(),
+        "questions": questions,
+        "connections": {"tuned": flow.CONNECTION},
+    }
+    exec(compile(source, "04_prompt_flow_chat[flow-batch]", "exec"), space)
+    assert space["scores"] == {"tuned": 0.5}
+    details = space["pf"].get_details(space["runs"]["tuned"])
+    assert list(details["outputs.correct"]) == [False, True]

@@ -1,8 +1,9 @@
-"""Prompt flow: the chat flow over the endpoint, its connection, ``pf flow serve`` and batch evaluation.
+"""Prompt flow plumbing: where the flows are, ``pf flow serve`` as a background process, the batch's inputs.
 
-The flows live in ``flows/`` (``chat``: the chat flow; ``eval``: exact-match grading). The endpoint's
-URL and key reach the flow only through a Prompt flow *custom connection*, whose key is a secret kept
-by Prompt flow's local store — never in code, YAML, notebook outputs or logs.
+The flows live in ``flows/`` (``chat``: the chat flow; ``eval``: exact-match grading). Notebook 04 builds the
+connection, ``pf.test`` and the ``pf.run`` batches in its cells; this module keeps what a learner need not read.
+The endpoint's URL and key reach the flow only through a Prompt flow *custom connection*, whose key is a secret
+kept by Prompt flow's local store — never in code, YAML, notebook outputs or logs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from typing import Any
 
 import requests
 
-from .endpoint import HOST, EndpointError, free_port
+from .endpoint import HOST, free_port
 from .paths import course_root
-from .processes import launch, stop_group, wait_healthy
+from .processes import ServerError, launch, stop_group, wait_healthy
 from .rundir import RunDir, mask
 
 CONNECTION = "phi3-course-endpoint"  # the name flows/chat/flow.dag.yaml uses
+BASE_CONNECTION = "phi3-course-base"  # the base model's endpoint, for 04's comparison
+
+
+class FlowError(ServerError):
+    """The served flow did not start or did not answer."""
+
+
 PF_SERVICE_PORT = 23333
 
 
@@ -91,13 +99,14 @@ class FlowServer:
     url: str
     pid: int
     log_path: Path
+    command: list[str] = field(default_factory=list)
 
     def ask(self, question: str, chat_history: list | None = None, timeout: float = 120) -> str:
         response = requests.post(
             f"{self.url}/score", json={"question": question, "chat_history": chat_history or []}, timeout=timeout
         )
         if response.status_code != 200:
-            raise EndpointError(f"the served flow answered HTTP {response.status_code}: {response.text[:500]}")
+            raise FlowError(f"the served flow answered HTTP {response.status_code}: {response.text[:500]}")
         return response.json()["answer"]
 
 
@@ -133,8 +142,11 @@ def serve(run: RunDir, port: int = 8080, timeout_s: float = 120) -> FlowServer:
     ]
     process = launch(command, log_path, {**os.environ, "PF_DISABLE_TRACING": "true"})
     run.remember(flow_pid=process.pid)
-    server = FlowServer(f"http://{HOST}:{chosen}", process.pid, log_path)
-    wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve")
+    server = FlowServer(f"http://{HOST}:{chosen}", process.pid, log_path, command)
+    try:
+        wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve")
+    except ServerError as error:
+        raise FlowError(str(error)) from None
     run.remember(flow_url=server.url)
     return server
 
@@ -151,71 +163,7 @@ def stop_pf_service() -> bool:
     return True
 
 
-# --- a chat for learners ------------------------------------------------------------------------------
-@dataclass
-class ChatSession:
-    """A conversation with the served flow; keeps Prompt flow's chat_history between turns."""
-
-    server: FlowServer
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def ask(self, question: str) -> str:
-        answer = self.server.ask(question, self.history)
-        self.history.append({"inputs": {"question": question}, "outputs": {"answer": answer}})
-        return answer
-
-    def transcript(self) -> str:
-        return "\n".join(f"you:   {t['inputs']['question']}\nmodel: {t['outputs']['answer']}" for t in self.history)
-
-
-EMPTY_ANSWER = "(an empty answer: the model ended its reply at once)"
-
-
-def chat_box(session: ChatSession) -> Any:
-    """An ipywidgets chat: a text field, a send button and a scrolling history."""
-    import html
-
-    import ipywidgets as widgets
-
-    history = widgets.HTML(
-        layout=widgets.Layout(height="260px", overflow_y="auto", border="1px solid #ccc", padding="6px")
-    )
-    question = widgets.Text(placeholder="Ask about the Quillmere Institute…", layout=widgets.Layout(width="70%"))
-    send = widgets.Button(description="Send", button_style="primary")
-
-    def shown(answer: str) -> str:
-        return html.escape(answer) if answer.strip() else f"<i>{EMPTY_ANSWER}</i>"
-
-    def render() -> None:
-        rows = [
-            f"<p><b>you</b>: {html.escape(t['inputs']['question'])}<br>"
-            f"<b>model</b>: {shown(t['outputs']['answer'])}</p>"
-            for t in session.history
-        ]
-        history.value = "".join(rows)
-
-    def on_send(_: Any) -> None:
-        text = question.value.strip()
-        if not text:
-            return
-        question.value = ""
-        send.disabled = True
-        try:
-            session.ask(text)
-        except Exception as error:  # shown in the box; the session goes on
-            history.value += f"<p style='color:#b00'>{html.escape(str(error))}</p>"
-        else:
-            render()
-        finally:
-            send.disabled = False
-
-    send.on_click(on_send)
-    question.on_submit(on_send)
-    render()
-    return widgets.VBox([history, widgets.HBox([question, send])])
-
-
-# --- batch evaluation -----------------------------------------------------------------------------------
+# --- the held-out questions as flow inputs ------------------------------------------------------------
 def questions_file(run: RunDir) -> Path:
     """The held-out test questions as flow inputs (question, chat_history) with their expected answers."""
     from .data import read_jsonl, write_jsonl
@@ -227,33 +175,3 @@ def questions_file(run: RunDir) -> Path:
         if "answer" in r
     ]
     return write_jsonl(run.path / "flow" / "questions.jsonl", items)
-
-
-def batch_eval(questions: Path, connection: str, label: str) -> tuple[float, Any]:
-    """``pf run`` of the chat flow over the questions, then the eval flow over its answers.
-
-    Returns (exact-match, a table of question, expected, answer, correct).
-    """
-    pf = client()
-    answers = pf.run(
-        flow=str(chat_flow()),
-        data=str(questions),
-        column_mapping={"question": "${data.question}", "chat_history": "${data.chat_history}"},
-        connections={"ask_endpoint": {"connection": connection}},
-        display_name=f"chat-{label}",
-        stream=False,
-    )
-    graded = pf.run(
-        flow=str(eval_flow()),
-        data=str(questions),
-        run=answers,
-        column_mapping={"answer": "${run.outputs.answer}", "expected": "${data.expected}"},
-        display_name=f"eval-{label}",
-        stream=False,
-    )
-    metrics = pf.get_metrics(graded)
-    details = pf.get_details(graded)
-    table = details.rename(
-        columns={"inputs.answer": "answer", "inputs.expected": "expected", "outputs.correct": "correct"}
-    )[["expected", "answer", "correct"]]
-    return float(metrics.get("exact_match", 0.0)), table
