@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from phi3course import data, evaluate, models, train
-from phi3course.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -135,19 +133,12 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path
     assert changed.resumed_from is None and changed.history[0]["step"] == 1
 
 
-def test_the_course_uses_only_keywords_the_installed_libraries_have() -> None:
-    from peft import LoraConfig
-    from trl import SFTConfig
-
+def test_the_jobs_config_scores_answers_only_without_padding_or_recomputation() -> None:
+    """What the job trains with on a CPU (tests/test_sync.py holds the notebook's config equal to it)."""
     config = train.sft_config(train.TrainSettings(train_file="x", output_dir="/tmp/y"), "fp32", 10)
-    assert config.padding_free and config.completion_only_loss and not config.gradient_checkpointing
-    source = inspect.getsource(train.sft_config)
-    used = {line.strip().split("=")[0] for line in source.splitlines() if "=" in line and line.startswith("        ")}
-    sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    assert used - {"**settings.extra", ""} <= sft_fields, used - sft_fields
-    lora = inspect.getsource(train._lora_config)
-    lora_used = {line.strip().split("=")[0] for line in lora.splitlines() if "=" in line and "LoraConfig" not in line}
-    assert lora_used <= {f.name for f in dataclasses.fields(LoraConfig)}
+    assert config.padding_free and config.completion_only_loss
+    assert not config.gradient_checkpointing and not config.bf16 and not config.fp16
+    assert config.warmup_steps == round(0.05 * 30)  # 3 epochs of 10 steps
 
 
 def test_mlflow_forwards_the_generation_params_a_request_sets() -> None:
@@ -211,38 +202,6 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path) -> None:
     assert done.returncode == 2 and "error: train_file" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_job_spec_validates_offline(tiny_data, tmp_path) -> None:
-    from phi3course import azure
-
-    s = settings(tiny_data, tmp_path)
-    job = azure.training_job(s, "gpu-cluster", instance_count=2, processes_per_instance=4)
-    text = azure.to_yaml(job)
-    assert "python -m phi3course.train --train-file ${{inputs.train}}" in text
-    assert "process_count_per_instance: 4" in text and "instance_count: 2" in text
-    assert "type: uri_file" in text and "torch==2.13.0" in text
-    assert job.outputs["model"].type == "uri_folder"
-    single = azure.training_job(s, "gpu-cluster")
-    assert single.distribution is None
-    with pytest.raises(azure.JobSpecError, match="at least 1"):
-        azure.training_job(s, "gpu-cluster", instance_count=0)
-    job.command += " --extra ${{inputs.missing}}"
-    with pytest.raises(azure.JobSpecError, match="no such input"):
-        azure.validate_job(job)
-
-
-def test_finetune_settings_come_from_the_run(tmp_path, tiny_data) -> None:
-    from phi3course import finetune, profiles
-
-    run = RunDir(tmp_path)
-    with pytest.raises(KeyError, match="run 01_data first"):
-        finetune.settings_for(profiles.load("local"), run)
-    tiny_data.record(run)
-    run.remember(model="smollm2-135m-instruct")
-    s = finetune.settings_for(profiles.load("local"), run)
-    assert s.model == "smollm2-135m-instruct" and s.train_file == str(tiny_data.train_path)
-    assert s.output_dir == str(tmp_path / "train") and s.lora_alpha == 2 * s.lora_r
-
-
 def test_precision_follows_the_hardware_and_refuses_bf16_on_a_v100(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
@@ -261,3 +220,28 @@ def test_precision_follows_the_hardware_and_refuses_bf16_on_a_v100(monkeypatch: 
     with pytest.raises(train.TrainError, match="fp16' needs a CUDA GPU"):
         train.pick_precision("fp16")
     assert train.pick_precision("fp32") == ("fp32", "asked for")
+
+
+def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path) -> None:
+    """score_answers_only changes the work, not the number: the same loss as trl's completion-only loss."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    s = settings(tiny_data, tmp_path, method="full", batch_size=4)
+    rows = train.to_training_rows(train.load_rows(s.train_file))[:4]
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    trainer = SFTTrainer(
+        model=model,
+        args=train.sft_config(s, "fp32", 1),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert batch["labels"].shape[0] == 1  # padding-free: one flattened sequence
+    count = int((batch["labels"][0, 1:] != -100).sum())
+    with torch.no_grad():
+        theirs = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(count))
+        train.score_answers_only(trainer)
+        ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(count))
+    assert torch.isclose(ours, theirs, rtol=1e-4), (float(ours), float(theirs))
