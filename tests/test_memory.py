@@ -66,7 +66,8 @@ def test_lora_in_16_bit_fits_a_16gb_gpu_at_the_profiles_batch() -> None:
 
 def test_lora_fits_a_64gb_laptop_in_fp32() -> None:
     tokens = memory.batch_tokens(ROWS, MEAN_ROW_TOKENS)
-    assert memory.check(PHI3, "lora", "fp32", tokens, 64.0, device="cpu").fits
+    free_on_a_64gb_laptop = 56.0  # what psutil reports available with the OS and a browser running
+    assert memory.check(PHI3, "lora", "fp32", tokens, free_on_a_64gb_laptop, device="cpu").fits
 
 
 def test_lora_bf16_on_an_a100_80gb_fits_even_full_length_rows() -> None:

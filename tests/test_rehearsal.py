@@ -97,6 +97,22 @@ def test_compute_quota_and_retired_sizes(ws) -> None:
     assert marked, "canned quota must say it is the rehearsal's"
 
 
+def test_catalog_models_resolve_as_azure_lays_them_out_only_for_offline_presets(ws) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phi3course import models
+
+    folder = ws.local_path(azure.catalog_model_uri("phi-3-tiny"))
+    assert (folder / "mlflow_model_folder" / "MLmodel").is_file()
+    weights, tokenizer = models.model_folders(folder)
+    assert weights.name == "model" and tokenizer.parts[-2:] == ("components", "tokenizer")
+    assert not (weights / "tokenizer_config.json").exists()  # as in the catalog: load the tokenizer from components/
+    AutoTokenizer.from_pretrained(tokenizer)
+    AutoModelForCausalLM.from_pretrained(weights)
+    with pytest.raises(rehearsal.RehearsalError, match="model catalog"):
+        ws.local_path(azure.catalog_model_uri("phi-3-mini-4k-instruct"))
+
+
 def test_data_assets_are_versioned_and_resolve_to_their_upload(ws, train_asset, tmp_path) -> None:
     assert train_asset.version == "1" and train_asset.path.startswith("azureml://subscriptions/")
     assert "/datastores/workspaceblobstore/paths/LocalUpload/" in train_asset.path
