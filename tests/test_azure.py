@@ -252,8 +252,9 @@ def test_serving_environment_is_lean_with_cpu_torch() -> None:
 def test_environment_versions_come_from_the_one_dependency_list() -> None:
     import tomllib
 
-    from conftest import ROOT
     from packaging.requirements import Requirement
+
+    from conftest import ROOT
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     pinned = {Requirement(spec).name.lower(): spec for spec in project["dependencies"]}
@@ -311,9 +312,8 @@ def test_connect_gate(tmp_path, capsys) -> None:
     assert workspace.root == (tmp_path / "rehearsal").resolve()
     assert workspace.subscription_id == rehearsal.EXAMPLE_SETTINGS.subscription_id
     assert out.startswith("REHEARSAL") and "quota" in out and "image build" in out and "latency" in out
-    assert azure.validate(
-        {f.env: getattr(rehearsal.EXAMPLE_SETTINGS, a) for f, a in zip(azure.FIELDS, azure.AzureSettings.__annotations__)}
-    )
+    fields = zip(azure.FIELDS, azure.AzureSettings.__annotations__, strict=True)
+    assert azure.validate({f.env: getattr(rehearsal.EXAMPLE_SETTINGS, name) for f, name in fields})
     assert azure.connect(None, "local") is None
     assert "skip" in capsys.readouterr().out
     assert azure.connect(None, "azureml") is None
