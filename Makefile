@@ -6,6 +6,12 @@ PY     := $(VENV)/bin/python
 PROFILE ?= local
 FROM   ?=
 STAMP  := $(VENV)/.installed
+# torch: on Linux without an NVIDIA GPU, the CPU build from PyTorch's CPU index (a 190 MB wheel) instead of the
+# default index's CUDA build (several GB a CPU never uses). TORCH=cuda keeps the default index; TORCH_INDEX=<url>
+# names another. Where the CPU index cannot be reached, torch comes from the default index (one line says so).
+TORCH       ?= auto
+TORCH_INDEX ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := true
@@ -20,6 +26,18 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	@echo "Installing the course into $(VENV) (a few minutes the first time)…"
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@case "$(TORCH)" in auto|cpu|cuda) ;; *) echo "TORCH=$(TORCH): use auto, cpu or cuda"; exit 2;; esac; \
+	index="$(TORCH_INDEX)"; \
+	if [ -z "$$index" ] && [ "$(TORCH)" != cuda ] && { [ "$(TORCH)" = cpu ] || { [ "$$(uname -s)" = Linux ] && \
+	     ! command -v nvidia-smi >/dev/null && [ ! -e /proc/driver/nvidia/version ]; }; }; then \
+	  if $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" 2>/dev/null; then \
+	    index=$(TORCH_CPU_INDEX); echo "torch: the CPU build from $$index (no NVIDIA GPU here; TORCH=cuda for the CUDA build)"; \
+	  else echo "torch: $(TORCH_CPU_INDEX) cannot be reached, so torch comes from the default index (on Linux: the CUDA build, several GB)"; fi; \
+	fi; \
+	if [ -n "$$index" ]; then \
+	  torch=$$($(PY) -c "import tomllib; print(*[d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch=')])"); \
+	  $(PY) -m pip install --quiet --index-url "$$index" "$$torch" 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0; \
+	fi
 	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['phi3course']['install-without-deps'])") \
 	  2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0  # see [tool.phi3course] in pyproject.toml
@@ -35,13 +53,14 @@ course: $(STAMP)
 cleanup: $(STAMP)
 	$(PY) -m phi3course.runner --profile $(PROFILE) --from 99 --cleanup
 
-# Unit tests, then nbval over every notebook in order under the smoke profile.
+# Unit tests, then nbval over every notebook in order under the smoke profile, then no key in anything that run wrote.
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
 	rm -rf runs/nbval
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
+	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
 
 # Before a class: the models converted once into the cache (~/.cache/phi3course), ready to copy to a room.
 warm: $(STAMP)
