@@ -158,7 +158,7 @@ def test_a_job_whose_environment_lacks_an_import_fails_naming_the_package_and_th
     assert ws.jobs.get(submitted.name).status == "Failed"
 
 
-def test_mlflow_in_a_job_needs_azureml_mlflow_as_on_azure(ws, tmp_path) -> None:
+def test_mlflow_in_a_job_needs_azureml_mlflow_as_on_azure(ws, tmp_path, capsys) -> None:
     """10.3: Azure ML sets an azureml:// tracking URI; without azureml-mlflow the first metric crashes."""
     from mlflow.tracking import MlflowClient
 
@@ -176,6 +176,7 @@ def test_mlflow_in_a_job_needs_azureml_mlflow_as_on_azure(ws, tmp_path) -> None:
         return name
 
     assert ws.jobs.get(run("mlflow")).status == "Failed"
+    assert "does not list azureml-mlflow" in capsys.readouterr().out
     name = run("mlflow", "azureml-mlflow")
     assert ws.jobs.get(name).status == "Completed"
     runs = MlflowClient(ws.mlflow_uri).search_runs(

@@ -815,6 +815,10 @@ class JobOperations:
             env["MLFLOW_TRACKING_URI"] = self._ws.mlflow_uri
         else:
             # What Azure ML sets: without azureml-mlflow installed, MLflow has no store for this scheme.
+            (folder / "notes.txt").write_text(
+                "rehearsal: the job's environment does not list azureml-mlflow, so MLflow calls in the job fail "
+                "as they do on Azure ML (MLFLOW_TRACKING_URI is an azureml:// URI).\n"
+            )
             env["MLFLOW_TRACKING_URI"] = f"azureml://{self._ws.location}.api.azureml.ms/mlflow/v1.0{self._ws.scope}"
         env.update(
             {"MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id, "MLFLOW_EXPERIMENT_NAME": experiment}
@@ -881,6 +885,8 @@ class JobOperations:
         if not folder.is_dir():
             raise _not_found(f"job {name!r}")
         print(f"RunId: {name}\nWeb View: {(folder / 'user_logs').as_uri()}  (rehearsal: logs on this machine)\n")
+        if (folder / "notes.txt").is_file():
+            print((folder / "notes.txt").read_text())
         log = folder / "user_logs" / "std_log.txt"
         offset = 0
         while True:
