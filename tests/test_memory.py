@@ -102,3 +102,15 @@ def test_fit_table_matches_the_sizes_advice() -> None:
         advised = next(r for r in rows if r["size"] == size.name and r["method"] == size.method)
         assert advised["fits"] and advised["precision"] == size.precision
     assert not next(r for r in rows if r["size"] == "Standard_NC4as_T4_v3" and r["method"] == "full")["fits"]
+
+
+def test_mean_row_tokens_from_the_data() -> None:
+    from phi3course import data
+
+    rows, _ = data.synthetic(seed=0, subjects=2)
+    _, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    exact, rough = memory.mean_row_tokens(rows, tokenizer), memory.mean_row_tokens(rows)
+    assert 5 < exact < 512 and 5 < rough < 512
+    assert memory.mean_row_tokens([]) == 0.0
+    found = memory.estimate(PHI3, "qlora", "fp16", memory.batch_tokens(ROWS, exact), T4_GIB)
+    assert dict(found.rows())["total"] == round(found.total_gib, 1)

@@ -71,6 +71,25 @@ def batch_tokens(batch_size: int, mean_row_tokens: float, grad_accum: int = 1) -
     return max(1, round(batch_size * mean_row_tokens))
 
 
+def mean_row_tokens(rows: list[dict[str, Any]], tokenizer: Any = None) -> float:
+    """The mean length of training rows in tokens: with ``tokenizer`` exactly (chat rows through its chat
+    template), without one from the characters (~3.5 characters a token for English text; errs long)."""
+    if not rows:
+        return 0.0
+    lengths = []
+    for row in rows:
+        if "messages" in row:
+            if tokenizer is not None:
+                ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
+                lengths.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
+            else:
+                lengths.append(sum(len(m["content"]) + 8 for m in row["messages"]) / 3.5)
+        else:
+            text = row.get("text") or (str(row.get("prompt", "")) + str(row.get("completion", "")))
+            lengths.append(len(tokenizer(text)["input_ids"]) if tokenizer is not None else len(text) / 3.5)
+    return sum(lengths) / len(lengths)
+
+
 def weight_dtype(method: str, precision: str, device: str) -> str:
     """How the base weights are held (as ``phi3course.train`` loads them)."""
     if method == "qlora":
@@ -115,6 +134,10 @@ class Estimate:
             "total": round(self.total_gib, 1),
             f"available ({self.where})": round(self.available_gib, 1),
         }
+
+    def rows(self) -> list[tuple[str, float]]:
+        """(part, GiB) rows for a table, as ``train.MemoryEstimate.rows()`` gives them."""
+        return list(self.parts().items())
 
     def __str__(self) -> str:
         verdict = "fits" if self.fits else "does NOT fit"
