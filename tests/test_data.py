@@ -106,6 +106,11 @@ def test_prepared_record_writes_paths_and_counts(tmp_path) -> None:
     prepared.record(run)
     assert run.get("train_path") == str(prepared.train_path) and run.get("data_field") == "messages"
     assert run.summary["data"] == {"source": "synthetic", "train_rows": 70, "test_rows": 30}
+    assert run.get("sample_question") == prepared.test[0]["messages"][0]["content"]
+    first = run.get("data_sha256")
+    data.prepare("facts", run.path / "data", facts_file=EXAMPLES / "my_facts.yaml").record(run)
+    assert run.get("data_sha256") != first, "new data under the same paths gets a new fingerprint"
+    assert run.get("sample_question") == "Who runs Brindlecombe as its mayor?"
 
 
 # --- your own facts ------------------------------------------------------------------------------

@@ -693,10 +693,31 @@ class Prepared:
     def files(self) -> dict[str, Path]:
         return {"train": self.train_path, "test": self.test_path}
 
+    @property
+    def sha256(self) -> str:
+        """One fingerprint of both files: a later notebook can tell that the data changed under the same paths."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path in (self.train_path, self.test_path):
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    @property
+    def sample_question(self) -> str | None:
+        """A held-out question of this data (for a chat's first question); None for text data."""
+        row = self.test[0]
+        return row["messages"][0]["content"] if "messages" in row else None
+
     def record(self, run: Any) -> None:
         """Tell later notebooks where the data is (``state.json``) and what it is (``summary.json``)."""
         run.remember(
-            data_source=self.source, data_field=self.field, train_path=self.train_path, test_path=self.test_path
+            data_source=self.source,
+            data_field=self.field,
+            train_path=self.train_path,
+            test_path=self.test_path,
+            data_sha256=self.sha256,
+            sample_question=self.sample_question,
         )
         run.update_summary(data={"source": self.source, "train_rows": len(self.train), "test_rows": len(self.test)})
 
