@@ -126,6 +126,21 @@ def test_data_assets_are_versioned_and_resolve_to_their_upload(ws, train_asset, 
         ws.data.get("no-such-data", version="1")
 
 
+def test_models_register_from_a_folder_and_resolve_by_reference(ws, tmp_path) -> None:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    first = ws.models.create_or_update(Model(name="plain", path=str(folder), type="custom_model"))
+    second = ws.models.create_or_update(Model(name="plain", path=str(folder), type="custom_model"))
+    assert (first.version, second.version) == ("1", "2") and ws.models.get("plain").version == "2"
+    assert (ws.local_path("azureml:plain:1") / "config.json").is_file()
+    assert (ws.local_path(first.id) / "config.json").is_file()
+    with pytest.raises(rehearsal.RehearsalError, match="MLmodel"):
+        ws.models.create_or_update(Model(name="not-mlflow", path=str(folder), type="mlflow_model"))
+    with pytest.raises(ResourceNotFoundError):
+        ws.models.get("plain", version="9")
+
+
 def test_a_command_job_runs_its_exact_command_as_azure_ml_lays_it_out(ws, code, train_asset, tmp_path, capsys) -> None:
     env = environment("pyyaml", "azureml-mlflow")
     job = job_of(code, train_asset, env, environment_variables={"GREETING": "hi", "PYTHONPATH": "."})

@@ -358,7 +358,7 @@ class Workspace:
             r"^azureml:(?://)?(?:/subscriptions/.+?/)?(?:data/)?([^:/@]+)(?::([^:/@]+)|@(\w+))?$", uri
         ):
             name, version, label = match.groups()
-            if self.state_file("data", name, "1").parent.is_dir():
+            if (self.root / "state" / "data" / name).is_dir():
                 return self._resolve(self.data.get(name, version=version, label=label).path)
             return self._resolve(self.models._path_of(name, version, label))
         if uri.startswith(("azureml:", "http:", "https:", "wasbs:", "abfss:")):
@@ -548,7 +548,7 @@ class DataOperations:
         self._ws = ws
 
     def _versions(self, name: str) -> list[str]:
-        folder = self._ws.state_file("data", name, "x").parent
+        folder = self._ws.root / "state" / "data" / name
         return sorted(
             (p.stem for p in folder.glob("*.json")), key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else v)
         )
@@ -587,7 +587,7 @@ class DataOperations:
         if not versions:
             raise _not_found(f"data asset {name!r}")
         chosen = str(version) if version is not None else versions[-1]
-        path = self._ws.state_file("data", name, chosen)
+        path = self._ws.root / "state" / "data" / name / f"{chosen}.json"
         if not path.is_file():
             raise _not_found(f"data asset {name}:{chosen}")
         return Data(**read_json(path))
@@ -599,7 +599,7 @@ class ModelOperations:
         self._ws = ws
 
     def _versions(self, name: str) -> list[str]:
-        folder = self._ws.state_file("models", name, "x").parent
+        folder = self._ws.root / "state" / "models" / name
         return sorted((p.stem for p in folder.glob("*.json")), key=lambda v: int(v) if v.isdigit() else 0)
 
     def create_or_update(self, model: Any) -> Any:
@@ -635,7 +635,7 @@ class ModelOperations:
 
         versions = self._versions(name)
         chosen = str(version) if version is not None else (versions[-1] if versions else None)
-        path = self._ws.state_file("models", name, str(chosen))
+        path = self._ws.root / "state" / "models" / name / f"{chosen}.json"
         if chosen is None or not path.is_file():
             raise _not_found(f"model {name}:{version or label or 'latest'}")
         record = read_json(path)
