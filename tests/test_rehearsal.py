@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -328,6 +327,12 @@ def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
         requests.post(live.scoring_uri, json=payload, timeout=5)
 
 
-def test_the_supervisor_cli_says_how_to_use_it() -> None:
+def test_the_cli_stops_a_rehearsal_and_says_how_to_use_it(ws, tmp_path, capsys) -> None:
+    (tmp_path / "wait.py").write_text("import time\ntime.sleep(300)\n")
+    job = command(code=str(tmp_path), command="python wait.py", environment=environment(), compute="gpu-cluster")
+    name = ws.jobs.create_or_update(job).name
+    assert rehearsal.main(["stop", str(ws.root)]) == 0
+    assert f"stopped jobs/{name}" in capsys.readouterr().out
     assert rehearsal.main([]) == 2
-    assert sys.executable
+    note = rehearsal.summary_note()
+    assert note["rehearsal"] is True and any("quota" in line for line in note["cannot_check"])

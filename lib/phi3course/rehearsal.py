@@ -433,15 +433,7 @@ class Workspace:
     # processes -------------------------------------------------------------------------------------
     def stop_all(self) -> list[str]:
         """Stop every process the stand-in started (jobs and deployments); returns what was stopped."""
-        from .processes import stop_group
-
-        stopped = []
-        for record in sorted((self.root / "state").glob("*/**/*.json")):
-            data = read_json(record, default={})
-            pid = data.get("pid") if isinstance(data, dict) else None
-            if pid and stop_group(pid):
-                stopped.append(f"{record.parent.name}/{record.stem}")
-        return stopped
+        return stop(self.root)
 
 
 def _base_env(extra_path: str = "") -> dict[str, str]:
@@ -1351,13 +1343,40 @@ class OnlineDeploymentOperations:
         return Poller(None)
 
 
+def summary_note() -> dict[str, Any]:
+    """What a dry run's summary.json should say about itself (``run.update_summary(rehearsal=…)``)."""
+    from .azure import REHEARSAL_LIMITS
+
+    return {
+        "rehearsal": True,
+        "what": "every Azure ML call answered by a local stand-in of the workspace (phi3course.rehearsal)",
+        "cannot_check": list(REHEARSAL_LIMITS),
+    }
+
+
+def stop(root: str | os.PathLike[str]) -> list[str]:
+    """Stop what the stand-in under ``root`` started (for ``make clean`` or a runner's last step); no SDK import."""
+    from .processes import stop_group
+
+    stopped = []
+    for record in sorted(Path(root, "state").glob("*/**/*.json")):
+        data = read_json(record, default={})
+        if isinstance(data, dict) and data.get("pid") and stop_group(data["pid"]):
+            stopped.append(f"{record.parent.name}/{record.stem}")
+    return stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 2 and args[0] == "run-job":
         with contextlib.suppress(KeyboardInterrupt):
             return run_job(Path(args[1]))
         return 1
-    print("usage: python -m phi3course.rehearsal run-job <job folder>", file=sys.stderr)
+    if len(args) == 2 and args[0] == "stop":
+        for what in stop(args[1]):
+            print(f"stopped {what}")
+        return 0
+    print("usage: python -m phi3course.rehearsal run-job <job folder> | stop <rehearsal folder>", file=sys.stderr)
     return 2
 
 
