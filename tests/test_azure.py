@@ -121,7 +121,9 @@ def test_no_retired_vm_size_in_the_azure_path() -> None:
     from conftest import ROOT
 
     assert azure.GPU_CLUSTER_SIZE not in azure.RETIRED_SIZES
-    for path in ("lib/phi3course/azure.py", "README.md", "docs/workshop.md", ".env.example"):
+    paths = ["lib/phi3course/azure.py", "README.md", "docs/workshop.md", ".env.example"]
+    paths += [str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").rglob("*") if p.suffix in {".ipynb", ".yaml"}]
+    for path in paths:
         text = (ROOT / path).read_text(encoding="utf-8")
         offered = [line for line in text.splitlines() if RETIRED in line and "retired" not in line.lower()]
         assert not offered, f"{path} still offers {RETIRED}: {offered}"
