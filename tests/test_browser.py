@@ -25,6 +25,7 @@ from phi3course import flow, processes, runner
 from phi3course.endpoint import free_port
 from phi3course.paths import course_root
 from phi3course.rundir import RunDir
+from test_browser_setup import chromium
 
 ROOT = course_root()
 PROFILE = os.environ.get("COURSE_BROWSER_PROFILE", "smoke")  # `make screenshots` uses local: real answers
@@ -33,26 +34,7 @@ QUESTIONS = ["Who leads the Quillmere Institute?", "And where is it based?"]
 BUSY = "Array.from(document.querySelectorAll('.jp-InputPrompt')).some(e => e.textContent.includes('*'))"
 
 
-MISSING = (
-    "Chromium is not installed: the browser test needs it (`sudo apt-get install chromium` on Debian/Ubuntu, "
-    "or COURSE_CHROMIUM=/path/to/chrome)"
-)
-
-
-def browser_required() -> bool:
-    """In CI (``CI=true``, which CI runners set) or when asked (``COURSE_REQUIRE_BROWSER=1``, as .ci/run does), a
-    missing browser fails the test: there it must never stop running unnoticed. On a learner's machine it skips."""
-    return any(os.environ.get(name, "").lower() in {"1", "true", "yes"} for name in ("CI", "COURSE_REQUIRE_BROWSER"))
-
-
-def chromium() -> str:
-    """The browser: ``COURSE_CHROMIUM`` or a Chromium on PATH (Playwright's own download is not used)."""
-    for name in filter(None, [os.environ.get("COURSE_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"]):
-        if found := shutil.which(name):
-            return found
-    if browser_required():
-        pytest.fail(f"{MISSING}; in CI it is required (.ci/run installs it).")
-    pytest.skip(f"{MISSING}; skipped.")
+CHROMIUM = chromium(importing=True)  # missing: one line, and the module is skipped (in CI its tests fail)
 
 
 def screenshot_dir() -> Path:
@@ -74,7 +56,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    chromium()  # skip (or fail in CI) before minutes of notebooks when there is no browser to drive
+    chromium()  # in CI without a browser: fail here, before minutes of notebooks
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     shutil.copytree(ROOT / "images", root / "images")
@@ -246,23 +228,3 @@ def test_no_key_in_the_executed_notebooks_or_logs(lab: Lab) -> None:
     saved = sorted((lab.root / "notebooks").glob("*.ipynb"))
     assert list(lab.run.path.glob("0*.ipynb")) and saved
     assert leaks(lab.run.path, also=[*saved, lab.root / "jupyterlab.log"]) == []
-
-
-@pytest.mark.parametrize(
-    ("environment", "outcome"), [({}, "skip"), ({"CI": "true"}, "fail"), ({"COURSE_REQUIRE_BROWSER": "1"}, "fail")]
-)
-def test_a_missing_browser_is_a_skip_for_a_learner_and_a_failure_in_ci(monkeypatch, environment, outcome) -> None:
-    for name in ("CI", "COURSE_REQUIRE_BROWSER", "COURSE_CHROMIUM"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("PATH", "/nonexistent")
-    try:
-        chromium()
-    except BaseException as raised:  # pytest's skip and fail are BaseExceptions; a skip here must not skip this test
-        outcome_seen, message = type(raised), str(raised)
-    else:
-        outcome_seen, message = None, ""
-    assert outcome_seen is (pytest.skip.Exception if outcome == "skip" else pytest.fail.Exception)
-    assert "Chromium is not installed" in message and "apt-get install chromium" in message
-    assert "\n" not in message  # one line: what is missing and how to get it
