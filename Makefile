@@ -47,13 +47,14 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 course: $(STAMP)
-	$(PY) -m phi3course.runner --profile $(PROFILE) $(if $(FROM),--from $(FROM))
+	$(PY) -m phi3course.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) $(if $(FROM),--from $(FROM))
 
 # 99_cleanup for this profile's run: nothing left running locally, no Azure ML endpoint left billing.
 cleanup: $(STAMP)
-	$(PY) -m phi3course.runner --profile $(PROFILE) --from 99 --cleanup
+	$(PY) -m phi3course.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) --from 99 --cleanup
 
-# Unit tests, then nbval over every notebook in order under the smoke profile, then no key in anything that run wrote.
+# Unit tests, then nbval over every notebook in order under the smoke profile, then the Azure dry run (every Azure
+# cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote.
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
@@ -61,6 +62,10 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
 	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
+	rm -rf runs/nbval-azureml && $(PY) -m phi3course.notebooks unchecked runs/nbval-azureml/notebooks
+	HF_HUB_OFFLINE=1 COURSE_PROFILE=azureml-dryrun-smoke COURSE_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \
+	  -p no:cacheprovider --nbval-lax --nbval-cell-timeout 600 runs/nbval-azureml/notebooks
+	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval-azureml $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
 
 # Before a class: the models converted once into the cache (~/.cache/phi3course), ready to copy to a room.
 warm: $(STAMP)
@@ -92,4 +97,5 @@ lab: $(STAMP)
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
+	for stand_in in runs/*/rehearsal; do [ -d "$$stand_in" ] && $(PY) -m phi3course.rehearsal stop "$$stand_in"; done; true
 	rm -rf runs .pytest_cache

@@ -90,28 +90,6 @@ def test_role_commands_cover_the_three_roles_with_real_scopes() -> None:
     assert "<" not in text
 
 
-def test_compute_spec_scales_to_zero_and_uses_the_identity() -> None:
-    settings = azure.validate(GOOD)
-    yaml_text = azure.to_yaml(azure.compute_spec(settings, name="gpu", size=azure.GPU_CLUSTER_SIZE))
-    assert "min_instances: 0" in yaml_text and "size: Standard_NC24ads_A100_v4" in yaml_text
-    assert settings.uai_resource_id in yaml_text and "user_assigned" in yaml_text
-
-
-def test_compute_spec_without_settings_has_no_identity() -> None:
-    assert "identity" not in azure.to_yaml(azure.compute_spec(None, size=azure.CPU_CLUSTER_SIZE))
-
-
-def test_endpoint_and_deployment_specs_build_offline() -> None:
-    settings = azure.validate(GOOD)
-    endpoint_yaml = azure.to_yaml(azure.endpoint_spec(settings, "phi3-course"))
-    assert "auth_mode: key" in endpoint_yaml and settings.uai_resource_id in endpoint_yaml
-    deployment = azure.deployment_spec("phi3-course", azure.model_from_job("job-7", "phi3-course-local"))
-    text = azure.to_yaml(deployment)
-    assert "scoring_script: phi3course/score.py" in text and "instance_type: Standard_E4s_v3" in text
-    assert "request_timeout_ms: 180000" in text and "max_concurrent_requests_per_instance: 3" in text
-    assert "path: azureml://jobs/job-7/outputs/model/paths/model/" in text
-
-
 # --- issue 10: today's Azure offering ---------------------------------------------------------------
 RETIRED = "Standard_NC6s_v3"
 

@@ -74,16 +74,16 @@ def test_a_data_set_without_usable_rows_is_refused(tmp_path) -> None:
         train.load_rows(str(path))
 
 
-def test_memory_check_refuses_with_suggestions() -> None:
+def test_memory_is_checked_where_the_training_runs(tiny_data) -> None:
+    """A full fine-tune of Phi-3-mini is refused on a 16 GB cluster GPU, with what would fit; LoRA on an A100 fits."""
     phi3 = models.PRESETS["phi-3-mini-4k-instruct"]
-    estimate = train.estimate_memory(phi3, "full", "fp32", 4096, available_gib=16)
-    assert not estimate.fits and estimate.total_gib > 50
-    s = train.TrainSettings(
-        train_file="x", output_dir="y", model="phi-3-mini-4k-instruct", method="full", memory_gib=16
-    )
-    with pytest.raises(train.TrainError, match=r"needs about .* GiB .* Try method='lora'"):
-        train.check_memory(s, phi3, "fp32")
-    assert train.estimate_memory(models.PRESETS["smollm2-135m-instruct"], "lora", "bf16", 4096, 24).fits
+    rows = train.load_rows(str(tiny_data.train_path))
+    full = train.TrainSettings(train_file="x", output_dir="y", model=phi3.name, method="full")
+    with pytest.raises(train.TrainError, match=r"method='lora'"):
+        train.check_memory(full, phi3, "fp16", rows, available_gib=15.0)
+    lora = dataclasses.replace(full, method="lora")
+    estimate = train.check_memory(lora, phi3, "bf16", rows, available_gib=80.0)
+    assert estimate.fits and estimate.available_gib == 80.0 and estimate.where == "the cluster's GPU"
 
 
 def test_chat_rows_become_prompt_and_completion() -> None:

@@ -22,7 +22,6 @@ from .paths import course_root
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
-    from azure.ai.ml.entities import AmlCompute
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 PLACEHOLDER = re.compile(r"^(your[_\- ].*|<.*>|\{.*\}|x{3,}.*|.*changeme.*|.*placeholder.*|todo|tbd|\.\.\.)$", re.I)
@@ -242,36 +241,6 @@ def user_assigned_identity(settings: AzureSettings | None) -> Any:
     )
 
 
-def compute_spec(
-    settings: AzureSettings | None,
-    name: str = "gpu-cluster",
-    size: str = GPU_CLUSTER_SIZE,
-    max_instances: int = 1,
-) -> AmlCompute:
-    """The training cluster: scales to zero when idle, runs as the user-assigned identity."""
-    from azure.ai.ml.entities import AmlCompute
-
-    return AmlCompute(
-        name=name,
-        size=size,
-        min_instances=0,
-        max_instances=max_instances,
-        idle_time_before_scale_down=120,
-        tier="dedicated",
-        identity=user_assigned_identity(settings),
-    )
-
-
-def ensure_compute(client: MLClient, spec: AmlCompute) -> Any:
-    """Create the cluster unless it exists; return the workspace's copy either way."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        return client.compute.get(spec.name)
-    except ResourceNotFoundError:
-        return client.compute.begin_create_or_update(spec).result()
-
-
 def to_yaml(entity: Any) -> str:
     """An azure-ai-ml entity as the YAML the CLI (`az ml ... --file`) would accept."""
     import json
@@ -325,24 +294,7 @@ def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
     ]
 
 
-# --- the training job ----------------------------------------------------------------------------
-GPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
-# Flags of ``python -m phi3course.train`` that the job passes from the notebook's settings.
-JOB_FLAGS = (
-    "model",
-    "method",
-    "epochs",
-    "max_steps",
-    "learning_rate",
-    "batch_size",
-    "lora_r",
-    "lora_alpha",
-    "max_length",
-    "precision",
-    "seed",
-)
-
-
+# --- the SDK's own logging -------------------------------------------------------------------------
 def quiet_sdk() -> None:
     """azure-ai-ml logs a line per experimental schema class it touches; learners need none of them."""
     import logging
@@ -351,175 +303,9 @@ def quiet_sdk() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def course_dependencies() -> list[str]:
-    """The course's one dependency list (with its GPU extra), read from pyproject.toml, for the job."""
-    import tomllib
-
-    project = tomllib.loads((course_root() / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["gpu"]]
-
-
-def training_environment() -> Any:
-    """Kept for the old spec builders: the lean job environment (see :func:`job_environment`)."""
-    return job_environment()
-
-
-class JobSpecError(ValueError):
-    """A training job that Azure ML would reject, found offline."""
-
-
-def training_job(
-    settings: Any,
-    compute: str,
-    instance_count: int = 1,
-    processes_per_instance: int = 1,
-    experiment: str = "phi3-course",
-) -> Any:
-    """The Azure ML command job that runs ``phi3course.train`` — the module the notebook runs locally.
-
-    ``settings`` is a :class:`phi3course.train.TrainSettings`; its data files become ``uri_file``
-    inputs, the model folder the job's output. More than one process uses ``PyTorchDistribution``
-    (``torchrun`` on each node: instance_count × processes_per_instance workers).
-    """
-    from azure.ai.ml import Input, Output, PyTorchDistribution, command
-
-    quiet_sdk()
-    if instance_count < 1 or processes_per_instance < 1:
-        raise JobSpecError("instance_count and processes_per_instance must be at least 1.")
-    inputs = {"train": Input(type="uri_file", path=str(Path(settings.train_file).resolve()))}
-    flags = ["--train-file ${{inputs.train}}", "--output-dir ${{outputs.model}}"]
-    if settings.test_file:
-        inputs["test"] = Input(type="uri_file", path=str(Path(settings.test_file).resolve()))
-        flags.append("--test-file ${{inputs.test}}")
-    flags += [f"--{name.replace('_', '-')} {getattr(settings, name)}" for name in JOB_FLAGS]
-    workers = instance_count * processes_per_instance
-    job = command(
-        code=str(course_root() / "lib"),
-        command="python -m phi3course.train " + " ".join(flags),
-        inputs=inputs,
-        outputs={"model": Output(type="uri_folder")},
-        environment=training_environment(),
-        environment_variables={"PYTHONPATH": ".", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true"},
-        compute=compute,
-        instance_count=instance_count,
-        distribution=PyTorchDistribution(process_count_per_instance=processes_per_instance) if workers > 1 else None,
-        experiment_name=experiment,
-        display_name=f"phi3-course-{settings.model}-{settings.method}",
-        description="Fine-tune with trl SFT: the course's phi3course.train module, as in notebook 02_fine_tune.",
-    )
-    validate_job(job)
-    return job
-
-
-def validate_job(job: Any) -> None:
-    """Offline checks: azure-ai-ml's own schema validation, and every ${{…}} reference is defined."""
-    result = job._validate()
-    if not result.passed:
-        raise JobSpecError(f"the job spec is invalid: {result.error_messages}")
-    for kind, names in (("inputs", set(job.inputs)), ("outputs", set(job.outputs))):
-        for name in re.findall(r"\$\{\{" + kind + r"\.(\w+)\}\}", job.command):
-            if name not in names:
-                raise JobSpecError(f"the command uses ${{{{{kind}.{name}}}}} but the job has no such {kind[:-1]}.")
-    if not (Path(job.code) / "phi3course" / "train.py").is_file():
-        raise JobSpecError(f"the job's code folder {job.code} does not hold phi3course/train.py.")
-
-
-def submit_training(client: MLClient, job: Any, stream: bool = True) -> Any:
-    """Submit the job, stream its logs until it ends, and return the finished job."""
-    submitted = client.jobs.create_or_update(job)
-    if stream:
-        client.jobs.stream(submitted.name)
-    return client.jobs.get(submitted.name)
-
-
-# --- the online endpoint ---------------------------------------------------------------------------
-INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
-ENDPOINT_INSTANCE_TYPE = "Standard_E4s_v3"  # the original tutorial's choice: 4 vCPU, 32 GiB
-
-
-def model_from_job(job_name: str, name: str) -> Any:
-    """The model folder the training job wrote (``outputs/model/model``), as a registrable asset."""
-    from azure.ai.ml.constants import AssetTypes
-    from azure.ai.ml.entities import Model
-
-    return Model(
-        path=f"azureml://jobs/{job_name}/outputs/model/paths/model/",
-        name=name,
-        type=AssetTypes.CUSTOM_MODEL,
-        description=f"Fine-tuned by the course's training job {job_name}.",
-    )
-
-
-def endpoint_spec(settings: AzureSettings | None, name: str) -> Any:
-    """A managed online endpoint with key auth, running as the user-assigned identity."""
-    from azure.ai.ml.entities import ManagedOnlineEndpoint
-
-    quiet_sdk()
-    identity = user_assigned_identity(settings)
-    return ManagedOnlineEndpoint(
-        name=name, auth_mode="key", identity=identity, description="The course's fine-tuned Phi-3 model"
-    )
-
-
-def deployment_spec(
-    endpoint_name: str, model: Any, instance_type: str = ENDPOINT_INSTANCE_TYPE, name: str = "blue"
-) -> Any:
-    """The deployment: the course's scoring script as code configuration, the original tutorial's
-    request settings and probes, the same limits the local endpoint enforces."""
-    from azure.ai.ml.entities import (
-        CodeConfiguration,
-        ManagedOnlineDeployment,
-        OnlineRequestSettings,
-        ProbeSettings,
-    )
-
-    quiet_sdk()
-    probe = ProbeSettings(failure_threshold=30, success_threshold=1, period=100, initial_delay=500)
-    return ManagedOnlineDeployment(
-        name=name,
-        endpoint_name=endpoint_name,
-        model=model,
-        code_configuration=CodeConfiguration(code=str(course_root() / "lib"), scoring_script="phi3course/score.py"),
-        environment=serving_environment(),
-        instance_type=instance_type,
-        instance_count=1,
-        environment_variables={
-            "COURSE_MAX_NEW_TOKENS": "256",
-            "COURSE_MAX_PROMPT_TOKENS": "1024",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-        },
-        request_settings=OnlineRequestSettings(
-            max_concurrent_requests_per_instance=3, request_timeout_ms=180000, max_queue_wait_ms=120000
-        ),
-        liveness_probe=probe,
-        readiness_probe=probe,
-    )
-
-
-def deploy(client: MLClient, endpoint: Any, deployment: Any) -> tuple[str, str]:
-    """Create the endpoint and deployment, send it all traffic; returns (scoring URI, primary key)."""
-    client.online_endpoints.begin_create_or_update(endpoint).result()
-    client.online_deployments.begin_create_or_update(deployment).result()
-    endpoint.traffic = {deployment.name: 100}
-    live = client.online_endpoints.begin_create_or_update(endpoint).result()
-    keys = client.online_endpoints.get_keys(endpoint.name)
-    return live.scoring_uri, keys.primary_key
-
-
-def delete_endpoint(client: MLClient, name: str) -> bool:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        client.online_endpoints.begin_delete(name=name).result()
-    except ResourceNotFoundError:
-        return False
-    return True
-
 
 # === today's Azure offering (issue 10) ==========================================================
-# Everything below is what the notebooks build their inline entities from. The spec builders above
-# (compute_spec, training_job, endpoint_spec, deployment_spec, model_from_job, deploy) are kept
-# until the notebooks stop calling them.
+# What the notebooks build their inline entities from: sizes, quota, names, the catalog, environments.
 
 
 @dataclass(frozen=True)
@@ -885,13 +671,18 @@ def pip_requirements(environment: Any) -> list[str]:
 def settings_for(target: str, env_file: str | os.PathLike[str] | None = ".env", dry_run: bool = False) -> Any:
     """The Azure settings a notebook builds its entities with: ``.env``'s, checked, on the azureml target.
 
-    A rehearsal without usable settings falls back to the stand-in's example values (fake ids), so the
-    entities still carry an identity and validate as they would on Azure.
+    A rehearsal uses ``.env``'s values when they are valid, and otherwise the stand-in's example values
+    (fake ids), so the entities still carry an identity and validate as they would on Azure.
     """
-    settings = check(target, env_file) if target == "azureml" else None
-    if settings is None and dry_run:
+    if target == "azureml" and dry_run:
         from .rehearsal import EXAMPLE_SETTINGS
 
-        print("The rehearsal uses example Azure settings (fake ids): nothing reaches Azure.")
-        return EXAMPLE_SETTINGS
-    return settings
+        values, source = read_values(env_file)
+        try:
+            settings = validate(values, source)
+        except AzureConfigError:
+            print("Rehearsal: no usable .env, so the entities carry example Azure settings (fake ids).")
+            return EXAMPLE_SETTINGS
+        print(f"Rehearsal with the settings from {source}: nothing reaches Azure all the same.")
+        return settings
+    return check(target, env_file) if target == "azureml" else None

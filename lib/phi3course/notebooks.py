@@ -6,6 +6,7 @@ Those outputs come from a smoke run (``refresh``), and the marked cells print th
     python -m phi3course.notebooks check            # what is not clean (the tests run this)
     python -m phi3course.notebooks clean            # make it clean
     python -m phi3course.notebooks refresh runs/nbval   # take reference outputs from executed notebooks
+    python -m phi3course.notebooks unchecked DEST       # copies without reference outputs (another profile's nbval)
 """
 
 from __future__ import annotations
@@ -86,16 +87,42 @@ def refresh(executed_dir: Path, folder: Path | None = None) -> list[Path]:
     return changed
 
 
+def unchecked(dest: Path, folder: Path | None = None) -> list[Path]:
+    """Copies of the notebooks with no reference outputs and no check marks, for nbval under another profile.
+
+    The reference outputs come from the smoke profile; a profile whose cells rightly print something else
+    (the Azure dry run's rehearsal banner, its example settings) still runs every cell under nbval this way.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted((folder or notebooks_dir()).glob("[0-9][0-9]_*.ipynb")):
+        nb = clean(nbformat.read(path, as_version=4))
+        for cell in nb.cells:
+            if is_checked(cell):
+                cell.source = cell.source.replace(CHECK_MARK, "# (reference output checked under the smoke profile)", 1)
+                cell.outputs, cell.execution_count = [], None
+        nbformat.write(nb, dest / path.name)
+        written.append(dest / path.name)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m phi3course.notebooks", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["check", "clean", "refresh"])
-    parser.add_argument("executed_dir", nargs="?", type=Path, help="refresh: folder of executed notebooks")
+    parser.add_argument("command", choices=["check", "clean", "refresh", "unchecked"])
+    parser.add_argument(
+        "executed_dir", nargs="?", type=Path, help="refresh: folder of executed notebooks; unchecked: where to write"
+    )
     args = parser.parse_args(argv)
     paths = sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
     if args.command == "check":
         found = [line for path in paths for line in problems(path)]
         print("\n".join(found) or f"{len(paths)} notebooks are clean")
         return 1 if found else 0
+    if args.command == "unchecked":
+        if not args.executed_dir:
+            parser.error("unchecked needs a folder to write the copies to")
+        print(f"wrote {len(unchecked(args.executed_dir))} notebooks without reference outputs to {args.executed_dir}")
+        return 0
     if args.command == "refresh":
         if not args.executed_dir:
             parser.error("refresh needs the folder of executed notebooks, e.g. runs/nbval")

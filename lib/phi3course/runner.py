@@ -141,12 +141,25 @@ def run_course(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phi3course course", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=profiles.DEFAULT_PROFILE, help="local (default), smoke or azureml")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="azureml only: rehearse every Azure cell against a local stand-in of the workspace (runs/azureml-dryrun)",
+    )
     parser.add_argument("--from", dest="start", help="start from this notebook (e.g. 02_fine_tune or 02)")
     parser.add_argument("--to", dest="stop", help="stop after this notebook (e.g. 02 for a short session)")
     parser.add_argument("--run-dir", help="where executed notebooks and state go (default runs/<profile>)")
     parser.add_argument("--cleanup", action="store_true", help="also run 99_cleanup at the end")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's own)")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        if args.profile != "azureml":
+            print(
+                f"--dry-run rehearses the azureml profile; the {args.profile!r} profile has no Azure cells.",
+                file=sys.stderr,
+            )
+            return 2
+        args.profile = "azureml-dryrun"
     try:
         profiles.load(args.profile)
     except profiles.ProfileError as error:

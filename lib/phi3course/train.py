@@ -139,67 +139,15 @@ def pick_precision(requested: str = "auto") -> tuple[str, str]:
     return "fp32", "this CPU has no native bf16 (AVX2 only): bf16 would be emulated and many times slower"
 
 
-@dataclass
-class MemoryEstimate:
-    weights_gib: float
-    gradients_gib: float
-    optimizer_gib: float
-    activations_gib: float
-    available_gib: float
-
-    @property
-    def total_gib(self) -> float:
-        return self.weights_gib + self.gradients_gib + self.optimizer_gib + self.activations_gib
-
-    @property
-    def fits(self) -> bool:
-        return self.total_gib <= 0.9 * self.available_gib
-
-    def rows(self) -> list[tuple[str, float]]:
-        """(part, GiB) rows for a table."""
-        return [
-            ("weights", self.weights_gib),
-            ("gradients", self.gradients_gib),
-            ("optimizer state", self.optimizer_gib),
-            ("activations", self.activations_gib),
-            ("total (estimate)", self.total_gib),
-            ("available", self.available_gib),
-        ]
-
-
 def weight_dtype(method: str, precision: str, cuda: bool) -> str:
     """How the base weights are held: 4-bit (QLoRA), 16-bit for LoRA on a GPU, else fp32 masters."""
-    if method == "qlora":
-        return "nf4"
-    if cuda and method == "lora" and precision in {"bf16", "fp16"}:
-        return precision
-    return "fp32"
+    from .memory import weight_dtype as held
 
-
-def estimate_memory(
-    preset: Preset, method: str, precision: str, batch_tokens: int, available_gib: float, cuda: bool = False
-) -> MemoryEstimate:
-    """A rough budget: weights, gradients and AdamW state for what trains, plus activations.
-
-    Activations are taken as ~34 bytes × hidden size × layers per token in 16-bit (Korthikanti et al.),
-    with hidden size and depth guessed from the parameter count (≈ 12 × layers × hidden²).
-    """
-    n = preset.parameters_m * 1e6
-    weight_bytes = {"nf4": 0.55, "bf16": 2, "fp16": 2, "fp32": 4}[weight_dtype(method, precision, cuda)]
-    trained = n if method == "full" else 0.01 * n  # LoRA adapters: ~1 % of the weights
-    layers = max(2, round((n / 12) ** (1 / 3) / 8))
-    hidden = math.sqrt(n / (12 * layers))
-    activation = 34 * hidden * layers * batch_tokens * (1 if precision != "fp32" else 2)
-    return MemoryEstimate(
-        weights_gib=n * weight_bytes / GIB,
-        gradients_gib=trained * 4 / GIB,  # fp32 gradients for what trains
-        optimizer_gib=trained * 8 / GIB,  # AdamW: two fp32 moments
-        activations_gib=activation / GIB,
-        available_gib=available_gib,
-    )
+    return held(method, precision, "cuda" if cuda else "cpu")
 
 
 def available_memory_gib() -> float:
+    """Free memory where a local run trains: the GPU's on CUDA, RAM otherwise."""
     import psutil
     import torch
 
@@ -210,28 +158,35 @@ def available_memory_gib() -> float:
 
 
 def check_memory(
-    settings: TrainSettings, preset: Preset, precision: str, available_gib: float | None = None
-) -> MemoryEstimate:
-    """The estimate for this run, or :class:`TrainError` with what to change when it cannot fit.
+    settings: TrainSettings,
+    preset: Preset,
+    precision: str,
+    rows: list[dict[str, Any]],
+    tokenizer: Any = None,
+    available_gib: float | None = None,
+) -> Any:
+    """The memory estimate of this run where it trains (``phi3course.memory``), or :class:`TrainError` with
+    what would fit. ``rows``: the training rows (their real token count, padding-free); ``available_gib``:
+    a cluster GPU's memory (then the device is CUDA), default this machine's free memory."""
+    from .memory import MemoryBudgetError, batch_tokens, check, mean_row_tokens
 
-    ``available_gib``: the memory where the training runs (a cluster's GPU); default this machine's.
-    """
+    on_gpu = available_gib is not None or _cuda()
     available = available_gib or settings.memory_gib or available_memory_gib()
-    estimate = estimate_memory(preset, settings.method, precision, settings.batch_size * settings.max_length, available)
-    if not estimate.fits:
-        hints = []
-        if settings.method == "full":
-            hints.append("method='lora'")
-        if settings.method == "lora" and _cuda():
-            hints.append("method='qlora'")
-        hints += ["a smaller batch_size or max_length", "a smaller model preset", "a GPU SKU with more memory"]
-        raise TrainError(
-            f"{preset.name} with method={settings.method!r} in {precision} needs about {estimate.total_gib:.1f} GiB "
-            f"(weights {estimate.weights_gib:.1f}, gradients {estimate.gradients_gib:.1f}, optimizer "
-            f"{estimate.optimizer_gib:.1f}, activations {estimate.activations_gib:.1f}) but {available:.1f} GiB is "
-            f"free. Try {', or '.join(hints)}."
+    tokens = batch_tokens(settings.batch_size, mean_row_tokens(rows, tokenizer))
+    try:
+        return check(
+            preset,
+            settings.method,
+            precision,
+            tokens,
+            available,
+            lora_r=settings.lora_r,
+            device="cuda" if on_gpu else "cpu",
+            gradient_checkpointing=settings.gradient_checkpointing,
+            where="the cluster's GPU" if available_gib is not None else "this machine",
         )
-    return estimate
+    except MemoryBudgetError as error:
+        raise TrainError(str(error)) from None
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -507,12 +462,19 @@ def _prepare_output(settings: TrainSettings) -> None:
     record.write_text(wanted)
 
 
-def base_model_folder(path: str) -> str:
-    """The folder under ``path`` that holds ``config.json`` (a catalog model nests it a few folders down)."""
-    found = sorted(Path(path).rglob("config.json"), key=lambda p: len(p.parts))
-    if not found:
-        raise TrainError(f"model_path {path} holds no config.json: pass a folder with a transformers model.")
-    return str(found[0].parent)
+def base_model_folders(path: str) -> tuple[str, str]:
+    """(weights folder, tokenizer folder) under ``path``, the shallowest of each.
+
+    A plain transformers folder holds both; Azure ML's catalog MLflow models keep them apart
+    (``mlflow_model_folder/model`` and ``mlflow_model_folder/components/tokenizer``).
+    """
+    found = []
+    for marker in ("config.json", "tokenizer_config.json"):
+        hits = sorted(Path(path).rglob(marker), key=lambda p: len(p.parts))
+        if not hits:
+            raise TrainError(f"model_path {path} holds no {marker}: pass a folder with a transformers model.")
+        found.append(str(hits[0].parent))
+    return found[0], found[1]
 
 
 def load_base(settings: TrainSettings, preset: Preset, precision: str) -> tuple[Any, Any]:
@@ -521,8 +483,9 @@ def load_base(settings: TrainSettings, preset: Preset, precision: str) -> tuple[
     if settings.model_path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        folder = base_model_folder(settings.model_path)
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(folder, **kwargs), AutoTokenizer.from_pretrained(folder)
+        weights, tokenizer_folder = base_model_folders(settings.model_path)
+        model = AutoModelForCausalLM.from_pretrained(weights, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     else:
         model, tokenizer = load_model(preset, **kwargs)
     if tokenizer.pad_token is None:
@@ -551,7 +514,7 @@ def train(
 
     preset = settings.validate()
     precision, why = pick_precision(settings.precision)
-    check_memory(settings, preset, precision)
+    check_memory(settings, preset, precision, load_rows(settings.train_file))  # where it trains: here, or the job's GPU
     if not retrain and (done := previous_result(settings)) is not None:
         print(f"Already trained with these settings: {done.model_dir} (retrain=True trains again).")
         return done
