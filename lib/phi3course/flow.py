@@ -165,13 +165,17 @@ def stop_pf_service() -> bool:
 
 # --- the held-out questions as flow inputs ------------------------------------------------------------
 def questions_file(run: RunDir) -> Path:
-    """The held-out test questions as flow inputs (question, chat_history) with their expected answers."""
+    """The held-out test questions as flow inputs (question, chat_history) with their expected answers.
+
+    Only chat rows with an expected answer are questions: with the original tutorial's wikitext (plain text)
+    the file is empty, and 04/05 say there is nothing to ask instead of failing.
+    """
     from .data import read_jsonl, write_jsonl
 
-    rows = read_jsonl(run.require("test_path", made_by="01_data"), field="messages")
+    rows = read_jsonl(run.require("test_path", made_by="01_data"))
     items = [
-        {"question": r["messages"][-2]["content"], "chat_history": [], "expected": r.get("answer", "")}
+        {"question": r["messages"][-2]["content"], "chat_history": [], "expected": r["answer"]}
         for r in rows
-        if "answer" in r
+        if "messages" in r and "answer" in r
     ]
     return write_jsonl(run.path / "flow" / "questions.jsonl", items)
