@@ -1,9 +1,10 @@
 """The README's promise: no key ever enters notebook outputs, logs, state.json or summary.json.
 
 The scan looks for the *values* of the keys a run made (the files under ``<run>/secrets/``) in every other
-file of the run directory — executed notebooks, server logs, JSON, MLflow's store — and in any notebooks
-given beside it. ``make test`` runs it over nbval's run directory after nbval (``COURSE_SCAN_RUN_DIR``);
-tests/test_browser.py runs it over the run it drives in JupyterLab, executed notebooks included.
+file of the run directory — executed notebooks (under nbval, the outputs tests/nbval_outputs.py records), server
+logs, JSON, MLflow's store — and in any notebooks given beside it. ``make test`` runs it over nbval's run
+directory after nbval (``COURSE_SCAN_RUN_DIR``); tests/test_browser.py runs it over the run it drives in
+JupyterLab, executed notebooks included.
 """
 
 from __future__ import annotations
@@ -71,4 +72,6 @@ def test_no_key_in_the_nbval_run() -> None:
     run_path = Path(os.environ["COURSE_SCAN_RUN_DIR"])
     run_path = run_path if run_path.is_absolute() else ROOT / run_path  # relative to the course, as COURSE_RUN_DIR
     assert keys_of(run_path), f"{run_path}/secrets holds no key: 03_deploy did not run there, nothing was checked"
+    outputs = run_path / "nbval-outputs.jsonl"  # what the notebooks showed (tests/nbval_outputs.py writes it)
+    assert outputs.is_file(), f"no {outputs}: run nbval with -p tests.nbval_outputs, as make test does"
     assert leaks(run_path) == []
