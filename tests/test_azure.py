@@ -66,7 +66,7 @@ def test_environment_overrides_the_env_file(tmp_path, clean_azure_env, monkeypat
     values, source = azure.read_values(env_file)
     assert values["AZURE_LOCATION"] == "westeurope" and values["AZURE_RESOURCE_GROUP"] == "rg-phi3-course"
     assert source == ".env and the environment"
-    assert azure.load(env_file).location == "westeurope"
+    assert azure.load_settings(env_file).location == "westeurope"
 
 
 def test_check_for_local_target_needs_nothing(tmp_path, clean_azure_env, capsys) -> None:

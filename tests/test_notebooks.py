@@ -27,7 +27,7 @@ def test_notebook_is_committed_clean(path: Path) -> None:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_parameter_defaults_are_the_local_profile_and_documented(path: Path) -> None:
-    local = profiles.load("local")
+    local = profiles.parameters("local")
     declared = pm.inspect_notebook(str(path))
     assert "profile" in declared and "run_dir" in declared
     for name, info in declared.items():

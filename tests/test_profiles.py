@@ -8,17 +8,17 @@ from phi3course import course, profiles
 def test_every_profile_loads_and_names_itself() -> None:
     assert {"local", "smoke", "azureml"} <= set(profiles.available())
     for name in profiles.available():
-        assert profiles.load(name)["profile"] == name
+        assert profiles.parameters(name)["profile"] == name
 
 
 def test_profiles_share_one_set_of_parameters() -> None:
-    keys = {name: set(profiles.load(name)) for name in profiles.available()}
+    keys = {name: set(profiles.parameters(name)) for name in profiles.available()}
     assert len({frozenset(k) for k in keys.values()}) == 1, keys
 
 
 def test_unknown_profile_names_the_choices() -> None:
     with pytest.raises(profiles.ProfileError, match=r"local.*smoke"):
-        profiles.load("gpu")
+        profiles.parameters("gpu")
 
 
 def test_resolve_without_override_keeps_values(monkeypatch: pytest.MonkeyPatch) -> None:

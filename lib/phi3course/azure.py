@@ -29,7 +29,7 @@ PLACEHOLDER = re.compile(r"^(your[_\- ].*|<.*>|\{.*\}|x{3,}.*|.*changeme.*|.*pla
 # its maintainers moved to the A100 size below. VM_SIZES says what each offered size fits.
 GPU_CLUSTER_SIZE = "Standard_NC24ads_A100_v4"
 SMALL_GPU_CLUSTER_SIZE = "Standard_NC4as_T4_v3"
-CPU_CLUSTER_SIZE = "Standard_E16s_v3"
+
 ARM_SCOPE = "https://management.azure.com/.default"
 
 
@@ -162,7 +162,7 @@ def validate(values: dict[str, str], source: str = "the given values") -> AzureS
     return AzureSettings(*(values[f.env].strip() for f in FIELDS))
 
 
-def load(env_file: str | os.PathLike[str] | None = ".env") -> AzureSettings:
+def load_settings(env_file: str | os.PathLike[str] | None = ".env") -> AzureSettings:
     """Read and validate the Azure settings (see :func:`read_values`)."""
     values, source = read_values(env_file)
     return validate(values, source)
@@ -301,7 +301,6 @@ def quiet_sdk() -> None:
 
     for name in ("azure.ai.ml", "azure.identity", "azure.core.pipeline.policies.http_logging_policy"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
 
 
 # === today's Azure offering (issue 10) ==========================================================

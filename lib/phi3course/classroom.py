@@ -174,7 +174,7 @@ def run_class(
         raise ValueError(f"learner names become folder names; use letters, digits, '.', '_' or '-': {bad}")
     if not learners:
         raise ValueError("name at least one learner (--learners ana ben …)")
-    profiles.load(profile)  # an unknown profile fails before anything runs
+    profiles.parameters(profile)  # an unknown profile fails before anything runs
     out = out or runs_dir() / "class"
     for learner in learners:
         notebooks = None

@@ -42,7 +42,7 @@ def _load(name: str) -> dict[str, Any]:
     return data
 
 
-def load(name: str) -> dict[str, Any]:
+def parameters(name: str) -> dict[str, Any]:
     """The parameters of profile ``name`` (a fresh copy)."""
     return dict(_load(name))
 
@@ -67,7 +67,7 @@ def resolve(values: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     wanted = os.environ.get(PROFILE_ENV, "").strip()
     if not wanted or wanted == values.get("profile"):
         return dict(values), None
-    override = load(wanted)
+    override = parameters(wanted)
     resolved = dict(values)
     for key in values:
         if key in override:

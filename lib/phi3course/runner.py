@@ -101,7 +101,7 @@ def run_course(
     """Execute the notebooks; return the run directory and the first failure, if any."""
     import papermill as pm
 
-    params: dict[str, Any] = profiles.load(profile)
+    params: dict[str, Any] = profiles.parameters(profile)
     run = run_dir_for(profile, run_dir)
     params["run_dir"] = str(run.path)
     available = notebooks if notebooks is not None else course_notebooks(include_cleanup=include_cleanup)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args.profile = "azureml-dryrun"
     try:
-        profiles.load(args.profile)
+        profiles.parameters(args.profile)
     except profiles.ProfileError as error:
         print(error, file=sys.stderr)
         return 2
