@@ -171,7 +171,7 @@ def run_01(tmp_path: Path, notebook: Path, mode: str, monkeypatch: pytest.Monkey
     from phi3course.runner import ipc_kernel_manager
 
     monkeypatch.setenv(exercises.MODE_ENV, mode)  # the kernel inherits it
-    params = {**profiles.load("smoke"), "run_dir": str(tmp_path / "run")}
+    params = {**profiles.parameters("smoke"), "run_dir": str(tmp_path / "run")}
     declared = pm.inspect_notebook(str(notebook))
     output = tmp_path / f"{mode or 'learn'}.ipynb"
     pm.execute_notebook(
