@@ -106,8 +106,9 @@ def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> Non
     questions = data.write_jsonl(
         tmp_path / "q.jsonl",
         [
-            {"question": "Who leads it?", "chat_history": [], "expected": "zzz-never"},
-            {"question": "Where is it?", "chat_history": [], "expected": ""},
+            {"question": "Who leads it?", "chat_history": [], "expected": "zzz-never", "kind": "facts"},
+            {"question": "Where is it?", "chat_history": [], "expected": "", "kind": "facts"},
+            {"question": "Name a colour.", "chat_history": [], "expected": "zzz / yyy", "kind": "general"},
         ],
     )
     space = {
@@ -119,9 +120,9 @@ def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> Non
         "connections": {"tuned": flow.CONNECTION},
     }
     exec(compile(source, "04_prompt_flow_chat[flow-batch]", "exec"), space)
-    assert space["scores"] == {"tuned": 0.5}
+    assert space["scores"] == {"tuned": 0.5} and space["general"] == {"tuned": 0.0}
     details = space["pf"].get_details(space["runs"]["tuned"])
-    assert list(details["outputs.correct"]) == [False, True]
+    assert list(details["outputs.correct"]) == [False, True, False]
 
 
 def test_the_tutorials_plain_text_data_has_no_questions_to_ask(tmp_path) -> None:

@@ -107,6 +107,7 @@ def test_the_job_command_carries_every_setting_back(files, tmp_path) -> None:
         seed=7,
         save_steps=3,
         memory_gib=12.0,
+        replay=5,
     )
     defaults = train.TrainSettings(train_file="", output_dir="")
     assert all(getattr(defaults, k) != v for k, v in changed.items()), "every value must differ from its default"
@@ -123,6 +124,9 @@ def test_the_job_command_carries_every_setting_back(files, tmp_path) -> None:
             "compute_size": "Standard_NC24ads_A100_v4",
             "instance_count": 1,
             "processes_per_instance": 1,
+            "target": "local",
+            "env_file": ".env",
+            "dry_run": False,
         },
     )
     job = space["job"]

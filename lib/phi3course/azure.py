@@ -299,6 +299,8 @@ def quiet_sdk() -> None:
     """azure-ai-ml logs a line per experimental schema class it touches; learners need none of them."""
     import logging
 
+    import azure.ai.ml  # noqa: F401  (its import sets its loggers' levels: quiet them after it)
+
     for name in ("azure.ai.ml", "azure.identity", "azure.core.pipeline.policies.http_logging_policy"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -673,6 +675,7 @@ def settings_for(target: str, env_file: str | os.PathLike[str] | None = ".env", 
     A rehearsal uses ``.env``'s values when they are valid, and otherwise the stand-in's example values
     (fake ids), so the entities still carry an identity and validate as they would on Azure.
     """
+    quiet_sdk()  # before the notebook builds entities: no "experimental class" log line per schema
     if target == "azureml" and dry_run:
         from .rehearsal import EXAMPLE_SETTINGS
 

@@ -164,18 +164,25 @@ def stop_pf_service() -> bool:
 
 
 # --- the held-out questions as flow inputs ------------------------------------------------------------
-def questions_file(run: RunDir) -> Path:
+def questions_file(run: RunDir, general: bool = False) -> Path:
     """The held-out test questions as flow inputs (question, chat_history) with their expected answers.
 
     Only chat rows with an expected answer are questions: with the original tutorial's wikitext (plain text)
-    the file is empty, and 04/05 say there is nothing to ask instead of failing.
+    the file is empty, and 04/05 say there is nothing to ask instead of failing. ``general`` adds the
+    general-knowledge probe (``kind: general``, its keywords in ``expected``), to see what the fine-tune forgot.
     """
     from .data import read_jsonl, write_jsonl
+    from .probe import PROBE
 
     rows = read_jsonl(run.require("test_path", made_by="01_data"))
     items = [
-        {"question": r["messages"][-2]["content"], "chat_history": [], "expected": r["answer"]}
+        {"question": r["messages"][-2]["content"], "chat_history": [], "expected": r["answer"], "kind": "facts"}
         for r in rows
         if "messages" in r and "answer" in r
     ]
+    if general and items:
+        items += [
+            {"question": question, "chat_history": [], "expected": " / ".join(keywords), "kind": "general"}
+            for question, keywords in PROBE
+        ]
     return write_jsonl(run.path / "flow" / "questions.jsonl", items)

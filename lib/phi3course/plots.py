@@ -48,15 +48,25 @@ def loss_curve(history: Sequence[dict[str, float]], title: str = "Training loss"
 
 
 def eval_bars(scores: dict[str, dict[str, float | None]], title: str = "Base vs fine-tuned") -> Any:
-    """Held-out exact-match (left) and answer perplexity (right) per model."""
+    """Held-out exact-match and, where measured, the general-knowledge probe (left); answer perplexity (right)."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
     labels = list(scores)
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
-    exact = [(scores[k].get("exact_match") or 0.0) * 100 for k in labels]
-    bars = left.bar(labels, exact, color=["#999999", "#2a7ab9"][: len(labels)])
-    left.bar_label(bars, fmt="%.0f%%")
-    left.set(ylim=(0, 105), ylabel="held-out questions answered right (%)", title="exact-match")
+    shown = [("exact_match", "held-out facts", "#2a7ab9")]
+    if any(scores[k].get("general") is not None for k in labels):
+        shown.append(("general", "general knowledge", "#e08a2c"))
+    width = 0.8 / len(shown)
+    at = np.arange(len(labels))
+    for index, (key, name, colour) in enumerate(shown):
+        values = [(scores[k].get(key) or 0.0) * 100 for k in labels]
+        bars = left.bar(at + (index - (len(shown) - 1) / 2) * width, values, width, label=name, color=colour)
+        left.bar_label(bars, fmt="%.0f%%", fontsize=8)
+    left.set_xticks(at, labels)
+    left.set(ylim=(0, 115), ylabel="answered right (%)", title="exact-match")
+    if len(shown) > 1:
+        left.legend(loc="upper left", fontsize=8, ncols=2)
     ppl = [scores[k].get("perplexity") or 0.0 for k in labels]
     bars = right.bar(labels, ppl, color=["#999999", "#2a7ab9"][: len(labels)])
     right.bar_label(bars, fmt="%.2f")

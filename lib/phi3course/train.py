@@ -60,6 +60,7 @@ class TrainSettings:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
+    replay: int = 0  # rows of the base model's own answers to everyday prompts mixed in, against forgetting
     max_length: int = 512
     warmup: float = 0.05
     scheduler: str = "cosine"
@@ -90,6 +91,8 @@ class TrainSettings:
             raise TrainError(f"epochs must be > 0 (got {self.epochs}), or max_steps > 0 (got {self.max_steps}).")
         if self.max_steps == 0 or self.max_steps < -1:
             raise TrainError(f"max_steps must be > 0, or -1 to train for `epochs`; got {self.max_steps}.")
+        if isinstance(self.replay, bool) or not isinstance(self.replay, int) or self.replay < 0:
+            raise TrainError(f"replay must be a whole number >= 0 (0: no replay rows), got {self.replay!r}.")
         for name in ("batch_size", "grad_accum", "lora_r", "max_length", "save_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -522,10 +525,14 @@ def train(
     train_rows = to_training_rows(load_rows(settings.train_file))
     torch.manual_seed(settings.seed)
     model, tokenizer = load_base(settings, preset, precision)
+    base_eval = _evaluate(model, tokenizer, settings, "base") if evaluate else None
+    if settings.replay:  # the base model's own answers, so the fine-tune keeps them (notebook 02 shows it)
+        from .probe import replay_rows
+
+        train_rows += to_training_rows(replay_rows(model, tokenizer, settings.replay))
     train_rows, dropped = fit_length(train_rows, tokenizer, settings.max_length)
     if dropped:
         print(f"Dropped {dropped} rows longer than max_length={settings.max_length} tokens.")
-    base_eval = _evaluate(model, tokenizer, settings, "base") if evaluate else None
     config = sft_config(settings, precision, steps_per_epoch(settings, len(train_rows)))
     history = history_callback(mlflow_run)
     trainer = SFTTrainer(
@@ -597,13 +604,16 @@ def quiet_trainer(trainer: Any) -> Any:
 
 
 def _evaluate(model: Any, tokenizer: Any, settings: TrainSettings, label: str) -> dict[str, Any]:
-    """Held-out exact-match and perplexity of ``model`` on the test file (the job's before/after)."""
+    """Held-out exact-match, perplexity and the general-knowledge probe of ``model`` (the job's before/after)."""
     from .evaluate import evaluate
 
     if not settings.test_file:
         return {}
+    from .probe import probe_score
+
     result = evaluate(model, tokenizer, read_jsonl(settings.test_file), label)
-    return {**result.summary(), "answers": result.rows}
+    general, _ = probe_score(model, tokenizer)
+    return {**result.summary(), "general": general, "answers": result.rows}
 
 
 # --- command line (the Azure ML job and torchrun run this) -------------------------------------------
