@@ -143,6 +143,8 @@ async def ask(workflow: Workflow, question: str, chat_history: list[dict[str, An
     """One run of the workflow, like ``pf flow test``: the question in, the answer out."""
     result = await workflow.run(ChatTurn(question, chat_history or []))
     return result.get_outputs()[0]
+
+
 # --- end of generated code ---
 
 NOTEBOOK = "05_agent_framework.ipynb"
@@ -167,7 +169,7 @@ def with_code(module_text: str, code: str) -> str:
     head, rest = module_text.split(BEGIN, 1)
     marker_line, _ = rest.split("\n", 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}{marker_line}\n{code}{END}{tail}"
+    return f"{head}{BEGIN}{marker_line}\n{code}\n\n{END}{tail}"  # two blank lines: ruff format's spacing
 
 
 def export() -> bool:
