@@ -245,3 +245,13 @@ def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path) -> None:
         train.score_answers_only(trainer)
         ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(count))
     assert torch.isclose(ours, theirs, rtol=1e-4), (float(ours), float(theirs))
+
+
+def test_new_data_in_the_same_file_trains_again(tiny_data, tmp_path) -> None:
+    """A learner who swaps in their own facts (same path, new content) gets a new model, not the old one."""
+    rows = data.write_jsonl(tmp_path / "train.jsonl", tiny_data.train[:8])
+    s = settings(tiny_data, tmp_path / "out", train_file=str(rows), max_steps=2)
+    train.train(s)
+    assert train.previous_result(s) is not None
+    data.write_jsonl(rows, tiny_data.train[8:16])
+    assert train.previous_result(s) is None

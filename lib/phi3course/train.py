@@ -436,7 +436,13 @@ def _world_size() -> int:
 
 
 def _settings_record(settings: TrainSettings) -> dict[str, Any]:
-    return {k: v for k, v in asdict(settings).items() if k not in {"output_dir", "extra"}}
+    """The settings a finished run is recognised by, with the training data's content (new facts, same path)."""
+    import hashlib
+
+    record = {k: v for k, v in asdict(settings).items() if k not in {"output_dir", "extra"}}
+    data = Path(settings.train_file)
+    record["train_sha256"] = hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else None
+    return record
 
 
 def previous_result(settings: TrainSettings) -> TrainResult | None:
