@@ -12,6 +12,11 @@ training job call the same code:
   prompts: no question is shared with the probe) greedily, and returns those answers as chat rows.
   Mixed into the training data they teach the model to keep answering as it did (self-distillation: no
   hub, no extra data set needed).
+
+Measured on the ``local`` profile (SmolLM2-135M, LoRA r16 on all linear layers, lr 2e-3, 3 epochs, batch 8,
+140 fact rows; base probe 0.89): without replay the held-out facts reach 100 % and the probe falls to 0.25;
+with :data:`REPLAY_ROWS` = 40 replay rows mixed in, facts 98 % and probe 0.85 (0.96 × base); 20 replay rows
+or 2 epochs fall short on both numbers.
 """
 
 from __future__ import annotations
@@ -173,6 +178,9 @@ REPLAY_PROMPTS: tuple[str, ...] = (
 )
 
 
+REPLAY_ROWS = 40  # replay prompts mixed into the local profile's 140 fact rows (measured: see the docstring)
+
+
 def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -229,12 +237,12 @@ def _degenerate(text: str, n: int = 3, times: int = 3) -> bool:
 def replay_rows(
     model: Any,
     tokenizer: Any,
-    n: int | None = None,
+    n: int | None = REPLAY_ROWS,
     prompts: Sequence[str] = REPLAY_PROMPTS,
     max_new_tokens: int = 48,
     batch_size: int = 16,
 ) -> list[dict[str, Any]]:
-    """The base model's own greedy answers to ``n`` replay prompts (all when ``None``) as chat rows.
+    """The base model's own greedy answers to the first ``n`` replay prompts (all when ``None``) as chat rows.
 
     Mix them into the training rows (same shape: ``{"messages": [user, assistant]}``) and the fine-tune
     keeps answering everyday questions as the base model did. Call it with the *base* model, before
