@@ -55,17 +55,22 @@ cleanup: $(STAMP)
 
 # Unit tests, then nbval over every notebook in order under the smoke profile, then the Azure dry run (every Azure
 # cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote.
-# The notebooks with exercises also run with the reference solutions filled in, every check strict.
+# The notebooks with exercises also run with the reference solutions filled in, every check strict (03 and 04
+# on the smoke run's state, after it).
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
-	rm -rf runs/nbval
+	rm -rf runs/nbval runs/solved
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -p tests.nbval_outputs \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
-	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
-	rm -rf runs/solved && $(PY) -m phi3course.exercises solve --out runs/solved/notebooks notebooks/00_setup.ipynb notebooks/01_data.ipynb
+	$(PY) -m phi3course.exercises solve --out runs/solved/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/solved COURSE_EXERCISES=solutions $(PY) -m pytest \
-	  -p no:cacheprovider --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 runs/solved/notebooks
+	  -p no:cacheprovider --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 \
+	  runs/solved/notebooks/00_setup.ipynb runs/solved/notebooks/01_data.ipynb
+	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval COURSE_EXERCISES=solutions $(PY) -m pytest \
+	  -p no:cacheprovider -p tests.nbval_outputs --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 \
+	  runs/solved/notebooks/03_deploy.ipynb runs/solved/notebooks/04_prompt_flow_chat.ipynb
+	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
 	rm -rf runs/nbval-azureml && $(PY) -m phi3course.notebooks unchecked runs/nbval-azureml/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=azureml-dryrun-smoke COURSE_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \
 	  -p no:cacheprovider -p tests.nbval_outputs --nbval-lax --nbval-cell-timeout 600 runs/nbval-azureml/notebooks

@@ -106,9 +106,21 @@ def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> Non
     questions = data.write_jsonl(
         tmp_path / "q.jsonl",
         [
-            {"question": "Who leads it?", "chat_history": [], "expected": "zzz-never", "kind": "facts"},
-            {"question": "Where is it?", "chat_history": [], "expected": "", "kind": "facts"},
-            {"question": "Name a colour.", "chat_history": [], "expected": "zzz / yyy", "kind": "general"},
+            {
+                "question": "Who leads it?",
+                "chat_history": [],
+                "expected": "zzz-never",
+                "kind": "facts",
+                "max_new_tokens": 8,
+            },
+            {"question": "Where is it?", "chat_history": [], "expected": "", "kind": "facts", "max_new_tokens": 8},
+            {
+                "question": "Name a colour.",
+                "chat_history": [],
+                "expected": "zzz / yyy",
+                "kind": "general",
+                "max_new_tokens": 8,
+            },
         ],
     )
     space = {

@@ -26,6 +26,9 @@ from .rundir import RunDir, mask
 
 CONNECTION = "phi3-course-endpoint"  # the name flows/chat/flow.dag.yaml uses
 BASE_CONNECTION = "phi3-course-base"  # the base model's endpoint, for 04's comparison
+# A batch's replies need no more than a short answer (the chat box keeps the flow's default, 128): a model that
+# has nothing to say runs to the limit, so the limit is most of a batch's time.
+BATCH_NEW_TOKENS = 32
 
 
 class FlowError(ServerError):
@@ -176,13 +179,25 @@ def questions_file(run: RunDir, general: bool = False) -> Path:
 
     rows = read_jsonl(run.require("test_path", made_by="01_data"))
     items = [
-        {"question": r["messages"][-2]["content"], "chat_history": [], "expected": r["answer"], "kind": "facts"}
+        {
+            "question": r["messages"][-2]["content"],
+            "chat_history": [],
+            "expected": r["answer"],
+            "kind": "facts",
+            "max_new_tokens": BATCH_NEW_TOKENS,
+        }
         for r in rows
         if "messages" in r and "answer" in r
     ]
     if general and items:
         items += [
-            {"question": question, "chat_history": [], "expected": " / ".join(keywords), "kind": "general"}
+            {
+                "question": question,
+                "chat_history": [],
+                "expected": " / ".join(keywords),
+                "kind": "general",
+                "max_new_tokens": BATCH_NEW_TOKENS,
+            }
             for question, keywords in PROBE
         ]
     return write_jsonl(run.path / "flow" / "questions.jsonl", items)

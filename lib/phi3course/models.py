@@ -360,6 +360,16 @@ def model_folders(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return weights, shallowest("tokenizer_config.json") or weights
 
 
+def local_path(preset: Preset) -> str:
+    """Where ``from_pretrained`` finds the preset: the hub id, or the course cache (converted once, here if needed)."""
+    if preset.source == "hub":
+        return str(preset.hub_id)
+    if not (model_dir(preset) / "config.json").is_file():
+        load_model(preset)
+    folder = model_dir(preset)
+    load_tokenizer(preset).save_pretrained(folder)  # the tokenizer beside the weights: one folder to load
+    return str(folder)
+
 
 def load_model(preset: Preset, dtype: Any = None, quantization_config: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) for a preset; the offline presets are made once and cached as safetensors."""
