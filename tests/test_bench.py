@@ -66,14 +66,14 @@ def test_the_tutorials_recipe_trains_packed_2048_token_text_with_loss_on_every_t
     preset = models.PRESETS["phi-3-tiny"]
     model, _ = models.load_model(preset)
     tokenizer = models.load_tokenizer(preset)
-    trainer = bench.seed_recipe_trainer(model, tokenizer, prepared.train, tmp_path / "out", "fp32", steps=2)
+    trainer = bench.tutorial_recipe_trainer(model, tokenizer, prepared.train, tmp_path / "out", "fp32", steps=2)
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     assert len(lengths) >= 2 and set(lengths[:-1]) == {2048} and lengths[-1] <= 2048  # rows wrapped across packs
     assert sum(lengths) > 2048 * (len(lengths) - 1)
     assert all(-100 not in labels for labels in trainer.train_dataset["labels"])  # no masked prompt: every token
     assert model.config._attn_implementation == "eager"
     assert trainer.args.gradient_checkpointing and trainer.args.per_device_train_batch_size == 4
-    on_cpu = bench.seed_recipe_config(tmp_path, "fp32", steps=2, micro_batch=1)
+    on_cpu = bench.tutorial_recipe_config(tmp_path, "fp32", steps=2, micro_batch=1)
     assert on_cpu.per_device_train_batch_size * on_cpu.gradient_accumulation_steps == 4  # the same optimizer step
 
 
