@@ -518,6 +518,7 @@ def train(
     """
     import torch
     from datasets import Dataset
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
@@ -541,6 +542,7 @@ def train(
         print(f"Dropped {dropped} rows longer than max_length={settings.max_length} tokens.")
     config = sft_config(settings, precision, steps_per_epoch(settings, len(train_rows)))
     history = history_callback(mlflow_run)
+    set_seed(settings.seed)  # right before the adapters are made, as notebook 02 does
     trainer = SFTTrainer(
         model=model,
         args=config,
