@@ -26,6 +26,9 @@ from phi3course.paths import notebooks_dir
 NOTEBOOK = notebooks_dir() / "05_agent_framework.ipynb"
 DAG = yaml.safe_load((flow.chat_flow() / "flow.dag.yaml").read_text())
 NODE = next(n for n in DAG["nodes"] if n["name"] == "ask_endpoint")
+# The node takes max_new_tokens from the flow input of that name (the chat box's default; batches map their own).
+LIMIT = DAG["inputs"]["max_new_tokens"]["default"]
+assert NODE["inputs"]["max_new_tokens"] == "${inputs.max_new_tokens}"
 
 
 def run(coroutine):
@@ -77,7 +80,7 @@ def live(registered) -> endpoint.LocalEndpoint:
 
 @pytest.fixture(scope="module")
 def client(live) -> agents.AzureMLScoringClient:
-    return agents.AzureMLScoringClient(live.scoring_uri, live.key_path, max_new_tokens=NODE["inputs"]["max_new_tokens"])
+    return agents.AzureMLScoringClient(live.scoring_uri, live.key_path, max_new_tokens=LIMIT)
 
 
 def test_the_request_is_the_scoring_contract_with_greedy_decoding(client) -> None:
@@ -90,7 +93,7 @@ def test_the_request_is_the_scoring_contract_with_greedy_decoding(client) -> Non
                 {"role": "user", "content": "Who?"},
             ]
         ],
-        "params": {"max_new_tokens": NODE["inputs"]["max_new_tokens"], "do_sample": False, "return_full_text": False},
+        "params": {"max_new_tokens": LIMIT, "do_sample": False, "return_full_text": False},
     }
 
 
@@ -159,7 +162,7 @@ def test_the_workflow_sends_what_the_flows_tool_sends() -> None:
 
 
 def test_the_workflow_answers_like_the_endpoint(live, client) -> None:
-    workflow = agents.chat_workflow(client, NODE["inputs"]["max_new_tokens"])
+    workflow = agents.chat_workflow(client, LIMIT)
     question = "Who leads the Quillmere Institute?"
     direct = live.score(client.payload([Message("user", [question])]))[0]
     assert run(agents.ask(workflow, question)) == direct
@@ -170,7 +173,7 @@ def test_the_workflow_answers_what_the_flows_tool_answers(live, client) -> None:
     from promptflow.connections import CustomConnection
 
     connection = CustomConnection(secrets={"key": live.key}, configs={"endpoint": live.scoring_uri})
-    tool, limit = flow_tool(), NODE["inputs"]["max_new_tokens"]
+    tool, limit = flow_tool(), LIMIT
     workflow = agents.chat_workflow(client, limit)
     history = [{"inputs": {"question": "Who leads it?"}, "outputs": {"answer": "Dr. Ada"}}]
     for question, past in [("Who leads the Quillmere Institute?", []), ("Where is it based?", history)]:
