@@ -22,6 +22,7 @@ import nbformat
 import pytest
 
 from phi3course import flow, processes, runner
+from phi3course.chat import EMPTY_ANSWER
 from phi3course.endpoint import free_port
 from phi3course.paths import course_root
 from phi3course.rundir import RunDir
@@ -186,7 +187,7 @@ def test_a_learner_chats_with_the_fine_tuned_model_in_jupyterlab(lab: Lab, brows
         assert row.startswith(f"you: {text}\nmodel:"), row
         # What the page shows is what the served flow answers to this question with this history (greedy decoding).
         expected = served.ask(text, asked)
-        assert " ".join(row.split("model:", 1)[1].split()) == (" ".join(expected.split()) or flow.EMPTY_ANSWER)
+        assert " ".join(row.split("model:", 1)[1].split()) == (" ".join(expected.split()) or EMPTY_ANSWER)
         asked.append({"inputs": {"question": text}, "outputs": {"answer": expected}})
     assert question.input_value() == ""  # the box clears after each question
     chat = page.locator(".widget-vbox").filter(has=question).last
