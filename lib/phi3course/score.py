@@ -59,6 +59,9 @@ _model: Any = None
 _tokenizer: Any = None
 _key: str | None = None
 _batcher: Batcher | None = None
+# A fast tokenizer is not safe to share between threads: encoding with padding (the batcher) while a request
+# thread encodes a prompt fails at random ("Already borrowed"), a 500. Every use of the tokenizer takes this lock.
+_tokenizer_lock = threading.Lock()
 
 
 class BadRequest(ValueError):
@@ -223,7 +226,8 @@ def generate(prompts: list[str], params: dict[str, Any]) -> list[str]:
     """Generate for already-templated prompts, batched with left padding."""
     import torch
 
-    inputs = _tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(_model.device)
+    with _tokenizer_lock:
+        inputs = _tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(_model.device)
     options: dict[str, Any] = {"max_new_tokens": params["max_new_tokens"], "pad_token_id": _tokenizer.pad_token_id}
     if params["do_sample"] and params["temperature"] > 0:
         options.update(do_sample=True, temperature=float(params["temperature"]), top_p=float(params["top_p"]))
@@ -232,7 +236,9 @@ def generate(prompts: list[str], params: dict[str, Any]) -> list[str]:
     with torch.inference_mode():
         output = _model.generate(**inputs, **options)
     new = output[:, inputs["input_ids"].shape[1] :]
-    return [text.strip() for text in _tokenizer.batch_decode(new, skip_special_tokens=True)]
+    with _tokenizer_lock:
+        texts = _tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [text.strip() for text in texts]
 
 
 def _cpu_has_bf16() -> bool:
@@ -305,12 +311,13 @@ def run(request: Any) -> AMLResponse:
         return _json({"error": "missing or wrong key: send 'Authorization: Bearer <endpoint key>'."}, 401)
     try:
         inputs, params = parse(request.get_data())
-        prompts = [
-            _tokenizer.apply_chat_template(conversation(item), add_generation_prompt=True, tokenize=False)
-            for item in inputs
-        ]
-        for index, prompt in enumerate(prompts):
-            tokens = len(_tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        with _tokenizer_lock:
+            prompts = [
+                _tokenizer.apply_chat_template(conversation(item), add_generation_prompt=True, tokenize=False)
+                for item in inputs
+            ]
+            lengths = [len(_tokenizer(prompt, add_special_tokens=False)["input_ids"]) for prompt in prompts]
+        for index, tokens in enumerate(lengths):
             if tokens > MAX_PROMPT_TOKENS:
                 raise BadRequest(f"input_data[{index}] is {tokens} tokens; at most {MAX_PROMPT_TOKENS}.")
     except BadRequest as error:
