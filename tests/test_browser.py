@@ -59,7 +59,8 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     chromium()  # in CI without a browser: fail here, before minutes of notebooks
     root = tmp_path_factory.mktemp("lab")
-    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    # not the kernels' IPC sockets a killed papermill run can leave in notebooks/ (copytree cannot copy sockets)
+    shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns("kernel-ipc-*"))
     shutil.copytree(ROOT / "images", root / "images")
     run_path = root / "runs" / PROFILE
     run, failure = runner.run_course(PROFILE, run_dir=str(run_path), stop="03")
