@@ -110,6 +110,22 @@ def test_training_lowers_the_loss_on_a_repeated_batch(tiny_data, tmp_path) -> No
     assert result.steps == 8 and result.tokens > 0 and result.tokens_per_second > 0
 
 
+def test_throughput_leaves_out_the_checkpoint_saved_after_the_last_step(tiny_data, tmp_path) -> None:
+    """tokens/s measures the steps: a save after the last one (weights and optimizer state) is not training."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class SlowSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            time.sleep(1.0)
+
+    result = train.train(settings(tiny_data, tmp_path, max_steps=2), callbacks=[SlowSave()])
+    assert result.seconds > 1.0, "the wall time holds the save"
+    assert 0 < result.step_seconds < result.seconds - 0.9
+    assert result.tokens_per_second == pytest.approx(result.tokens / result.step_seconds, rel=0.1)  # rounded
+
+
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path) -> None:
     from transformers import TrainerCallback
 
@@ -126,7 +142,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path
     assert result.resumed_from and result.resumed_from.endswith("checkpoint-4")
     assert result.steps == 6 and [row["step"] for row in result.history] == [5, 6]
     # throughput counts this session's two steps only, not the four done before the interruption
-    assert result.tokens_per_second * result.seconds < 0.6 * result.tokens
+    assert result.tokens_per_second * result.step_seconds < 0.6 * result.tokens
     again = train.train(s)  # finished with the same settings: not trained twice
     assert again.model_dir == result.model_dir and again.history == result.history
     changed = train.train(dataclasses.replace(s, learning_rate=1e-3))  # new settings: starts afresh
@@ -220,6 +236,25 @@ def test_precision_follows_the_hardware_and_refuses_bf16_on_a_v100(monkeypatch: 
     with pytest.raises(train.TrainError, match="fp16' needs a CUDA GPU"):
         train.pick_precision("fp16")
     assert train.pick_precision("fp32") == ("fp32", "asked for")
+
+
+def test_on_cuda_the_model_loads_onto_this_process_gpu_without_cudnn_attention(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Base evaluation and replay answers run on the GPU (not the CPU before the trainer moves the model), and
+    cuDNN's attention, which replans for every new sequence length, is off (seen costing 3 s a step on an H200)."""
+    import torch
+
+    from phi3course import train
+
+    assert "device_map" not in train.model_kwargs("lora", "fp32"), "on a CPU the model stays where it loads"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on a node
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: calls.append(on))
+    calls: list[bool] = []
+    assert train.model_kwargs("lora", "bf16") == {"dtype": torch.bfloat16, "device_map": {"": 1}}
+    assert train.model_kwargs("full", "bf16")["device_map"] == {"": 1}
+    assert calls == [False, False]
 
 
 def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path) -> None:

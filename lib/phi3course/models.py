@@ -371,8 +371,13 @@ def local_path(preset: Preset) -> str:
     return str(folder)
 
 
-def load_model(preset: Preset, dtype: Any = None, quantization_config: Any = None) -> tuple[Any, Any]:
-    """(model, tokenizer) for a preset; the offline presets are made once and cached as safetensors."""
+def load_model(
+    preset: Preset, dtype: Any = None, quantization_config: Any = None, device_map: Any = None
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for a preset; the offline presets are made once and cached as safetensors.
+
+    ``dtype``, ``quantization_config`` and ``device_map`` go to ``from_pretrained`` (see ``train.model_kwargs``).
+    """
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(preset)
@@ -380,6 +385,8 @@ def load_model(preset: Preset, dtype: Any = None, quantization_config: Any = Non
     options: dict[str, Any] = {"dtype": dtype or "auto"}
     if quantization_config is not None:
         options["quantization_config"] = quantization_config
+    if device_map is not None:
+        options["device_map"] = device_map
     if (folder / "config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(folder, **options), tokenizer
     if preset.source == "hub":
@@ -397,6 +404,8 @@ def load_model(preset: Preset, dtype: Any = None, quantization_config: Any = Non
     model.save_pretrained(partial)
     shutil.rmtree(folder, ignore_errors=True)
     partial.replace(folder)
+    if quantization_config is not None or device_map is not None:  # load it as asked, from the folder just made
+        return AutoModelForCausalLM.from_pretrained(folder, **options), tokenizer
     if dtype is not None:
         model = model.to(dtype)
     return model, tokenizer

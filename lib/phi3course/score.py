@@ -262,6 +262,17 @@ def serving_dtype() -> Any:
     return torch.bfloat16 if _cpu_has_bf16() else torch.float32
 
 
+def steady_attention() -> None:
+    """On CUDA, leave cuDNN's attention kernels out of ``scaled_dot_product_attention`` (flash, memory-efficient
+    and math remain). cuDNN builds a plan for every new sequence length, and here lengths change all the time
+    (padding-free training batches, left-padded serving batches, a growing KV cache): measured on an H200, 3.1 s
+    of CPU per training step went into cuDNN's attention against 4 ms of GPU work; without it a step took 0.05 s."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def init() -> None:
     """Load the model once per server process, read the key (local), start the batcher."""
     global _model, _tokenizer, _key, _batcher
@@ -269,6 +280,7 @@ def init() -> None:
 
     location = _model_location()
     dtype = serving_dtype()
+    steady_attention()
     logger.info("loading model from %s in %s", location, dtype)
     if (Path(location) / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -27,6 +27,7 @@ from typing import Any
 
 from .data import DataError, read_jsonl
 from .models import AUTO, PRESETS, ModelError, Preset, load_model, resolve
+from .score import steady_attention
 from .system import GIB, inspect
 
 METHODS = ("lora", "full", "qlora")
@@ -239,7 +240,7 @@ class TrainResult:
     seconds: float
     steps: int
     tokens: int  # non-padding tokens processed (prompt and answer), over all processes and sessions
-    # tokens_per_second counts only this session's tokens: a resumed run's earlier steps took no time here
+    # tokens_per_second: this session's tokens over step_seconds (a resumed run's earlier steps took no time here)
     tokens_per_second: float
     final_loss: float
     precision: str
@@ -248,18 +249,25 @@ class TrainResult:
     trainable_parameters: int
     total_parameters: int
     resumed_from: str | None = None
+    step_seconds: float = 0.0  # the steps alone: ``seconds`` also holds loading, resuming and the last checkpoint
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def model_kwargs(method: str, precision: str) -> dict[str, Any]:
-    """How to load the base model for ``method``: dtype, and 4-bit quantisation for QLoRA."""
+    """How to load the base model for ``method``: dtype, 4-bit quantisation for QLoRA, and on CUDA the GPU of
+    this process (``LOCAL_RANK`` under torchrun), so that the base model's evaluation and its replay answers run
+    there too, not on the CPU before the trainer moves the model."""
     import torch
 
-    held = weight_dtype(method, precision, _cuda())
+    cuda = _cuda()
+    if cuda:
+        steady_attention()  # padding-free batches change length every step: cuDNN's attention replans each time
+    place = {"device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}} if cuda else {}
+    held = weight_dtype(method, precision, cuda)
     if held != "nf4":
-        return {"dtype": getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[held])}
+        return {"dtype": getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[held]), **place}
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -268,7 +276,7 @@ def model_kwargs(method: str, precision: str) -> dict[str, Any]:
 
     compute = torch.bfloat16 if precision == "bf16" else torch.float16
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-    return {"quantization_config": quantization}
+    return {"quantization_config": quantization, **place}
 
 
 def lora_config(settings: TrainSettings) -> Any:
@@ -354,6 +362,16 @@ def history_callback(mlflow_run: bool) -> Any:
             self.rows: list[dict[str, float]] = []
             self.bar: Any = None
             self.tokens_at_start: int | None = None  # tokens seen before this session (a resumed run's)
+            self.first_step_began: float | None = None
+            self.last_step_ended: float | None = None
+
+        @property
+        def step_seconds(self) -> float:
+            """From the first step's start to the last step's end: the checkpoint saved after it not counted
+            (with a full fine-tune that save, weights and optimizer state, can outlast the steps on a GPU)."""
+            if self.first_step_began is None or self.last_step_ended is None:
+                return 0.0
+            return self.last_step_ended - self.first_step_began
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
@@ -363,8 +381,10 @@ def history_callback(mlflow_run: bool) -> Any:
             # Not in on_train_begin: the trainer restores a checkpoint's state after calling it.
             if self.tokens_at_start is None:
                 self.tokens_at_start = int(state.num_input_tokens_seen or 0)
+                self.first_step_began = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.last_step_ended = time.perf_counter()
             if self.bar is not None:
                 self.bar.update(state.global_step - self.bar.n)
 
@@ -574,7 +594,8 @@ def train(
         seconds=round(seconds, 2),
         steps=trainer.state.global_step,
         tokens=tokens,
-        tokens_per_second=round(session_tokens / seconds, 1) if seconds else 0.0,
+        tokens_per_second=round(session_tokens / (history.step_seconds or seconds), 1) if seconds else 0.0,
+        step_seconds=round(history.step_seconds, 2),
         final_loss=round(losses[-1] if losses else float(output.training_loss), 4),
         precision=precision,
         precision_reason=why,
