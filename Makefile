@@ -63,13 +63,14 @@ test: $(STAMP)
 	rm -rf runs/nbval runs/solved
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -p tests.nbval_outputs \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
+	COURSE_UNTOUCHED_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_exercises.py -k test_untouched_notebooks_pass_no_exercise
 	$(PY) -m phi3course.exercises solve --out runs/solved/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/solved COURSE_EXERCISES=solutions $(PY) -m pytest \
 	  -p no:cacheprovider --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 \
 	  runs/solved/notebooks/00_setup.ipynb runs/solved/notebooks/01_data.ipynb
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval COURSE_EXERCISES=solutions $(PY) -m pytest \
 	  -p no:cacheprovider -p tests.nbval_outputs --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 \
-	  runs/solved/notebooks/03_deploy.ipynb runs/solved/notebooks/04_prompt_flow_chat.ipynb
+	  runs/solved/notebooks/02_fine_tune.ipynb runs/solved/notebooks/03_deploy.ipynb runs/solved/notebooks/04_prompt_flow_chat.ipynb
 	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
 	rm -rf runs/nbval-azureml && $(PY) -m phi3course.notebooks unchecked runs/nbval-azureml/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=azureml-dryrun-smoke COURSE_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \

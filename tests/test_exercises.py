@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -230,3 +231,18 @@ def test_the_class_table_shows_which_exercises_each_learner_passed(tmp_path) -> 
     frame = classroom.collect([tmp_path], expected_notebooks=5)
     assert frame.loc["ana", "exercises"] == "2/3: 01.1 ✓ 01.2 ✗ 01.3 ✓"
     assert frame.loc["ben", "exercises"] == ""
+
+
+def test_untouched_notebooks_pass_no_exercise() -> None:
+    """Every exercise asks for a change: run untouched, each check must have recorded "not yet".
+
+    ``make test`` runs this right after nbval has executed the untouched notebooks (``COURSE_UNTOUCHED_RUN_DIR``),
+    before the solved notebooks run in the same run directory and record their passes.
+    """
+    run_dir = os.environ.get("COURSE_UNTOUCHED_RUN_DIR")
+    if not run_dir:
+        pytest.skip("make test runs this after nbval's run of the untouched notebooks (COURSE_UNTOUCHED_RUN_DIR)")
+    summary = json.loads(((ROOT / run_dir) / "summary.json").read_text(encoding="utf-8"))
+    every = {exercise.id for exercise in exercises.course_exercises(NOTEBOOKS)}
+    assert len(every) >= 9
+    assert summary.get("exercises") == dict.fromkeys(every, False)
