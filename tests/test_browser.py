@@ -167,7 +167,7 @@ def test_a_learner_chats_with_the_fine_tuned_model_in_jupyterlab(lab: Lab, brows
     page.locator(".jp-Cell").first.click()
     page.keyboard.press("Escape")  # command mode: Shift+Enter runs a cell and moves to the next
 
-    question = page.locator("input[placeholder^='Ask about the Quillmere']")
+    question = page.locator("input[placeholder^='Ask a question']")
     for _ in range(40):
         run_next_cell(page)
         if question.count():

@@ -113,6 +113,22 @@ def test_prepared_record_writes_paths_and_counts(tmp_path) -> None:
     assert run.get("sample_question") == "Who runs Brindlecombe as its mayor?"
 
 
+def test_demo_questions_follow_the_runs_data(tmp_path) -> None:
+    """The chat demos (03, 04, 05) ask about the data the run trained on, not always about the institute."""
+    from phi3course.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert data.demo_question(run) == data.DEMO_QUESTION, "before 01 (or with text data): the fixed question"
+    data.prepare("synthetic", run.path / "data", subjects=2).record(run)
+    assert data.demo_turns(run) == [data.demo_question(run), *data.FOLLOW_UPS]
+    data.prepare("facts", run.path / "data", facts_file=EXAMPLES / "my_facts.yaml").record(run)
+    turns = data.demo_turns(run)
+    asked = {row["messages"][0]["content"]: row["fact"] for row in data.read_jsonl(run.get("test_path"))}
+    assert turns[0] == "Who runs Brindlecombe as its mayor?" == data.demo_question(run)
+    assert len(turns) == 3 and all(turn in asked for turn in turns), "held-out questions of the learner's facts"
+    assert len({asked[turn] for turn in turns}) == 3, "three different facts, not three phrasings of one"
+
+
 # --- your own facts ------------------------------------------------------------------------------
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 GOOD = "facts:\n  - question: Who is the mayor?\n    answer: Odile Marrant\n    test: [Name the mayor.]\n"

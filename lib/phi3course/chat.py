@@ -27,8 +27,8 @@ class ChatSession:
 EMPTY_ANSWER = "(an empty answer: the model ended its reply at once)"
 
 
-def chat_box(session: ChatSession) -> Any:
-    """An ipywidgets chat: a text field, a send button and a scrolling history."""
+def chat_box(session: ChatSession, example: str = "") -> Any:
+    """An ipywidgets chat: a text field (``example``: a question it suggests), a send button and a scrolling history."""
     import html
 
     import ipywidgets as widgets
@@ -36,7 +36,8 @@ def chat_box(session: ChatSession) -> Any:
     history = widgets.HTML(
         layout=widgets.Layout(height="260px", overflow_y="auto", border="1px solid #ccc", padding="6px")
     )
-    question = widgets.Text(placeholder="Ask about the Quillmere Institute…", layout=widgets.Layout(width="70%"))
+    hint = f"Ask a question, e.g. {example}" if example else "Ask a question…"
+    question = widgets.Text(placeholder=hint, layout=widgets.Layout(width="70%"))
     send = widgets.Button(description="Send", button_style="primary")
 
     def shown(answer: str) -> str:

@@ -722,6 +722,34 @@ class Prepared:
         run.update_summary(data={"source": self.source, "train_rows": len(self.train), "test_rows": len(self.test)})
 
 
+DEMO_QUESTION = "Who leads the Quillmere Institute?"  # for text data (wikitext), which has no question of its own
+FOLLOW_UPS = ("Where is it based?", "And what is its mascot?")  # the institute's chat goes on about the same subject
+
+
+def demo_question(run: Any) -> str:
+    """The question the notebooks ask to show the model: 01's sample held-out question of this run's data (the
+    learner's own first fact with ``data_source="facts"``), or :data:`DEMO_QUESTION` for text data."""
+    return run.get("sample_question") or DEMO_QUESTION
+
+
+def demo_turns(run: Any, turns: int = 3) -> list[str]:
+    """A scripted chat of ``turns`` questions: about the institute, the sample question and its follow-ups (the
+    chat history makes "it" the institute); with other data, the first held-out questions about distinct facts."""
+    first = demo_question(run)
+    if run.get("data_source") == "synthetic":
+        return [first, *FOLLOW_UPS][:turns]
+    questions, facts = [first], set()
+    for row in read_jsonl(test_path) if (test_path := run.get("test_path")) else []:
+        question = row["messages"][0]["content"] if "messages" in row else None
+        fact = row.get("fact", question)
+        if question is None or fact in facts:
+            continue
+        facts.add(fact)
+        if question != first:  # 01's sample question is the first row's: its fact is already asked
+            questions.append(question)
+    return questions[:turns]
+
+
 def facts_path(facts_file: str | os.PathLike[str]) -> Path:
     """A facts file as given, or relative to the course folder (so notebooks and papermill agree)."""
     path = Path(facts_file).expanduser()

@@ -172,7 +172,8 @@ def questions_file(run: RunDir, general: bool = False) -> Path:
 
     Only chat rows with an expected answer are questions: with the original tutorial's wikitext (plain text)
     the file is empty, and 04/05 say there is nothing to ask instead of failing. ``general`` adds the
-    general-knowledge probe (``kind: general``, its keywords in ``expected``), to see what the fine-tune forgot.
+    general-knowledge probe (``kind: general``, its keywords in ``expected``), to see what the fine-tune forgot;
+    the two kinds of file have their own names, so both can be in use at once.
     """
     from .data import read_jsonl, write_jsonl
     from .probe import PROBE
@@ -200,4 +201,4 @@ def questions_file(run: RunDir, general: bool = False) -> Path:
             }
             for question, keywords in PROBE
         ]
-    return write_jsonl(run.path / "flow" / "questions.jsonl", items)
+    return write_jsonl(run.path / "flow" / ("questions_and_probe.jsonl" if general else "questions.jsonl"), items)
