@@ -255,6 +255,14 @@ def test_on_cuda_the_model_loads_onto_this_process_gpu_without_cudnn_attention(
     assert train.model_kwargs("lora", "bf16") == {"dtype": torch.bfloat16, "device_map": {"": 1}}
     assert train.model_kwargs("full", "bf16")["device_map"] == {"": 1}
     assert calls == [False, False]
+    from phi3course import score
+
+    score.steady_attention()  # the scoring script's own copy (it travels without the course)
+    assert calls == [False, False, False]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train.steady_attention()
+    score.steady_attention()
+    assert calls == [False, False, False], "on a CPU, torch's settings are left alone"
 
 
 def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path) -> None:
