@@ -112,6 +112,23 @@ def test_catalog_models_resolve_as_azure_lays_them_out_only_for_offline_presets(
         ws.local_path(azure.catalog_model_uri("phi-3-mini-4k-instruct"))
 
 
+def test_the_catalog_copy_follows_the_course_model_it_was_made_from(ws, tmp_path, monkeypatch) -> None:
+    """A course update that changes the offline model (a new chat template, say) reaches the rehearsed catalog:
+    a stale copy trained the dry run on another template than the local profile (96.7 % against 93.3 %)."""
+    from phi3course import models
+
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    folder = ws.local_path(azure.catalog_model_uri("phi-3-tiny"))
+    tokenizer_files = models.preset_dir(models.PRESETS["phi-3-tiny"]) / "tokenizer"
+    copied = folder / "mlflow_model_folder" / "components" / "tokenizer" / "tokenizer_config.json"
+    assert copied.read_text() == (tokenizer_files / "tokenizer_config.json").read_text()
+    changed = (tokenizer_files / "tokenizer_config.json").read_text().replace("{", '{"model_max_length": 77, ', 1)
+    (tokenizer_files / "tokenizer_config.json").unlink()  # as a rebuild does: a new file, not the linked one
+    (tokenizer_files / "tokenizer_config.json").write_text(changed)
+    again = ws.local_path(azure.catalog_model_uri("phi-3-tiny"))
+    assert again == folder and copied.read_text() == changed
+
+
 def test_data_assets_are_versioned_and_resolve_to_their_upload(ws, train_asset, tmp_path) -> None:
     assert train_asset.version == "1" and train_asset.path.startswith("azureml://subscriptions/")
     assert "/datastores/workspaceblobstore/paths/LocalUpload/" in train_asset.path

@@ -105,6 +105,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _fingerprint(folders: dict[str, Path]) -> dict[str, list[Any]]:
+    """Name, size and modification time of every file under each folder: what a copy was made from."""
+    return {
+        label: sorted(
+            [str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns]
+            for path in folder.rglob("*")
+            if path.is_file()
+        )
+        for label, folder in folders.items()
+    }
+
+
 def _copytree(src: Path, dst: Path, link: bool = False) -> None:
     """Copy a file or folder; ``link`` hard-links files where it can (model weights: no second copy on disk)."""
 
@@ -381,8 +393,11 @@ class Workspace:
                 "azure.catalog_model_uri() names the rehearsal registry."
             )
         folder = cache_dir() / "rehearsal-registry" / name
-        if not (folder / "mlflow_model_folder" / "MLmodel").is_file():
-            models.load_model(preset)  # builds the offline preset into the course cache once
+        models.load_model(preset)  # builds the offline preset into the course cache once
+        sources = {"model": models.model_dir(preset), "tokenizer": models.preset_dir(preset) / "tokenizer"}
+        made_from = _fingerprint(sources)  # the course's copy changes (a new chat template, say): copy it again
+        stamp = folder / "made_from.json"
+        if not (folder / "mlflow_model_folder" / "MLmodel").is_file() or read_json(stamp, default={}) != made_from:
             partial = folder.with_name(f"{name}.part")
             shutil.rmtree(partial, ignore_errors=True)
             inner = partial / "mlflow_model_folder"
@@ -394,6 +409,7 @@ class Workspace:
                 "flavors:\n  transformers:\n    components:\n    - tokenizer\n    model_binary: model\n"
                 f"    task: text-generation\nmetadata:\n  rehearsal: stands in for a catalog model ({name})\n"
             )
+            write_json(partial / stamp.name, made_from)
             shutil.rmtree(folder, ignore_errors=True)
             partial.replace(folder)
         return folder
