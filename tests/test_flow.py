@@ -128,7 +128,7 @@ def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> Non
         "flow": flow,
         "os": os,
         "chat_flow": flow.chat_flow(),
-        "questions": questions,
+        "questions": {"tuned": questions},  # per label: the base model gets the facts only
         "connections": {"tuned": flow.CONNECTION},
     }
     exec(compile(source, "04_prompt_flow_chat[flow-batch]", "exec"), space)
