@@ -1,0 +1,113 @@
+"""Which recipe learns the facts without forgetting the world: one training per lever, each scored like 02.
+
+    python -m benchmarks.forgetting --run runs/local [--variant name:key=value,key=value ...]
+
+Each variant is the local profile's settings with some changed, trained by ``train.train`` (the job's own
+function: the same LoraConfig and SFTConfig as notebook 02) on the run's data (01_data made it), then asked the
+held-out facts (answer-sized budget, as 02) and the general-knowledge probe. The base model's scores come from
+the run's ``summary.json`` (02 measured them). Prints a table and writes ``<run>/forgetting.json``; minutes per
+variant on a 2-core CPU, so run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from phi3course import data, evaluate, probe, profiles, train
+
+DEFAULT_VARIANTS = (
+    "recipe:",
+    "seed-7:seed=7",
+    "replay-60:replay=60",
+    "lr-1e-3:learning_rate=0.001",
+    "rank-8:lora_r=8,lora_alpha=16",
+)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,key=value`` → (name, changes), values typed like the settings' defaults."""
+    name, _, spec = text.partition(":")
+    fields = train.TrainSettings.__dataclass_fields__
+    changes: dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"{key!r} is not a TrainSettings field (one of: {', '.join(fields)})")
+        kind = type(getattr(train.TrainSettings(train_file="x", output_dir="x"), key))
+        changes[key] = kind(value)
+    return name, changes
+
+
+def score(model_dir: str, test_rows: list[dict[str, Any]]) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    graded = [row for row in test_rows if "answer" in row]
+    budget = evaluate.answer_budget(tokenizer, [row["messages"][-1]["content"] for row in graded])
+    replies = evaluate.generate(model, tokenizer, [row["messages"][:-1] for row in graded], budget)
+    right = [evaluate.contains_answer(reply, row["answer"]) for reply, row in zip(replies, graded, strict=True)]
+    general, _ = probe.probe_score(model, tokenizer)
+    return {"facts": round(sum(right) / len(right), 4), "general": general}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/local", help="a run directory where 01_data and 02 ran")
+    parser.add_argument("--variant", action="append", help="name:key=value,... (repeatable)")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    state = json.loads((run / "state.json").read_text())
+    base = json.loads((run / "summary.json").read_text())["eval"]["base"]
+    local = profiles.parameters("local")
+    settings = train.TrainSettings(
+        train_file=state["train_path"],
+        test_file=state["test_path"],
+        output_dir="",
+        model=state.get("model", "smollm2-135m-instruct"),
+        method=local["method"],
+        epochs=local["epochs"],
+        learning_rate=local["learning_rate"],
+        batch_size=local["batch_size"],
+        lora_r=local["lora_r"],
+        lora_alpha=2 * local["lora_r"],
+        replay=local["replay"],
+        seed=local["seed"],
+    )
+    test_rows = data.read_jsonl(settings.test_file)
+    rows = [{"variant": "base model", "facts": base["exact_match"], "general": base["general"]}]
+    for name, changes in map(parse_variant, args.variant or DEFAULT_VARIANTS):
+        variant = replace(settings, output_dir=str(run / "forgetting" / name), **changes)
+        began = time.perf_counter()
+        result = train.train(variant)
+        scored = score(result.model_dir, test_rows)
+        rows.append(
+            {
+                "variant": name,
+                "changes": changes,
+                **scored,
+                "general_vs_base": round(scored["general"] / base["general"], 3) if base["general"] else None,
+                "steps": result.steps,
+                "train_seconds": result.seconds,
+                "tokens_per_second": result.tokens_per_second,
+                "minutes": round((time.perf_counter() - began) / 60, 1),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        (run / "forgetting.json").write_text(json.dumps(rows, indent=1))
+    print(f"\n{'variant':<14} {'facts':>6} {'general':>8} {'× base':>7} {'steps':>6} {'train s':>8}")
+    for row in rows:
+        print(
+            f"{row['variant']:<14} {row['facts']:>6.3f} {row['general']:>8.3f} {row.get('general_vs_base') or '':>7} "
+            f"{row.get('steps', ''):>6} {row.get('train_seconds', ''):>8}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
