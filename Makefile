@@ -55,7 +55,7 @@ cleanup: $(STAMP)
 
 # Unit tests, then nbval over every notebook in order under the smoke profile, then the Azure dry run (every Azure
 # cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote.
-# The notebooks with exercises also run with the reference solutions filled in, every check strict (03 and 04
+# The notebooks with exercises also run with the reference solutions filled in, every check strict (02, 03 and 04
 # on the smoke run's state, after it).
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
