@@ -127,6 +127,15 @@ def test_the_catalog_copy_follows_the_course_model_it_was_made_from(ws, tmp_path
     (tokenizer_files / "tokenizer_config.json").write_text(changed)
     again = ws.local_path(azure.catalog_model_uri("phi-3-tiny"))
     assert again == folder and copied.read_text() == changed
+    stamp = (folder / "made_from.json").stat().st_mtime_ns
+    models.local_path(models.PRESETS["phi-3-tiny"])  # rewrites the tokenizer files beside the weights, not copied
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights are cached: resolving the catalog model must not load them")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    assert ws.local_path(azure.catalog_model_uri("phi-3-tiny")) == folder
+    assert (folder / "made_from.json").stat().st_mtime_ns == stamp, "nothing it copies changed: no new copy"
 
 
 def test_data_assets_are_versioned_and_resolve_to_their_upload(ws, train_asset, tmp_path) -> None:

@@ -362,13 +362,21 @@ def model_folders(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return weights, shallowest("tokenizer_config.json") or weights
 
 
+def ensure_cached(preset: Preset) -> Path:
+    """An offline preset's folder in the course cache, converted here if it is not yet (weights loaded only then);
+    its cached tokenizer is brought up to date either way."""
+    if not (model_dir(preset) / "config.json").is_file():
+        load_model(preset)
+    else:
+        load_tokenizer(preset)
+    return model_dir(preset)
+
+
 def local_path(preset: Preset) -> str:
     """Where ``from_pretrained`` finds the preset: the hub id, or the course cache (converted once, here if needed)."""
     if preset.source == "hub":
         return str(preset.hub_id)
-    if not (model_dir(preset) / "config.json").is_file():
-        load_model(preset)
-    folder = model_dir(preset)
+    folder = ensure_cached(preset)
     load_tokenizer(preset).save_pretrained(folder)  # the tokenizer beside the weights: one folder to load
     return str(folder)
 

@@ -105,16 +105,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _fingerprint(folders: dict[str, Path]) -> dict[str, list[Any]]:
-    """Name, size and modification time of every file under each folder: what a copy was made from."""
-    return {
-        label: sorted(
-            [str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns]
-            for path in folder.rglob("*")
-            if path.is_file()
-        )
-        for label, folder in folders.items()
-    }
+# A catalog model keeps its tokenizer in components/ only: these files beside the weights are not copied.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def _fingerprint(folder: Path, leave_out: tuple[str, ...] = ()) -> list[list[Any]]:
+    """Name, size and modification time of every file under ``folder`` (but ``leave_out``): what a copy was made
+    from."""
+    return sorted(
+        [str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns]
+        for path in folder.rglob("*")
+        if path.is_file() and path.name not in leave_out
+    )
 
 
 def _copytree(src: Path, dst: Path, link: bool = False) -> None:
@@ -393,17 +395,17 @@ class Workspace:
                 "azure.catalog_model_uri() names the rehearsal registry."
             )
         folder = cache_dir() / "rehearsal-registry" / name
-        models.load_model(preset)  # builds the offline preset into the course cache once
-        sources = {"model": models.model_dir(preset), "tokenizer": models.preset_dir(preset) / "tokenizer"}
-        made_from = _fingerprint(sources)  # the course's copy changes (a new chat template, say): copy it again
+        weights, tokenizer = models.ensure_cached(preset), models.preset_dir(preset) / "tokenizer"
+        # what the copy is made from: when the course's copy changes (a new chat template, say), copy it again
+        made_from = {"model": _fingerprint(weights, leave_out=TOKENIZER_FILES), "tokenizer": _fingerprint(tokenizer)}
         stamp = folder / "made_from.json"
         if not (folder / "mlflow_model_folder" / "MLmodel").is_file() or read_json(stamp, default={}) != made_from:
             partial = folder.with_name(f"{name}.part")
             shutil.rmtree(partial, ignore_errors=True)
             inner = partial / "mlflow_model_folder"
-            _copytree(models.model_dir(preset), inner / "model", link=True)
-            _copytree(models.preset_dir(preset) / "tokenizer", inner / "components" / "tokenizer", link=True)
-            for stray in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+            _copytree(weights, inner / "model", link=True)
+            _copytree(tokenizer, inner / "components" / "tokenizer", link=True)
+            for stray in TOKENIZER_FILES:
                 (inner / "model" / stray).unlink(missing_ok=True)  # the tokenizer lives in components/ only
             (inner / "MLmodel").write_text(
                 "flavors:\n  transformers:\n    components:\n    - tokenizer\n    model_binary: model\n"
