@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from phi3course import data, evaluate, probe, profiles, train
+from phi3course import profiles, train
 
 DEFAULT_VARIANTS = (
     "recipe:",
@@ -43,17 +43,13 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, changes
 
 
-def score(model_dir: str, test_rows: list[dict[str, Any]]) -> dict[str, float]:
+def score(variant: train.TrainSettings, model_dir: str, name: str) -> dict[str, float]:
+    """Held-out facts and the general probe of the trained variant, as the job scores its tuned model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    graded = [row for row in test_rows if "answer" in row]
-    budget = evaluate.answer_budget(tokenizer, [row["messages"][-1]["content"] for row in graded])
-    replies = evaluate.generate(model, tokenizer, [row["messages"][:-1] for row in graded], budget)
-    right = [evaluate.contains_answer(reply, row["answer"]) for reply, row in zip(replies, graded, strict=True)]
-    general, _ = probe.probe_score(model, tokenizer)
-    return {"facts": round(sum(right) / len(right), 4), "general": general}
+    scored = train.evaluate_model(model, AutoTokenizer.from_pretrained(model_dir), variant, name)
+    return {"facts": scored["exact_match"], "general": scored["general"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,13 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         replay=local["replay"],
         seed=local["seed"],
     )
-    test_rows = data.read_jsonl(settings.test_file)
     rows = [{"variant": "base model", "facts": base["exact_match"], "general": base["general"]}]
     for name, changes in map(parse_variant, args.variant or DEFAULT_VARIANTS):
         variant = replace(settings, output_dir=str(run / "forgetting" / name), **changes)
         began = time.perf_counter()
         result = train.train(variant)
-        scored = score(result.model_dir, test_rows)
+        scored = score(variant, result.model_dir, name)
         rows.append(
             {
                 "variant": name,

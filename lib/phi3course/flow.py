@@ -178,27 +178,19 @@ def questions_file(run: RunDir, general: bool = False) -> Path:
     from .data import read_jsonl, write_jsonl
     from .probe import PROBE
 
-    rows = read_jsonl(run.require("test_path", made_by="01_data"))
-    items = [
-        {
-            "question": r["messages"][-2]["content"],
+    def item(question: str, expected: str, kind: str) -> dict[str, Any]:
+        return {
+            "question": question,
             "chat_history": [],
-            "expected": r["answer"],
-            "kind": "facts",
+            "expected": expected,
+            "kind": kind,
             "max_new_tokens": BATCH_NEW_TOKENS,
         }
-        for r in rows
-        if "messages" in r and "answer" in r
+
+    rows = read_jsonl(run.require("test_path", made_by="01_data"))
+    items = [
+        item(r["messages"][-2]["content"], r["answer"], "facts") for r in rows if "messages" in r and "answer" in r
     ]
     if general and items:
-        items += [
-            {
-                "question": question,
-                "chat_history": [],
-                "expected": " / ".join(keywords),
-                "kind": "general",
-                "max_new_tokens": BATCH_NEW_TOKENS,
-            }
-            for question, keywords in PROBE
-        ]
+        items += [item(question, " / ".join(keywords), "general") for question, keywords in PROBE]
     return write_jsonl(run.path / "flow" / ("questions_and_probe.jsonl" if general else "questions.jsonl"), items)

@@ -563,7 +563,7 @@ def train(
     train_rows = to_training_rows(load_rows(settings.train_file))
     torch.manual_seed(settings.seed)
     model, tokenizer = load_base(settings, preset, precision)
-    base_eval = _evaluate(model, tokenizer, settings, "base") if evaluate else None
+    base_eval = evaluate_model(model, tokenizer, settings, "base") if evaluate else None
     if settings.replay:  # the base model's own answers, so the fine-tune keeps them (notebook 02 shows it)
         from .probe import replay_rows
 
@@ -619,7 +619,7 @@ def train(
         stored = {**result.to_json(), "settings": _settings_record(settings)}
         (Path(settings.output_dir) / "result.json").write_text(json.dumps(stored, indent=2))
         if base_eval is not None:
-            scores = {"base": base_eval, "tuned": _evaluate(final, tokenizer, settings, "tuned")}
+            scores = {"base": base_eval, "tuned": evaluate_model(final, tokenizer, settings, "tuned")}
             (Path(settings.output_dir) / "eval.json").write_text(json.dumps(scores, indent=2))
     return result
 
@@ -643,7 +643,7 @@ def quiet_trainer(trainer: Any) -> Any:
     return trainer
 
 
-def _evaluate(model: Any, tokenizer: Any, settings: TrainSettings, label: str) -> dict[str, Any]:
+def evaluate_model(model: Any, tokenizer: Any, settings: TrainSettings, label: str) -> dict[str, Any]:
     """Held-out exact-match, perplexity and the general-knowledge probe of ``model`` (the job's before/after)."""
     from .evaluate import evaluate
 
