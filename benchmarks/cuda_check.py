@@ -277,25 +277,12 @@ def part_data(out: Path, work: Path) -> Any:
 
 
 def _settings(prepared: Any, folder: Path, **overrides: Any) -> Any:
-    from phi3course.train import TrainSettings
+    """The smoke profile's training settings (lora, 12 steps, …) with the tiny model, on ``prepared``."""
+    from phi3course import profiles
+    from phi3course.train import settings_from_profile
 
-    values = dict(
-        train_file=str(prepared.train_path),
-        test_file=str(prepared.test_path),
-        output_dir=str(folder),
-        model="phi-3-tiny",
-        method="lora",
-        epochs=3.0,
-        max_steps=12,
-        learning_rate=0.005,
-        batch_size=8,
-        lora_r=8,
-        replay=8,
-        precision="auto",
-        seed=42,
-    )
-    values.update(overrides)
-    return TrainSettings(**values)
+    files = dict(train_file=str(prepared.train_path), test_file=str(prepared.test_path), output_dir=str(folder))
+    return settings_from_profile(profiles.parameters("smoke"), **{**files, "model": "phi-3-tiny", **overrides})
 
 
 def _estimates(settings: Any, precision: str, tokenizer: Any, step_tokens: list[int]) -> dict[str, Any]:
@@ -596,6 +583,7 @@ def part_memory_probe(out: Path, prepared: Any, work: Path, layers: int, steps: 
             max_steps=steps,
             batch_size=batch,
             lora_r=16,
+            lora_alpha=32,
             replay=0,
             test_file="",
             save_steps=10_000,
@@ -737,6 +725,7 @@ def part_profile_lora(out: Path, prepared: Any, work: Path, layers: int, batch: 
             max_steps=4,
             batch_size=batch,
             lora_r=16,
+            lora_alpha=32,
             replay=0,
             test_file="",
             save_steps=10_000,

@@ -60,20 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     state = json.loads((run / "state.json").read_text())
     base = json.loads((run / "summary.json").read_text())["eval"]["base"]
-    local = profiles.parameters("local")
-    settings = train.TrainSettings(
+    settings = train.settings_from_profile(
+        profiles.parameters("local"),
         train_file=state["train_path"],
         test_file=state["test_path"],
         output_dir="",
         model=state.get("model", "smollm2-135m-instruct"),
-        method=local["method"],
-        epochs=local["epochs"],
-        learning_rate=local["learning_rate"],
-        batch_size=local["batch_size"],
-        lora_r=local["lora_r"],
-        lora_alpha=2 * local["lora_r"],
-        replay=local["replay"],
-        seed=local["seed"],
     )
     rows = [{"variant": "base model", "facts": base["exact_match"], "general": base["general"]}]
     for name, changes in map(parse_variant, args.variant or DEFAULT_VARIANTS):

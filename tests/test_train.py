@@ -298,3 +298,15 @@ def test_new_data_in_the_same_file_trains_again(tiny_data, tmp_path) -> None:
     assert train.previous_result(s) is not None
     data.write_jsonl(rows, tiny_data.train[8:16])
     assert train.previous_result(s) is None
+
+
+def test_settings_from_a_profile_take_every_setting_it_names_and_alpha_twice_the_rank() -> None:
+    """What the benchmarks train with is the profile's recipe, mapped as notebook 02's settings cell maps it."""
+    from phi3course import profiles
+
+    for name in profiles.available():
+        parameters = profiles.parameters(name)
+        settings = train.settings_from_profile(parameters, train_file="x", output_dir="y", model="phi-3-tiny")
+        named = {k: v for k, v in parameters.items() if k in train.TrainSettings.__dataclass_fields__ and k != "model"}
+        assert named and {k: getattr(settings, k) for k in named} == named, name
+        assert settings.lora_alpha == 2 * parameters["lora_r"] and settings.model == "phi-3-tiny"

@@ -110,6 +110,16 @@ class TrainSettings:
         return preset
 
 
+def settings_from_profile(parameters: dict[str, Any], **fields: Any) -> TrainSettings:
+    """Settings from a profile's parameters (``profiles.parameters``) as notebook 02's settings cell maps them:
+    every parameter that is a setting, and alpha = 2 × rank; ``fields`` (files, ``output_dir``, ``model``, …)
+    on top. For scripts (the benchmarks): the notebook writes the mapping out in its cell."""
+    values = {key: value for key, value in parameters.items() if key in TrainSettings.__dataclass_fields__}
+    if "lora_r" in values:
+        values["lora_alpha"] = 2 * values["lora_r"]
+    return TrainSettings(**{**values, **fields})
+
+
 def _cuda() -> bool:
     import torch
 
