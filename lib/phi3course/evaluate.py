@@ -15,6 +15,11 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Questions answered by one generate() call. On a 2-core CPU one batch of 64 short greedy replies takes 40 % less
+# time than four batches of 16 (SmolLM2, the 53-question probe: 8.7 s vs 14.1 s): each decoding step pays Python's
+# per-step overhead once for the whole batch. A few hundred short prompts fit easily in a GPU's memory too.
+GENERATION_BATCH = 64
+
 
 @dataclass
 class EvalResult:
@@ -117,7 +122,7 @@ def generate(
     tokenizer: Any,
     prompts: Sequence[list[dict[str, str]]],
     max_new_tokens: int = 40,
-    batch_size: int = 16,
+    batch_size: int = GENERATION_BATCH,
     desc: str = "generating",
 ) -> list[str]:
     """Greedy replies to chat prompts, batched with left padding, each stopping at the end of its turn."""
@@ -148,7 +153,10 @@ def generate(
 
 
 def perplexity(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16) -> float:
-    """exp(mean negative log-likelihood) of the answers (chat rows) or of the whole text (text rows)."""
+    """exp(mean negative log-likelihood) of the answers (chat rows) or of the whole text (text rows).
+
+    Batches of 16, not :data:`GENERATION_BATCH`: one forward pass needs no per-step loop to share, and wider
+    batches only add padding (60 held-out rows: 6.5 s in batches of 16, 9.7 s in one batch of 64)."""
     import torch
 
     examples = []

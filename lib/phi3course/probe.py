@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .evaluate import generate
+from .evaluate import GENERATION_BATCH, generate
 
 # (question, keywords): a reply is right when it contains any keyword (case and spacing ignored).
 # Written for the course; 7 questions the base SmolLM2-135M-Instruct got wrong with and without its default
@@ -202,7 +202,7 @@ def probe_score(
     tokenizer: Any,
     questions: Sequence[tuple[str, Sequence[str]]] = PROBE,
     max_new_tokens: int = 32,
-    batch_size: int = 16,
+    batch_size: int = GENERATION_BATCH,
     desc: str = "general probe",
 ) -> tuple[float, list[dict[str, Any]]]:
     """(fraction right, rows): greedy replies to the probe's questions, each checked for its keywords."""
@@ -242,7 +242,7 @@ def replay_rows(
     n: int | None = REPLAY_ROWS,
     prompts: Sequence[str] = REPLAY_PROMPTS,
     max_new_tokens: int = 48,
-    batch_size: int = 16,
+    batch_size: int = GENERATION_BATCH,
 ) -> list[dict[str, Any]]:
     """The base model's own greedy answers to the first ``n`` replay prompts (all when ``None``) as chat rows.
 
