@@ -100,3 +100,24 @@ def test_warm_prepares_the_cache_once_for_a_room(tmp_path, monkeypatch: pytest.M
     assert name == "phi-3-tiny" and folder == tmp_path / "cache" / "phi-3-tiny" / "model"
     assert cli.main(["warm", "nope"]) == 1
     assert "Unknown model preset 'nope'" in capsys.readouterr().err
+
+
+def test_gguf_conversion_reads_the_file_once_and_gives_the_same_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """models._gguf_parsed_once (the speed-up of the SmolLM2 conversion) opens one GGUFReader where transformers
+    opens two, and the dequantised weights are exactly those of a plain transformers load."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = models.fetch_gguf(models.PRESETS["smollm2-135m-instruct"])
+    plain = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    opened = []
+    reader_class = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *args: opened.append(args) or reader_class(*args))
+    with models._gguf_parsed_once():
+        fast = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    assert len(opened) == 1
+    assert gguf.GGUFReader is not reader_class  # the spy is back in place: the block restores what it found
+    expected, got = plain.state_dict(), fast.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[name], got[name]) for name in expected)

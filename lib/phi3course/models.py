@@ -13,7 +13,10 @@ import sys
 import tempfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -314,6 +317,34 @@ def _tiny_model(tokenizer: Any) -> Any:
     return model
 
 
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within this block transformers' GGUF loader reads the file's metadata once, not twice.
+
+    ``from_pretrained(gguf_file=…)`` opens a ``GGUFReader`` for the config and another for the weights (each
+    parses SmolLM2's 49,152-token vocabulary field by field: 7 s on a 2-core CPU), and rebuilds gguf's table of
+    tensor names for each of the model's ~400 modules (10 s). Both are pure functions of their arguments, so
+    the block hands out one reader per file and one table per (architecture, layers); the weights come out
+    identical (tests/test_models.py compares them with a plain load).
+    """
+    import gguf
+
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: str | os.PathLike[str], mode: str = "r") -> Any:
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+
+
 def _convert_gguf(preset: Preset, tokenizer: Any) -> Any:
     """Dequantise the GGUF weights into a plain model (a GGUF-loaded model refuses save_pretrained)."""
     import torch
@@ -322,7 +353,7 @@ def _convert_gguf(preset: Preset, tokenizer: Any) -> Any:
     gguf = fetch_gguf(preset)
     from .evaluate import Progress
 
-    with Progress(3, f"converting {preset.name}") as bar:
+    with Progress(3, f"converting {preset.name}") as bar, _gguf_parsed_once():
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         bar.update()
         config = loaded.config
