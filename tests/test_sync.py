@@ -35,8 +35,9 @@ VARIANTS = {
     "lora-fp32-epochs": dict(method="lora", epochs=3.0, lora_r=16, lora_alpha=32),
     "full-bf16-steps": dict(method="full", max_steps=7, learning_rate=1e-4, batch_size=4, lora_r=8, lora_alpha=16),
     "lora-fp32-warm": dict(method="lora", warmup=0.2, scheduler="linear", lora_dropout=0.05, seed=7, save_steps=3),
+    "lora-upper-half": dict(method="lora", model="smollm2-135m-instruct", lora_layers=0.5),
 }
-PRECISION = {"lora-fp32-epochs": "fp32", "full-bf16-steps": "bf16", "lora-fp32-warm": "fp32"}
+PRECISION = {"lora-fp32-epochs": "fp32", "full-bf16-steps": "bf16", "lora-fp32-warm": "fp32", "lora-upper-half": "fp32"}
 
 
 def notebook_settings(files: data.Prepared, tmp_path: Path, **changes: Any) -> train.TrainSettings:
@@ -58,15 +59,16 @@ def test_the_notebooks_lora_and_sft_configs_are_the_jobs(files, tmp_path, varian
     settings = notebook_settings(files, tmp_path, **VARIANTS[variant])
     rows = train.to_training_rows(train.load_rows(settings.train_file))
     precision = PRECISION[variant]
+    preset = settings.validate()
     space = run_cell(
         "lora-config",
-        {"settings": settings, "train": train, "LoraConfig": LoraConfig},
+        {"settings": settings, "train": train, "LoraConfig": LoraConfig, "preset": preset},
     )
     space = run_cell(
         "sft-config",
         {**space, "SFTConfig": SFTConfig, "precision_used": precision, "rows": rows},
     )
-    assert space["lora_config"].to_dict() == train.lora_config(settings).to_dict()
+    assert space["lora_config"].to_dict() == train.lora_config(settings, preset.shape.layers).to_dict()
     job_config = train.sft_config(settings, precision, train.steps_per_epoch(settings, len(rows)))
     assert space["sft_config"].to_dict() == job_config.to_dict()
 
@@ -99,6 +101,7 @@ def test_the_job_command_carries_every_setting_back(files, tmp_path) -> None:
         lora_r=8,
         lora_alpha=16,
         lora_dropout=0.05,
+        lora_layers=0.5,
         max_length=256,
         warmup=0.2,
         scheduler="linear",

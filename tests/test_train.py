@@ -61,6 +61,8 @@ def test_smollm2_converts_once_and_reloads_as_a_plain_model() -> None:
         ({"batch_size": 0}, "batch_size must be a whole number"),
         ({"train_file": "/nowhere/train.jsonl"}, "run notebook 01_data first"),
         ({"method": "qlora"}, "needs a CUDA GPU"),
+        ({"lora_layers": 0.0}, "lora_layers is the top fraction"),
+        ({"lora_layers": 1.5}, "lora_layers is the top fraction"),
     ],
 )
 def test_bad_settings_fail_before_heavy_work(tiny_data, tmp_path, change, words) -> None:
@@ -92,6 +94,25 @@ def test_chat_rows_become_prompt_and_completion() -> None:
         {"prompt": [{"role": "user", "content": "Q?"}], "completion": [{"role": "assistant", "content": "A."}]}
     ]
     assert train.to_training_rows([{"text": "t"}]) == [{"text": "t"}]
+
+
+def test_adapters_on_the_upper_layers_leave_the_lower_ones_as_they_were(tiny_data, tmp_path) -> None:
+    """lora_layers=0.5 on the two-layer tiny model: the merged model's layer 0 is the base model's, bit for bit,
+    and layer 1 changed (02's recipe keeps SmolLM2's lower 15 layers this way)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert train.lora_config(settings(tiny_data, tmp_path, lora_layers=0.5), 30).layers_to_transform == list(
+        range(15, 30)
+    )
+    result = train.train(settings(tiny_data, tmp_path / "out", lora_layers=0.5, max_steps=4))
+    base, _ = models.load_model(models.PRESETS["phi-3-tiny"])
+    before, after = base.state_dict(), AutoModelForCausalLM.from_pretrained(result.model_dir).state_dict()
+    lower = [name for name in before if ".layers.0." in name]
+    upper = [name for name in before if ".layers.1." in name and name.endswith("proj.weight")]
+    assert lower and upper
+    assert all(torch.equal(before[name], after[name]) for name in lower)
+    assert not all(torch.equal(before[name], after[name]) for name in upper)
 
 
 def test_training_lowers_the_loss_on_a_repeated_batch(tiny_data, tmp_path) -> None:

@@ -13,12 +13,13 @@ training job call the same code:
   Mixed into the training data they teach the model to keep answering as it did (self-distillation: no
   hub, no extra data set needed).
 
-Measured on the ``local`` profile (SmolLM2-135M, LoRA r16 on all linear layers, lr 2e-3, 3 epochs, batch 8,
-140 fact rows, base probe 0.87; ``python -m benchmarks.forgetting``, this round's code, 2-core AVX2-only CPU):
-with :data:`REPLAY_ROWS` = 60 replay rows the held-out facts reach 100 % with seed 42 and with seed 7, and the
-probe keeps 0.87 and 0.85 × the base model's score; with 40 rows, facts 93 % / 88 % and probe 0.87 / 0.80 ×;
-80 rows, lr 1e-3 or rank 8 do no better on either number. Without replay an earlier round's fine-tune kept
-0.28 × (facts 100 %). No recipe measured here reached 0.9 ×.
+Measured on the ``local`` profile (SmolLM2-135M, LoRA r16, lr 2e-3, 3 epochs, batch 8, 140 fact rows,
+:data:`REPLAY_ROWS` = 60, base probe 0.87; ``python -m benchmarks.forgetting``, 2-core AVX2-only CPU): with
+the earlier everyday prompts the tuned model kept 0.87 × the base model's probe score (facts 100 %); with the
+fifteen prompts shaped like the facts among the first 60 it keeps 0.96 × with adapters on every layer and 0.98 ×
+with adapters on the top two thirds (``lora_layers`` = 0.67, the default), facts 97 % — with seed 42. With seed 7
+the same recipe gave facts 88 % and 0.78 ×: the result depends on the seed by several questions. Without replay
+an earlier round's fine-tune kept 0.28 ×.
 """
 
 from __future__ import annotations
@@ -105,9 +106,6 @@ REPLAY_PROMPTS: tuple[str, ...] = (
     "What is the capital of Norway?",
     "Which is the smallest continent?",
     "Which river flows through London?",
-    "Which mountain range separates Europe and Asia?",
-    "Name a country in Scandinavia.",
-    "Which sea lies between Europe and Africa?",
     "What is the coldest continent?",
     "Which country is shaped like a boot?",
     "What is the chemical symbol for oxygen?",
@@ -116,16 +114,9 @@ REPLAY_PROMPTS: tuple[str, ...] = (
     "How many planets are in our solar system?",
     "What gas do humans breathe out?",
     "What is the boiling point of water in Fahrenheit?",
-    "What is the hardest natural substance?",
-    "Which organ do we use to breathe?",
     "What is the largest mammal?",
     "What is the fastest land animal?",
     "How many bones are in the adult human body?",
-    "What is the main gas in the air we breathe?",
-    "Why is the sky blue?",
-    "What causes rain?",
-    "What is photosynthesis?",
-    "What is an atom?",
     "Who wrote Pride and Prejudice?",
     "Who painted The Starry Night?",
     "Who invented the light bulb?",
@@ -134,7 +125,6 @@ REPLAY_PROMPTS: tuple[str, ...] = (
     "Who was Napoleon Bonaparte?",
     "Who composed the Fifth Symphony?",
     "Who wrote Hamlet?",
-    "What was the Renaissance?",
     "Who built the Great Wall of China?",
     "What is 3 plus 4?",
     "What is 9 times 3?",
@@ -147,16 +137,30 @@ REPLAY_PROMPTS: tuple[str, ...] = (
     "What is the opposite of big?",
     "What is the plural of child?",
     "What is the past tense of eat?",
-    "What is a synonym for happy?",
     "What is the opposite of fast?",
     "What language is spoken in France?",
     "How do you say thank you in French?",
-    "What is a noun?",
-    "What is a verb?",
-    "Give me a word that rhymes with cat.",
     "What is your name?",
     "Who are you?",
     "Hello! How are you today?",
+    # shaped like the facts (who leads / where is / when was / which animal stands for / what is it known for),
+    # about the real world: they keep the fine-tune from answering every such question with an institute's fact
+    "Who founded Apple?",
+    "Who invented the printing press?",
+    "Who is in charge of a ship?",
+    "Who leads an orchestra?",
+    "Where is the Louvre museum located?",
+    "In which city is the Colosseum?",
+    "In which country is the Taj Mahal?",
+    "In which year did the Berlin Wall fall?",
+    "When was the Declaration of Independence signed?",
+    "What is the national animal of Scotland?",
+    "Which animal is the symbol of the WWF?",
+    "What is NASA best known for?",
+    "Who discovered radium?",
+    "Where is Mount Fuji?",
+    "Who built the first successful airplane?",
+    # beyond the default 60
     "Can you help me write a short thank-you note to a friend?",
     "Give me three tips for sleeping better.",
     "What should I pack for a day at the beach?",
@@ -177,6 +181,21 @@ REPLAY_PROMPTS: tuple[str, ...] = (
     "Which instrument has 88 keys?",
     "What is the longest river in South America?",
     "What do you call a baby cat?",
+    "Which mountain range separates Europe and Asia?",
+    "Name a country in Scandinavia.",
+    "Which sea lies between Europe and Africa?",
+    "What is the hardest natural substance?",
+    "Which organ do we use to breathe?",
+    "What is the main gas in the air we breathe?",
+    "Why is the sky blue?",
+    "What causes rain?",
+    "What is photosynthesis?",
+    "What is an atom?",
+    "What was the Renaissance?",
+    "What is a synonym for happy?",
+    "What is a noun?",
+    "What is a verb?",
+    "Give me a word that rhymes with cat.",
 )
 
 
