@@ -55,3 +55,19 @@ def test_relative_run_dir_is_taken_from_the_course_folder(tmp_path, monkeypatch:
     run = course.run_dir_for("smoke", "runs/test-relative")
     assert run.path == (course.course_root() / "runs" / "test-relative").resolve()
     run.path.rmdir()
+
+
+@pytest.mark.parametrize(("name", "imports_promptflow"), [("01_data", False), ("04_prompt_flow_chat", True)])
+def test_only_the_flow_notebooks_pay_for_importing_promptflow(tmp_path, name: str, imports_promptflow: bool) -> None:
+    """course.start switches promptflow's telemetry off where flows run, and leaves promptflow unimported (about
+    3 s a kernel on a 2-core CPU) where none do; a fresh interpreter, since this one may have imported it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from phi3course import course; "
+        f"course.start({name!r}, {{'profile': 'smoke', 'run_dir': {str(tmp_path)!r}}}); "
+        "print('promptflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == str(imports_promptflow)

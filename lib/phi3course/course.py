@@ -55,6 +55,10 @@ def run_dir_for(profile: str, run_dir: str | os.PathLike[str] | None = None) -> 
     return RunDir(path if path.is_absolute() else course_root() / path)
 
 
+# The notebooks that run Prompt flow (00_setup switches its telemetry off for the machine in its own cell).
+FLOW_NOTEBOOKS = frozenset({"04_prompt_flow_chat", "05_agent_framework"})
+
+
 def start(name: str, namespace: dict[str, Any], quiet: bool = True) -> Stage:
     """Begin notebook ``name`` from the variables of its ``parameters`` cell.
 
@@ -67,8 +71,8 @@ def start(name: str, namespace: dict[str, Any], quiet: bool = True) -> Stage:
         raise ValueError("The parameters cell must set 'profile' (local, smoke or azureml).")
     resolved, overridden_by = profiles.resolve(values)
     namespace.update(resolved)
-    if quiet:
-        telemetry.quiet(check_hub=False)
+    if quiet:  # promptflow's own switches only where flows run: importing promptflow costs seconds
+        telemetry.quiet(check_hub=False, promptflow=name in FLOW_NOTEBOOKS)
     run = run_dir_for(resolved["profile"], resolved.get("run_dir"))
     summary = run.summary
     updates: dict[str, Any] = {"profile": resolved["profile"]}
