@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from phi3course import models
@@ -121,3 +123,17 @@ def test_gguf_conversion_reads_the_file_once_and_gives_the_same_weights(monkeypa
     expected, got = plain.state_dict(), fast.state_dict()
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_local_folder_is_a_folder_an_endpoint_can_serve(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """04 serves the base model from models.local_folder: weights and tokenizer side by side for the offline
+    presets, the hub's cached snapshot for Phi-3-mini."""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    folder = Path(models.local_folder(models.PRESETS["phi-3-tiny"]))
+    assert (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
+    asked = []
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo: asked.append(repo) or str(tmp_path / "hub"))
+    assert models.local_folder(models.PRESETS["phi-3-mini-4k-instruct"]) == str(tmp_path / "hub")
+    assert asked == ["microsoft/Phi-3-mini-4k-instruct"]

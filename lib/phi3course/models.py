@@ -412,6 +412,17 @@ def local_path(preset: Preset) -> str:
     return str(folder)
 
 
+def local_folder(preset: Preset) -> str:
+    """A folder on this machine with the preset's weights and tokenizer, as a local endpoint serves it (the
+    scoring script loads a plain transformers folder as it loads an MLflow model): the hub's own cached
+    snapshot for the hub presets, the course cache for the others."""
+    if preset.source == "hub":
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(str(preset.hub_id))
+    return local_path(preset)
+
+
 def load_model(
     preset: Preset, dtype: Any = None, quantization_config: Any = None, device_map: Any = None
 ) -> tuple[Any, Any]:

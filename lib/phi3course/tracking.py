@@ -104,17 +104,3 @@ def register_pretrained(
         with mlflow.start_run(run_name=run_name):
             info = log_model(folder, name)
     return f"models:/{name}/{info.registered_model_version}"
-
-
-def register_base(run: Any, preset: Any, profile: str) -> str:
-    """Log and register the *base* model too (once per run), so 04 can serve it beside the fine-tuned one."""
-    from .models import load_model
-
-    if uri := run.get("base_model_uri"):
-        return uri
-    model, tokenizer = load_model(preset)
-    uri = register_pretrained(
-        run.path, model, tokenizer, registered_name(profile) + "-base", run_name=f"{profile}-{preset.name}-base"
-    )
-    run.remember(base_model_uri=uri, mlflow_tracking_uri=store_uri(run.path))
-    return uri
