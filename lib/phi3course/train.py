@@ -633,7 +633,7 @@ def train(
         steps=trainer.state.global_step,
         tokens=tokens,
         tokens_per_second=round(session_tokens / (history.step_seconds or seconds), 1) if seconds else 0.0,
-        step_seconds=round(history.step_seconds, 2),
+        step_seconds=round(history.step_seconds, 4),  # a tiny model's steps take milliseconds
         final_loss=round(losses[-1] if losses else float(output.training_loss), 4),
         precision=precision,
         precision_reason=why,
