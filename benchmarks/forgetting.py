@@ -41,7 +41,12 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         if key not in fields:
             raise SystemExit(f"{key!r} is not a TrainSettings field (one of: {', '.join(fields)})")
         kind = type(getattr(train.TrainSettings(train_file="x", output_dir="x"), key))
-        changes[key] = kind(value)
+        if kind is bool:  # bool("False") is True
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"{key} is true or false, got {value!r}")
+            changes[key] = value.lower() == "true"
+        else:
+            changes[key] = kind(value)
     return name, changes
 
 
