@@ -44,6 +44,32 @@ def test_flop_estimate_counts_loras_adapters() -> None:
     assert estimate - skipped == pytest.approx(counted, rel=1e-6)
 
 
+def test_flop_estimate_stops_the_backward_pass_at_the_first_adapted_layer() -> None:
+    """The course's recipe: adapters on the upper layers only (02's lora_layers); below them nothing trains."""
+    from peft import get_peft_model
+
+    from phi3course import train
+
+    base, _ = models.load_model(models.PRESETS["phi-3-tiny"])
+    model, _ = models.load_model(models.PRESETS["phi-3-tiny"])
+    settings = train.TrainSettings(train_file="x", output_dir="y", lora_r=8, lora_layers=0.5)
+    config = train.lora_config(settings, base.config.num_hidden_layers)
+    first = config.layers_to_transform[0]
+    assert first == 1
+    tuned = get_peft_model(model, config)
+    adapters = sum(p.numel() for p in tuned.parameters() if p.requires_grad)
+    counted = counted_flops_per_token(tuned, tokens=64)
+    # as with every layer, the first adapted layer's qkv projection and its adapter's A need no input gradient
+    skipped = 2 * sum(
+        w.numel()
+        for name, w in tuned.named_parameters()
+        if any(f"layers.{first}.self_attn.qkv_proj.{part}" in name for part in ("base_layer.", "lora_A."))
+    )
+    estimate = bench.flops_per_token(base, adapters, attended=64, added=adapters, first_layer=first)
+    assert estimate - skipped == pytest.approx(counted, rel=1e-6)
+    assert estimate < bench.flops_per_token(base, adapters, attended=64, added=adapters)
+
+
 def test_the_denominator_is_the_training_precisions_matmul_rate() -> None:
     timed: list[str] = []
 
