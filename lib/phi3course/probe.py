@@ -13,14 +13,15 @@ training job call the same code:
   Mixed into the training data they teach the model to keep answering as it did (self-distillation: no
   hub, no extra data set needed).
 
-Measured on the ``local`` profile (SmolLM2-135M, LoRA r16, lr 2e-3, 3 epochs, batch 8, 140 fact rows,
+Measured on the ``local`` profile (SmolLM2-135M, lr 2e-3, 3 epochs, batch 8, 140 fact rows,
 :data:`REPLAY_ROWS` = 60, base probe 0.87; ``python -m benchmarks.forgetting``, 2-core AVX2-only CPU): with
-the earlier everyday prompts the tuned model kept 0.87 × the base model's probe score (facts 100 %); with the
-fifteen prompts shaped like the facts among the first 60 it keeps 0.96 × with adapters on every layer and 0.98 ×
-with adapters on the top two thirds (``lora_layers`` = 0.67, the default), facts 97 % — with seed 42. Over five
-seeds (42, 7, 123, 1, 2) the same recipe gave facts 97 / 88 / 100 / 100 / 97 % and 0.98 / 0.78 / 0.89 / 0.94 /
-0.94 ×: the result depends on the seed by several questions (adapters on every layer: 97 / 97 / 92 / 100 / 93 %,
-0.96 / 0.98 / 0.87 / 0.89 / 0.91 ×). Without replay an earlier round's fine-tune kept 0.28 ×.
+the earlier everyday prompts (LoRA r16, every layer) the tuned model kept 0.87 × the base model's probe score
+(facts 100 %); with the fifteen prompts shaped like the facts among the first 60, over five seeds (42, 7, 123,
+1, 2), adapters on the top two thirds (``lora_layers`` = 0.67) kept 0.98 / 0.78 / 0.89 / 0.94 / 0.94 × with
+rank 16 (facts 97 / 88 / 100 / 100 / 97 %) and 1.02 / 0.96 / 0.91 / 0.89 / 0.94 × with rank 8, the default
+(facts 97 / 87 / 100 / 98 / 97 %); adapters on every layer, rank 16: 0.96 / 0.98 / 0.87 / 0.89 / 0.91 × (facts
+97 / 97 / 92 / 100 / 93 %). The result depends on the seed by several questions. Without replay an earlier
+round's fine-tune kept 0.28 ×.
 """
 
 from __future__ import annotations
