@@ -30,7 +30,7 @@ from phi3course import data
 from phi3course.files import read_json, write_json
 from phi3course.models import PRESETS, load_model, load_tokenizer
 from phi3course.paths import runs_dir
-from phi3course.train import TrainSettings, pick_precision
+from phi3course.train import pick_precision
 
 from . import loadtest
 
@@ -143,21 +143,17 @@ def bench_ours(train_file: str, out: Path, steps: int) -> dict[str, Any]:
     """The course's recipe (LoRA on the local profile's top layers, answer-only loss, padding-free, hardware
     precision)."""
     from phi3course import profiles
-    from phi3course.train import lora_config, train
+    from phi3course.train import lora_config, settings_from_profile, train
 
-    local = profiles.parameters("local")
     timer, times = step_timer()
-    settings = TrainSettings(
+    settings = settings_from_profile(
+        profiles.parameters("local"),
         train_file=train_file,
         output_dir=str(out),
         model=BENCH_MODEL,
         max_steps=steps,
         save_steps=10_000,
-        learning_rate=local["learning_rate"],
-        batch_size=local["batch_size"],
-        lora_r=local["lora_r"],
-        lora_alpha=2 * local["lora_r"],
-        lora_layers=local["lora_layers"],
+        replay=0,  # the bench's own synthetic rows only: the throughput of the recipe's steps
     )
     result = train(settings, retrain=True, callbacks=[timer])
     seconds, tokens = times.steady()
