@@ -128,15 +128,9 @@ def flops_per_token(model: Any, trained: int, attended: float, added: int = 0, f
     config = model.config
     n = matmul_weights(model) + added
     layers = config.num_hidden_layers
-    below = sum(matmul_weights(layer) for layer in decoder_layers(model)[:first_layer])
+    below = sum(matmul_weights(layer) for layer in model.model.layers[:first_layer])
     width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
     return 2 * n + 2 * (n - below) + 2 * trained + (4 * layers + 8 * (layers - first_layer)) * width * attended
-
-
-def decoder_layers(model: Any) -> Any:
-    """The decoder layers of a causal LM, base or wrapped by peft."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.model.layers
 
 
 def bench_ours(train_file: str, out: Path, steps: int) -> dict[str, Any]:
