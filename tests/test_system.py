@@ -76,6 +76,30 @@ def test_machine_class_follows_the_cpu_flags(box: Machine, words: str) -> None:
     assert dict(system.report_rows(box))["Machine class"] == system.machine_class(box)
 
 
+class FakeGpu:
+    def __init__(self, name: str, major: int) -> None:
+        self.name, self.major, self.total_memory = name, major, 16 * system.GIB
+
+
+@pytest.mark.parametrize(("gpu", "native"), [(FakeGpu("Tesla V100-PCIE-16GB", 7), False), (FakeGpu("A100", 8), True)])
+def test_inspect_counts_only_native_bf16_on_a_gpu(monkeypatch: pytest.MonkeyPatch, gpu: FakeGpu, native: bool) -> None:
+    """A V100 runs bf16 only emulated (torch's default ``is_bf16_supported()`` says yes): not native bf16."""
+    import contextlib
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: gpu)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: gpu.major >= 8 or including_emulation
+    )
+    (found,) = system.inspect().gpus
+    assert (found.name, found.memory_gib, found.bf16) == (gpu.name, 16.0, native)
+    assert f"bf16: {'yes' if native else 'no'}" in dict(system.report_rows(system.inspect()))["GPU 0"]
+
+
 ENVIRONMENT_BEFORE_QUIET: dict[str, str] = {}
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 
+from . import hardware
+
 COURSE_PACKAGES = (
     "torch",
     "transformers",
@@ -35,14 +37,14 @@ PHI3_MINI_GPU_GIB = 16  # LoRA on Phi-3-mini in bf16/fp16 with short sequences f
 # plus 0.6 GiB of model cache and 1.6 GiB per run on disk. Below either, the smoke profile still runs.
 LOCAL_MEMORY_GIB = 4.0
 LOCAL_DISK_GIB = 2.5
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+SHOWN_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma")  # the flags the course's timings depend on
 
 
 @dataclass
 class Gpu:
     name: str
     memory_gib: float
-    bf16: bool
+    bf16: bool  # native bf16 (Ampere or later); a V100's emulated bf16 does not count
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Machine:
 
     @property
     def native_bf16_cpu(self) -> bool:
-        return bool(set(self.cpu_flags) & set(NATIVE_BF16_FLAGS))
+        return hardware.cpu_native_bf16(set(self.cpu_flags))
 
 
 def machine_class(machine: Machine) -> str:
@@ -72,48 +74,34 @@ def machine_class(machine: Machine) -> str:
     if machine.cuda:
         return "CUDA GPU"
     if machine.native_bf16_cpu:
-        found = ", ".join(f for f in NATIVE_BF16_FLAGS if f in machine.cpu_flags)
+        found = ", ".join(hardware.cpu_bf16_flags(set(machine.cpu_flags)))
         return f"CPU with native bf16 ({found})"
     if "avx2" in machine.cpu_flags:
         return "AVX2-only CPU (no native bf16: trains in fp32)"
     return "CPU without AVX2 (slower than the course's timings)"
 
 
-def _cpu_model_and_flags() -> tuple[str, list[str]]:
-    name, flags = platform.processor() or platform.machine(), []
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name") and ":" in line:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                present = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma") if f in present]
-                break
-    return name, flags
-
-
 def inspect(disk_path: str | os.PathLike[str] = ".") -> Machine:
     """Read the machine: Python, CPU, memory, free disk, torch and its GPUs."""
-    cpu, flags = _cpu_model_and_flags()
+    present = hardware.cpu_flags()
     gpus: list[Gpu] = []
     torch_version: str | None = None
     try:
         import torch
 
         torch_version = torch.__version__
-        if torch.cuda.is_available():
+        if hardware.cuda_available():
             for index in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(index)
-                gpus.append(Gpu(props.name, round(props.total_memory / GIB, 1), torch.cuda.is_bf16_supported()))
+                gpus.append(Gpu(props.name, round(props.total_memory / GIB, 1), hardware.gpu_native_bf16(index)))
     except ImportError:
         pass
     return Machine(
         python=sys.version.split()[0],
         platform=platform.platform(),
-        cpu=cpu,
+        cpu=hardware.cpu_name() or platform.processor() or platform.machine(),
         cpus=os.cpu_count() or 1,
-        cpu_flags=flags,
+        cpu_flags=[flag for flag in SHOWN_CPU_FLAGS if flag in present],
         memory_gib=round(psutil.virtual_memory().total / GIB, 1),
         disk_free_gib=round(shutil.disk_usage(Path(disk_path).resolve()).free / GIB, 1),
         torch=torch_version,
