@@ -150,12 +150,12 @@ def steady_attention() -> None:
 # --- hardware-dependent choices ---------------------------------------------------------------------
 def pick_precision(requested: str = "auto") -> tuple[str, str]:
     """(precision, why). ``auto``: bf16 where the hardware computes it natively, else fp16 (GPU) or fp32."""
-    import torch
+    from . import hardware
 
-    cuda = torch.cuda.is_available()
-    if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+    cuda = hardware.cuda_available()
+    if requested == "bf16" and cuda and not hardware.gpu_native_bf16():
         raise TrainError(
-            f"precision='bf16' but {torch.cuda.get_device_name(0)} has no native bf16 (a V100 or older; the "
+            f"precision='bf16' but {hardware.gpu_name()} has no native bf16 (a V100 or older; the "
             "original tutorial asks bf16 of a V100): use precision='auto' (fp16 mixed precision there) or 'fp16'."
         )
     if requested == "fp16" and not cuda:
@@ -163,13 +163,11 @@ def pick_precision(requested: str = "auto") -> tuple[str, str]:
     if requested != "auto":
         return requested, "asked for"
     if cuda:
-        name = torch.cuda.get_device_name(0)
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return "bf16", f"{name} computes bf16 natively"
-        return "fp16", f"{name} has no native bf16 (a V100 or older): fp16 mixed precision instead"
-    flags = set(inspect().cpu_flags)
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        return "bf16", f"this CPU has {', '.join(sorted(flags & {'avx512_bf16', 'amx_bf16'}))}: bf16 matmuls"
+        if hardware.gpu_native_bf16():
+            return "bf16", f"{hardware.gpu_name()} computes bf16 natively"
+        return "fp16", f"{hardware.gpu_name()} has no native bf16 (a V100 or older): fp16 mixed precision instead"
+    if flags := hardware.cpu_bf16_flags():
+        return "bf16", f"this CPU has {', '.join(flags)}: bf16 matmuls"
     return "fp32", "this CPU has no native bf16 (AVX2 only): bf16 would be emulated and many times slower"
 
 
