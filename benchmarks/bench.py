@@ -374,16 +374,10 @@ SECTIONS = ("train", "endpoint", "flow")
 
 def native_precisions() -> set[str]:
     """The precisions this machine's matmuls compute natively (fp32 always)."""
-    import torch
+    from phi3course import hardware
 
-    if torch.cuda.is_available():
-        native = {"fp32", "fp16"}
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            native.add("bf16")
-        return native
-    from phi3course.system import inspect
-
-    return {"fp32", "bf16"} if set(inspect().cpu_flags) & {"avx512_bf16", "amx_bf16"} else {"fp32"}
+    native = {"fp32", "fp16"} if hardware.cuda_available() else {"fp32"}
+    return (native | {"bf16"}) if hardware.native_bf16() else native
 
 
 def machine_section(
