@@ -16,7 +16,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := true
 
-.PHONY: setup course cleanup test lint bench lab clean class collect screenshots warm
+.PHONY: setup course cleanup test lint bench lab clean class collect screenshots warm measurements
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -107,6 +107,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.bench
+
+# docs/measurements.md from the records in docs/measurements/ (add a run's file: python -m benchmarks.measurements add).
+measurements: $(STAMP)
+	$(PY) -m benchmarks.measurements render
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \

@@ -1,0 +1,469 @@
+"""The course's measured figures: one generated page, ``docs/measurements.md``, from committed records.
+
+    python -m benchmarks.measurements render [--check]
+    python -m benchmarks.measurements add runs/bench.json [--cpu-class auto] [--command "make bench"] ...
+
+A record is a JSON file in ``docs/measurements/``, in the format the course itself writes, with one more key,
+``measurement``, that says where the figures come from: the CPU class (``native-bf16``: the CPU lists
+``avx512_bf16`` or ``amx_bf16`` and trains in bf16; ``avx2-only``: it does not, and trains in fp32), the date,
+the command that produced them, the conditions (idle or shared machine, fresh clone or not) and the recipe.
+What a record does not know it says it does not know. Four kinds:
+
+- ``course``: a run's ``runs/<profile>/summary.json`` (``make course``), with the install's seconds when the
+  run was a fresh clone;
+- ``bench``: ``runs/bench.json`` (``make bench``);
+- ``variants``: the rows of ``<run>/forgetting.json`` (``python -m benchmarks.forgetting``) under ``rows``, or
+  any table of trainings that differ in one setting (the own-facts phrasings);
+- ``figures``: single figures no course file holds (memory, disk, a GPU check), one row each.
+
+``render`` writes the page from the records; ``render --check`` fails when the page is stale (a test runs
+it). ``add`` copies a new run's file into ``docs/measurements/`` with its ``measurement`` block, then renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "docs" / "measurements"
+PAGE = ROOT / "docs" / "measurements.md"
+CPU_CLASSES = ("native-bf16", "avx2-only", "gpu", "unknown")
+KINDS = ("course", "bench", "variants", "figures")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+NOTEBOOKS = ("00_setup", "01_data", "02_fine_tune", "03_deploy", "04_prompt_flow_chat", "05_agent_framework")
+
+
+# --- reading records --------------------------------------------------------------------------------------------
+def kind_of(data: Any) -> str:
+    """Which course file ``data`` is: a summary.json, a bench.json, a forgetting.json (or its rows), figures."""
+    if isinstance(data, list) or "rows" in data:
+        return "variants"
+    if "stages" in data:
+        return "course"
+    if "machine" in data or ("train" in data and "endpoint" in data):
+        return "bench"
+    if "figures" in data:
+        return "figures"
+    raise ValueError("not a summary.json, bench.json, forgetting.json or figures record")
+
+
+def check_record(name: str, record: dict[str, Any]) -> None:
+    """A record names its kind, CPU class, date, command and conditions; raises ValueError otherwise."""
+    meta = record.get("measurement")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{name}: no 'measurement' block")
+    for key in ("kind", "cpu_class", "date", "command", "what", "conditions"):
+        if not meta.get(key):
+            raise ValueError(f"{name}: measurement.{key} is missing (write 'unknown' where it is not known)")
+    if meta["kind"] not in KINDS:
+        raise ValueError(f"{name}: kind {meta['kind']!r} is not one of {KINDS}")
+    if meta["cpu_class"] not in CPU_CLASSES:
+        raise ValueError(f"{name}: cpu_class {meta['cpu_class']!r} is not one of {CPU_CLASSES}")
+    if meta["date"] != "unknown" and not re.fullmatch(r"\d{4}-\d\d-\d\d", meta["date"]):
+        raise ValueError(f"{name}: date {meta['date']!r} is not YYYY-MM-DD or 'unknown'")
+
+
+def load_records(folder: Path = RECORDS) -> list[tuple[str, dict[str, Any]]]:
+    """Every record in ``folder``, checked, in name order (names start with the date)."""
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        check_record(path.name, record)
+        records.append((path.name, record))
+    return records
+
+
+# --- formatting -------------------------------------------------------------------------------------------------
+def duration(seconds: float | None) -> str:
+    """``469`` → ``7 min 49 s``; under a minute ``42 s``; None → an empty cell."""
+    if seconds is None:
+        return ""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{seconds:g} s" if seconds < 10 and seconds != whole else f"{whole} s"
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
+def percent(share: float | None) -> str:
+    return "" if share is None else f"{share * 100:.1f} %".replace(".0 %", " %")
+
+
+def number(value: Any, unit: str = "") -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        value = f"{value:,.3f}".rstrip("0").rstrip(".")
+    elif isinstance(value, int):
+        value = f"{value:,}"
+    return f"{value} {unit}".strip() if unit else str(value)
+
+
+def times(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f} ×"
+
+
+def cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def source(name: str, meta: dict[str, Any]) -> str:
+    """The record's link, class and date: what every row of the page carries."""
+    return f"[{meta['date']}](measurements/{name}) · {meta['cpu_class']}"
+
+
+def notes(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per record: what was measured, by which command, under which conditions, with which recipe."""
+    lines = []
+    for name, record in records:
+        meta = record["measurement"]
+        text = f"- [{name}](measurements/{name}) ({meta['cpu_class']}, {meta['date']}): {meta['what']}. "
+        text += f"Command: `{meta['command']}`. Conditions: {meta['conditions']}."
+        if meta.get("recipe"):
+            text += f" Recipe: {meta['recipe']}."
+        for note in meta.get("notes", []):
+            text += f" {note}"
+        lines.append(text.rstrip())
+    return [*lines, ""]
+
+
+# --- sections ---------------------------------------------------------------------------------------------------
+def eval_share(summary: dict[str, Any], *path: str) -> float | None:
+    value: Any = summary.get("eval") or {}
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, int | float) else None
+
+
+def held_out(summary: dict[str, Any], model: str) -> float | None:
+    return eval_share(summary, model, "exact_match")
+
+
+def general_ratio(summary: dict[str, Any]) -> float | None:
+    ratio = summary["measurement"].get("general_vs_base")
+    base, tuned = eval_share(summary, "base", "general"), eval_share(summary, "tuned", "general")
+    if ratio is None and base and tuned is not None:
+        ratio = tuned / base
+    return ratio
+
+
+def course_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not records:
+        return []
+    out = ["## `make course`: the whole run, and each notebook", ""]
+    out += [
+        "Seconds each notebook's cells took (`stages` in `summary.json`); the whole run adds a few seconds per",
+        "notebook to start its kernel. *Install* is `make setup` on a fresh clone; a blank cell was not recorded.",
+        "",
+    ]
+    rows = []
+    for name, record in records:
+        meta, stages = record["measurement"], record.get("stages", {})
+        notebooks = meta.get("notebooks_seconds")
+        install = meta.get("install_seconds")
+        total = install + notebooks if install is not None and notebooks is not None else None
+        rows.append(
+            [
+                source(name, meta),
+                f"`{record.get('profile', '?')}`",
+                duration(install),
+                duration(notebooks),
+                duration(total),
+                *(duration(stages.get(nb, {}).get("seconds")) for nb in NOTEBOOKS),
+            ]
+        )
+    header = ["record", "profile", "install", "notebooks", "in all", *(nb[:2] for nb in NOTEBOOKS)]
+    out += table(header, rows)
+    out += ["What the runs learned (held-out facts, the general-knowledge probe, perplexity of the right answers):", ""]
+    rows = []
+    for name, record in records:
+        meta, train = record["measurement"], record.get("train") or {}
+        ppl = (eval_share(record, "base", "perplexity"), eval_share(record, "tuned", "perplexity"))
+        base_general = eval_share(record, "base", "general")
+        rows.append(
+            [
+                source(name, meta),
+                " ".join(
+                    filter(
+                        None,
+                        [
+                            f"{number(train.get('steps'))} steps" if train.get("steps") else "",
+                            duration(train.get("seconds")),
+                            number(train.get("tokens_per_second"), "tokens/s"),
+                            train.get("precision", ""),
+                        ],
+                    )
+                ),
+                " → ".join(percent(x) for x in (held_out(record, "base"), held_out(record, "tuned")) if x is not None),
+                percent(eval_share(record, "flow", "tuned")),
+                percent(eval_share(record, "agent_framework")),
+                " → ".join(filter(None, (percent(base_general), percent(eval_share(record, "tuned", "general"))))),
+                times(general_ratio(record)),
+                " → ".join(number(x) for x in ppl if x is not None),
+            ]
+        )
+    header = ["record", "training in 02", "held-out, base → tuned", "via flow (04)", "via Agent Framework (05)"]
+    out += table([*header, "general probe, base → tuned", "general × base", "perplexity"], rows)
+    return out + notes(records)
+
+
+def bench_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not records:
+        return []
+    out = ["## `make bench`", "", "### Training: the course's recipe against the original tutorial's", ""]
+    out += [
+        "Non-padding tokens per second over the timed optimizer steps; efficiency = achieved training FLOP/s ÷ the",
+        "matmul FLOP/s measured in the same run, in the precision the recipe trains in (the estimate is in",
+        "`benchmarks/bench.py`).",
+        "",
+    ]
+    rows = []
+    for name, record in records:
+        train, machine = record.get("train"), record.get("machine") or {}
+        if not train:
+            continue
+        rates = machine.get("matmul_gflops_by_precision") or {}
+        matmul = ", ".join(f"{k} {number(v)}" for k, v in rates.items() if isinstance(v, int | float))
+        rows.append(
+            [
+                source(name, record["measurement"]),
+                train.get("precision", ""),
+                number(train.get("tokens_per_second")),
+                number(train.get("achieved_gflops")),
+                number(train.get("efficiency")),
+                matmul or number(train.get("matmul_gflops")),
+                number(train.get("seed_recipe_tokens_per_second")),
+                times(train.get("vs_seed_recipe")),
+            ]
+        )
+    header = ["record", "precision", "tokens/s", "GFLOP/s", "efficiency", "matmul GFLOP/s", "tutorial tokens/s"]
+    out += table([*header, "ours ÷ tutorial"], rows)
+    rows = []
+    for name, record in records:
+        ep = record.get("endpoint")
+        if not ep:
+            continue
+        rows.append(
+            [
+                source(name, record["measurement"]),
+                f"{ep.get('model', '')}, {ep.get('max_new_tokens', '')} new tokens",
+                number(ep.get("rps_1")),
+                number(ep.get("p50_ms_1"), "ms"),
+                number(ep.get("rps_8")),
+                number(ep.get("p50_ms_8"), "ms"),
+                times(ep.get("throughput_8_vs_1")),
+                number(ep.get("server_rss_gib"), "GiB"),
+            ]
+        )
+    if rows:
+        out += ["### The local endpoint under load (1 and 8 clients)", ""]
+        header = ["record", "model", "requests/s, 1 client", "p50", "requests/s, 8 clients", "p50", "8 ÷ 1"]
+        out += table([*header, "server memory"], rows)
+    rows = []
+    for name, record in records:
+        fl = record.get("flow")
+        if not fl or "skipped" in fl:
+            continue
+        ratio = fl.get("overhead_ratio")
+        af_ratio = fl.get("agent_framework_overhead_ratio")
+        rows.append(
+            [
+                source(name, record["measurement"]),
+                fl.get("model", ""),
+                number(fl.get("calls")),
+                number(fl.get("direct_p50_ms"), "ms"),
+                f"{number(fl.get('overhead_ms'), 'ms')} ({percent(ratio)})" if ratio is not None else "",
+                f"{number(fl.get('agent_framework_overhead_ms'), 'ms')} ({percent(af_ratio)})"
+                if af_ratio is not None
+                else "",
+            ]
+        )
+    if rows:
+        out += ["### What the flow adds over a direct endpoint call (p50)", ""]
+        header = ["record", "model", "calls", "direct p50", "`pf flow serve` adds", "Agent Framework (05) adds"]
+        out += table(header, rows)
+    return out + notes(records)
+
+
+def variants_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not records:
+        return []
+    out = ["## Trainings that differ in one setting", ""]
+    out += [
+        "Each row trains once with `train.train` (the Azure ML job's function, the same `LoraConfig` and `SFTConfig`",
+        "as 02) and is scored as 02 scores: held-out facts answered right, and the general-knowledge probe as a",
+        "share of the base model's score. A seed moves both by several questions: one held-out question is",
+        "1.7 % of 60, one probe question 0.02 × of the base score.",
+        "",
+    ]
+    for name, record in records:
+        meta = record["measurement"]
+        rows_in = record["rows"]
+        out += [f"### {meta['what'][0].upper()}{meta['what'][1:]}", "", f"{source(name, meta)}.", ""]
+        extra = [k for k in ("train_rows", "steps", "train_seconds") if any(r.get(k) is not None for r in rows_in)]
+        rows = []
+        for row in rows_in:
+            changes = row.get("changes") or {}
+            rows.append(
+                [
+                    row["variant"],
+                    ", ".join(f"{k}={v}" for k, v in changes.items()) or "",
+                    number(row.get("seed")),
+                    percent(row.get("facts")) if row.get("facts") is not None else row.get("facts_text", ""),
+                    percent(row.get("general")),
+                    times(row.get("general_vs_base")),
+                    *(duration(row.get(k)) if k == "train_seconds" else number(row.get(k)) for k in extra),
+                    row.get("note", ""),
+                ]
+            )
+        header = ["variant", "changed", "seed", "held-out facts", "general", "general × base"]
+        labels = {"train_rows": "training rows", "steps": "steps", "train_seconds": "training time"}
+        out += table([*header, *(labels[k] for k in extra), "note"], rows)
+    return out + notes(records)
+
+
+def figures_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not records:
+        return []
+    out = ["## Other figures", ""]
+    rows = []
+    for name, record in records:
+        for row in record["figures"]:
+            rows.append([source(name, record["measurement"]), row["what"], row["value"], row.get("note", "")])
+    out += table(["record", "what", "figure", "note"], rows)
+    return out + notes(records)
+
+
+def render(records: list[tuple[str, dict[str, Any]]]) -> str:
+    """The whole page, from the records alone (no clock, no machine: the same records give the same page)."""
+    by_kind: dict[str, list[tuple[str, dict[str, Any]]]] = {kind: [] for kind in KINDS}
+    for name, record in records:
+        by_kind[record["measurement"]["kind"]].append((name, record))
+    lines = [
+        "# Measurements",
+        "",
+        "<!-- Generated by `python -m benchmarks.measurements render` (`make measurements`) from the records in",
+        "docs/measurements/. Do not edit by hand: add a record and render again. -->",
+        "",
+        "Every figure the course quotes, each with the machine class it was measured on, the date and the command.",
+        "There are two CPU classes, and a figure from one does not stand for the other:",
+        "",
+        "- **native-bf16**: the CPU computes bf16 matmuls (`lscpu` lists `avx512_bf16` or `amx_bf16`); training",
+        "  runs in bf16.",
+        "- **avx2-only**: it does not (most laptops); torch would only emulate bf16, so training runs in fp32.",
+        "",
+        "00_setup's machine table names the class of the machine it runs on. The machines here had 2 CPU cores.",
+        "Where a record does not know a condition (an idle machine, a fresh clone), it says so. To add a run:",
+        "`python -m benchmarks.measurements add runs/<profile>/summary.json` (or `runs/bench.json`, or a",
+        "`forgetting.json`), then commit the new record and this page.",
+        "",
+    ]
+    lines += course_section(by_kind["course"])
+    lines += bench_section(by_kind["bench"])
+    lines += variants_section(by_kind["variants"])
+    lines += figures_section(by_kind["figures"])
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --- adding a record --------------------------------------------------------------------------------------------
+def detect_cpu_class(flags: set[str] | None = None) -> str:
+    """``native-bf16`` or ``avx2-only`` from the CPU flags Linux lists (as ``lscpu`` shows them)."""
+    if flags is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            raise SystemExit("no /proc/cpuinfo here: pass --cpu-class native-bf16 or avx2-only") from None
+        flags = set(next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags")), "").split())
+    if flags & set(NATIVE_BF16_FLAGS):
+        return "native-bf16"
+    return "avx2-only" if "avx2" in flags else "unknown"
+
+
+def make_record(data: Any, *, cpu_class: str, command: str, what: str, conditions: str, day: str, **extra: Any) -> dict:
+    """``data`` as the course wrote it, with its ``measurement`` block (a forgetting.json list goes under rows)."""
+    kind = kind_of(data)
+    body = {"rows": data} if isinstance(data, list) else {k: v for k, v in data.items() if k != "measurement"}
+    meta = {"kind": kind, "cpu_class": cpu_class, "date": day, "command": command, "what": what}
+    meta |= {"conditions": conditions, **{k: v for k, v in extra.items() if v is not None}}
+    return {"measurement": meta, **body}
+
+
+def add(args: argparse.Namespace) -> Path:
+    data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    kind = kind_of(data)
+    cpu_class = detect_cpu_class() if args.cpu_class == "auto" else args.cpu_class
+    defaults = {
+        "course": ("make course", f"make course (`{data.get('profile', '?')}` profile)" if kind == "course" else ""),
+        "bench": ("make bench", "make bench"),
+        "variants": ("python -m benchmarks.forgetting", "trainings that differ in one setting"),
+        "figures": ("unknown", "figures"),
+    }[kind]
+    record = make_record(
+        data,
+        cpu_class=cpu_class,
+        command=args.command or defaults[0],
+        what=args.what or defaults[1],
+        conditions=args.conditions,
+        day=args.date,
+        install_seconds=args.install_seconds,
+        notebooks_seconds=args.notebooks_seconds,
+        recipe=args.recipe,
+    )
+    check_record("new record", record)
+    label = data.get("profile", "") if kind == "course" else ""
+    stem = "-".join(filter(None, [args.date, kind, label, cpu_class, args.name]))
+    target = Path(args.records) / f"{stem}.json"
+    if target.exists():
+        raise SystemExit(f"{target} exists: give the record a --name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.measurements", description=__doc__.splitlines()[0])
+    parser.add_argument("--records", default=str(RECORDS), help="the records' folder (default: docs/measurements)")
+    parser.add_argument("--page", default=str(PAGE), help="the page to write (default: docs/measurements.md)")
+    commands = parser.add_subparsers(dest="action", required=True)
+    show = commands.add_parser("render", help="write the page from the records")
+    show.add_argument("--check", action="store_true", help="write nothing; exit 1 when the page is stale")
+    new = commands.add_parser("add", help="copy a run's summary.json, bench.json or forgetting.json in as a record")
+    new.add_argument("file", help="runs/<profile>/summary.json, runs/bench.json or <run>/forgetting.json")
+    new.add_argument("--cpu-class", default="auto", choices=("auto", *CPU_CLASSES), help="auto: from /proc/cpuinfo")
+    new.add_argument("--command", help="what produced the file (default: make course / make bench / the benchmark)")
+    new.add_argument("--what", help="one line: what was measured")
+    new.add_argument("--conditions", default="unknown", help="idle or shared machine, fresh clone or not, ...")
+    new.add_argument("--recipe", help="the training recipe, where it differs from the profile's")
+    new.add_argument("--install-seconds", type=float, help="make setup's seconds, for a fresh clone")
+    new.add_argument("--notebooks-seconds", type=float, help="the whole make course's seconds, kernel starts included")
+    new.add_argument("--date", default=date.today().isoformat(), help="YYYY-MM-DD (default: today)")
+    new.add_argument("--name", help="a word that tells this record from another of the same day and kind")
+    args = parser.parse_args(argv)
+    page = Path(args.page)
+    if args.action == "add":
+        print(f"added {add(args)}")
+    text = render(load_records(Path(args.records)))
+    if args.action == "render" and args.check:
+        if not page.exists() or page.read_text(encoding="utf-8") != text:
+            print(f"{page} is stale: run `make measurements`", file=sys.stderr)
+            return 1
+        return 0
+    page.write_text(text, encoding="utf-8")
+    print(f"written {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
