@@ -457,7 +457,8 @@ def bench_train(
         "matmul_gflops": peak,  # the denominator of both efficiencies, measured in the same run
         "precision": precision,  # what both recipes trained in here, and the matmul rate's precision
         "flops_per_token": round(ours_f),
-        # "seed_recipe_*" and "vs_seed_recipe" are bench.json's fixed keys (COURSE_DESIGN §7): "seed" is the tutorial.
+        # "seed_recipe_*" and "vs_seed_recipe" are bench.json's fixed keys (benchmarks.measurements reads them):
+        # "seed" is the tutorial.
         "seed_recipe_tokens_per_second": round(tutorial["tokens_per_second"], 1),
         "tutorial_recipe_achieved_gflops": round(tutorial_gflops, 1),
         "tutorial_recipe_efficiency": round(tutorial_gflops / peak, 3),

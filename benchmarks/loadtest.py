@@ -1,6 +1,6 @@
 """The endpoint load test (``make bench`` and tests): concurrent clients, latency percentiles, throughput.
 
-Not part of the package learners import (issue 11): notebook 03 sends its requests with ``requests``.
+Not part of the package learners import: notebook 03 sends its requests with ``requests``.
 """
 
 from __future__ import annotations

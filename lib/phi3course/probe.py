@@ -13,16 +13,9 @@ training job call the same code:
   Mixed into the training data they teach the model to keep answering as it did (self-distillation: no
   hub, no extra data set needed).
 
-Measured on the ``local`` profile (SmolLM2-135M, lr 2e-3, 3 epochs, batch 8, 140 fact rows,
-:data:`REPLAY_ROWS` = 60, base probe 0.87; ``python -m benchmarks.forgetting``, 2-core AVX2-only CPU): with
-the earlier everyday prompts (LoRA r16, every layer) the tuned model kept 0.87 × the base model's probe score
-(facts 100 %); with the fifteen prompts shaped like the facts among the first 60, over five seeds (42, 7, 123,
-1, 2), adapters on the top two thirds (``lora_layers`` = 0.67, rank 16: the default) kept 0.98 / 0.78 / 0.89 /
-0.94 / 0.94 × (facts 97 / 88 / 100 / 100 / 97 %); rank 8 kept 0.94 / 0.96 / 0.94 / 0.94 / 0.87 × (alpha 16;
-facts 95 / 83 / 100 / 95 / 97 %) or 1.02 / 0.96 / 0.91 / 0.89 / 0.94 × (alpha 32; facts 97 / 87 / 100 / 98 /
-97 %); adapters on every layer 0.96 / 0.98 / 0.87 / 0.89 / 0.91 × (facts 97 / 97 / 92 / 100 / 93 %). Each meets
-both goals with two or three of the five seeds: the result depends on the seed by several questions. Without
-replay an earlier round's fine-tune kept 0.28 ×.
+What each lever did, over five training seeds, is in docs/measurements.md (``python -m benchmarks.forgetting``
+measures it): :data:`REPLAY_ROWS` rows, fifteen of whose prompts are shaped like the facts, keep most of the
+base model's score, and the result depends on the seed by several questions.
 """
 
 from __future__ import annotations
@@ -202,7 +195,7 @@ REPLAY_PROMPTS: tuple[str, ...] = (
 )
 
 
-REPLAY_ROWS = 60  # replay prompts mixed into the local profile's 140 fact rows (measured: see the docstring)
+REPLAY_ROWS = 60  # replay prompts mixed into the local profile's 140 fact rows (what it keeps: docs/measurements.md)
 
 
 def _normal(text: str) -> str:

@@ -1,8 +1,9 @@
 """The run directory: what one course run has made, carried from notebook to notebook.
 
 ``state.json`` holds what later notebooks need (data paths, MLflow URIs, the endpoint and *where*
-its key is kept); ``summary.json`` holds what happened (§6 of the design). Secrets live in
-separate files with 0600 permissions and never enter either JSON file.
+its key is kept); ``summary.json`` holds what happened (each notebook's seconds, the data, the training,
+the evaluations, the endpoint, the chat). Secrets live in separate files with 0600 permissions and never
+enter either JSON file.
 """
 
 from __future__ import annotations
