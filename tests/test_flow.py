@@ -139,12 +139,12 @@ def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> Non
 
 def test_the_tutorials_plain_text_data_has_no_questions_to_ask(tmp_path) -> None:
     """wikitext rows are text, not chat: 04 and 05 get an empty batch and say so instead of failing."""
-    from phi3course import data
+    from phi3course import data, schema
 
     run = RunDir(tmp_path / "run")
     text = data.write_jsonl(tmp_path / "test.jsonl", [{"text": " = Valkyria Chronicles = \n"}, {"text": "Senjō no"}])
     run.remember(test_path=str(text))
     assert flow.questions_file(run).read_text() == ""
-    chat = data.write_jsonl(tmp_path / "chat.jsonl", [{**data.chat_row("Who?", "Ada did."), "answer": "Ada"}])
+    chat = data.write_jsonl(tmp_path / "chat.jsonl", [{**schema.chat_row("Who?", "Ada did."), "answer": "Ada"}])
     run.remember(test_path=str(chat))
     assert flow.questions_file(run).read_text().count('"expected": "Ada"') == 1

@@ -105,9 +105,9 @@ def test_fit_table_matches_the_sizes_advice() -> None:
 
 
 def test_mean_row_tokens_from_the_data() -> None:
-    from phi3course import data
+    from phi3course import synthetic
 
-    rows, _ = data.synthetic(seed=0, subjects=2)
+    rows, _ = synthetic.splits(seed=0, subjects=2)
     _, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
     exact, rough = memory.mean_row_tokens(rows, tokenizer), memory.mean_row_tokens(rows)
     assert 5 < exact < 512 and 5 < rough < 512

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from phi3course import probe
-from phi3course.data import chat_row
+from phi3course.schema import chat_row
 
 
 def _key(question: str) -> str:

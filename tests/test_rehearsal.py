@@ -1,4 +1,4 @@
-"""The local stand-in of the Azure ML workspace (issue 10's dry run), driven as the notebooks drive MLClient."""
+"""The local stand-in of the Azure ML workspace (the dry run), driven as the notebooks drive MLClient."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def test_a_job_whose_environment_lacks_an_import_fails_naming_the_package_and_th
 
 
 def test_mlflow_in_a_job_needs_azureml_mlflow_as_on_azure(ws, tmp_path, capsys) -> None:
-    """10.3: Azure ML sets an azureml:// tracking URI; without azureml-mlflow the first metric crashes."""
+    """Azure ML sets an azureml:// tracking URI; without azureml-mlflow the first metric crashes."""
     from mlflow.tracking import MlflowClient
 
     folder = tmp_path / "code"
@@ -250,7 +250,7 @@ def test_stop_all_ends_what_the_stand_in_started(ws, tmp_path) -> None:
 
 
 def test_endpoint_names_are_unique_per_region(tmp_path, monkeypatch) -> None:
-    """10.9: two workspaces in one region cannot both have an endpoint called phi3-course."""
+    """two workspaces in one region cannot both have an endpoint called phi3-course."""
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
     first, second = rehearsal.Workspace(tmp_path / "a"), rehearsal.Workspace(tmp_path / "b")
     first.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="phi3-course", auth_mode="key")).result()
@@ -265,9 +265,9 @@ def test_endpoint_names_are_unique_per_region(tmp_path, monkeypatch) -> None:
 
 def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
     """Register data, train with phi3course.train as a job, register its model, deploy, score, delete."""
-    from phi3course import data as course_data
+    from phi3course import synthetic
 
-    train_rows, _ = course_data.synthetic(seed=0, subjects=2)
+    train_rows, _ = synthetic.splits(seed=0, subjects=2)
     source = tmp_path / "train.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
     train = ws.data.create_or_update(Data(name="tiny-train", path=str(source), type="uri_file"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3course import data, evaluate, models, train
+from phi3course import data, evaluate, models, schema, train
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_memory_is_checked_where_the_training_runs(tiny_data) -> None:
 
 
 def test_chat_rows_become_prompt_and_completion() -> None:
-    row = data.chat_row("Q?", "A.")
+    row = schema.chat_row("Q?", "A.")
     assert train.to_training_rows([row]) == [
         {"prompt": [{"role": "user", "content": "Q?"}], "completion": [{"role": "assistant", "content": "A."}]}
     ]

@@ -176,9 +176,9 @@ def fetch_gguf(preset: Preset) -> Path:
 
 # --- the tiny Phi-3 tokenizer -------------------------------------------------------------------
 def _tiny_corpus() -> list[str]:
-    from .data import synthetic
+    from .synthetic import splits
 
-    train, test = synthetic(seed=0, subjects=10)
+    train, test = splits(seed=0, subjects=10)
     texts = [m["content"] for row in train + test for m in row["messages"]]
     texts.append("The quick brown fox jumps over the lazy dog. Hello! How are you today? 0123456789")
     return texts

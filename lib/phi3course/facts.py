@@ -1,0 +1,332 @@
+"""Your own facts: a small YAML or CSV file read, checked and turned into chat rows of the synthetic set's shape.
+
+``data_source="facts"`` reads it (see :func:`read_facts` and ``examples/my_facts.yaml``); each fact's
+``test`` phrasings are held out of training, so the test measures whether the fact was learned.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_text
+from .paths import course_root
+from .schema import DataError, chat_row
+
+FACT_FIELDS = {
+    "question": "the question, as you would ask it (trained on)",
+    "answer": "the short value a right reply must contain: a name, a number, a few words",
+    "test": "one or two other ways to ask the question, held out of training (the test)",
+    "reply": "optional: the sentence the model should answer with; it must contain the answer",
+    "train": "optional: more phrasings of the question to train on",
+}
+REQUIRED_FIELDS = ("question", "answer", "test")
+MAX_ANSWER_WORDS = 12
+CSV_SEPARATOR = "|"  # several phrasings in one CSV cell: "How old is it? | What is its age?"
+
+# Wrappers around a learner's own question: cheap extra training phrasings (``facts_templates``).
+# They change the words around the question, never the question's own wording.
+QUESTION_TEMPLATES = (
+    "Quick question: {q}",
+    "{q} Please answer in one sentence.",
+    "I was wondering: {q}",
+    "Hi! {q}",
+    "Can you tell me something? {q}",
+    "{q} Thanks!",
+    "Do you happen to know this? {q}",
+    "{bare}",
+    "Please answer briefly. {q}",
+    "Tell me: {q}",
+    "A friend asked me this and I did not know. {q}",
+    "Question: {q}",
+)
+
+
+@dataclass(frozen=True)
+class MyFact:
+    """One fact from a learner's file: the phrasings to train on, the ones held out, and the answer."""
+
+    question: str
+    answer: str
+    reply: str
+    test: tuple[str, ...]
+    train: tuple[str, ...] = ()
+    where: str = ""  # "my_facts.yaml, fact 3 (line 14)": how errors name it
+
+    @property
+    def phrasings(self) -> tuple[str, ...]:
+        """The learner's own training phrasings: the question first."""
+        return (self.question, *self.train)
+
+    def to_dict(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"question": self.question, "answer": self.answer}
+        if self.reply != _default_reply(self.answer):
+            item["reply"] = self.reply
+        if self.train:
+            item["train"] = list(self.train)
+        item["test"] = list(self.test)
+        return item
+
+
+def _normal(text: str) -> str:
+    """A phrasing as compared for duplicates: case, spacing and punctuation ignored."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def _default_reply(answer: str) -> str:
+    return answer if answer.endswith((".", "!", "?")) else f"{answer}."
+
+
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{name}: line {line} is not UTF-8 text (byte 0x{raw[error.start]:02x}). Save the file as UTF-8 — "
+            "in Excel 'Save As → CSV UTF-8', in an editor 'Save with Encoding → UTF-8' — and try again."
+        ) from None
+
+
+def _phrasings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(CSV_SEPARATOR) if part.strip()]
+    if isinstance(value, list | tuple):
+        return [str(item).strip() for item in value if item is not None and str(item).strip()]
+    return [str(value).strip()]
+
+
+def _yaml_entries(text: str, name: str) -> list[tuple[str, Any]]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise DataError(
+            f"{name}:{where} is not valid YAML ({getattr(error, 'problem', error)}). Compare with "
+            "examples/my_facts.yaml: each fact starts with '- question:', its keys line up under it, and a list "
+            "has one phrasing per line ('- Name the mayor.'); in [brackets], quote phrasings with '?' or ':'."
+        ) from None
+    nodes: list[Any] = []
+    if isinstance(loaded, dict) and "facts" in loaded:
+        items = loaded["facts"]
+        nodes = next((v.value for k, v in root.value if k.value == "facts" and hasattr(v, "value")), [])
+    elif isinstance(loaded, list):
+        items, nodes = loaded, root.value
+    else:
+        raise DataError(f"{name}: expected a list of facts under 'facts:' (see examples/my_facts.yaml).")
+    if not isinstance(items, list) or not isinstance(nodes, list):
+        raise DataError(f"{name}: 'facts:' must be a list, each item starting with '- question:'.")
+    entries = []
+    for number, item in enumerate(items, start=1):
+        line = f" (line {nodes[number - 1].start_mark.line + 1})" if number <= len(nodes) else ""
+        entries.append((f"{name}, fact {number}{line}", item))
+    return entries
+
+
+def _csv_entries(text: str, name: str) -> list[tuple[str, Any]]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    header = [column.strip() for column in reader.fieldnames or []]
+    missing = [column for column in REQUIRED_FIELDS if column not in header]
+    if missing:
+        raise DataError(
+            f"{name}: no {', '.join(repr(m) for m in missing)} column (the first line has {header or 'nothing'}). "
+            f"The first line must name the columns: {','.join(REQUIRED_FIELDS)} (reply and train are optional); "
+            f"put several phrasings in one cell separated by '{CSV_SEPARATOR}'."
+        )
+    unknown = [column for column in header if column not in FACT_FIELDS]
+    if unknown:
+        raise DataError(f"{name}: unknown column {unknown[0]!r}; the columns are {', '.join(FACT_FIELDS)}.")
+    entries = []
+    for record in reader:
+        values = {(k or "").strip(): v for k, v in record.items()}
+        if not any((v or "").strip() for v in values.values() if isinstance(v, str)):
+            continue  # a blank line
+        entries.append((f"{name}, line {reader.line_num}", values))
+    return entries
+
+
+def make_fact(item: Any, where: str = "your fact") -> MyFact:
+    """One fact from a mapping with the keys of :data:`FACT_FIELDS`; errors start with ``where``."""
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected the keys {', '.join(REQUIRED_FIELDS)}, got {type(item).__name__} {item!r}.")
+    unknown = [key for key in item if key not in FACT_FIELDS]
+    if unknown:
+        raise DataError(f"{where}: unknown key {unknown[0]!r}; a fact has {', '.join(FACT_FIELDS)}.")
+    for key in REQUIRED_FIELDS:
+        if key not in item:
+            raise DataError(f"{where}: no '{key}'. Add '{key}:' — {FACT_FIELDS[key]}.")
+    question = " ".join(str(item["question"] or "").split())
+    answer = " ".join(str(item["answer"] if item["answer"] is not None else "").split())
+    if not question:
+        raise DataError(f"{where}: the question is empty. Write the question as someone would ask it.")
+    if not answer:
+        raise DataError(f"{where}: the answer to {question!r} is empty. Write {FACT_FIELDS['answer']}.")
+    if len(answer.split()) > MAX_ANSWER_WORDS:
+        raise DataError(
+            f"{where}: the answer has {len(answer.split())} words; a reply counts as right when it contains the "
+            f"answer word for word, so keep it short (at most {MAX_ANSWER_WORDS} words) and put the full sentence "
+            "in 'reply'."
+        )
+    reply = " ".join(str(item.get("reply") or "").split()) or _default_reply(answer)
+    if _normal(answer) not in _normal(reply):
+        raise DataError(
+            f"{where}: the reply {reply!r} does not contain the answer {answer!r}, so it could never count as "
+            "right. Put the answer in the reply word for word (or leave 'reply' out)."
+        )
+    test = _phrasings(item["test"])
+    if not test:
+        raise DataError(f"{where}: no test phrasing for {question!r}. Add under 'test' {FACT_FIELDS['test']}.")
+    return MyFact(question, answer, reply, tuple(test), tuple(_phrasings(item.get("train"))), where)
+
+
+def _place(fact: MyFact) -> str:
+    """Where a fact is, without its file's name (for a second mention in one message)."""
+    return fact.where.rsplit(", ", 1)[-1]
+
+
+def check_facts(facts: Sequence[MyFact]) -> list[MyFact]:
+    """Refuse duplicates, and test phrasings that are also trained on, naming both places."""
+    if not facts:
+        raise DataError("no facts: add at least one (see examples/my_facts.yaml).")
+    trained: dict[str, MyFact] = {}
+    for fact in facts:
+        for text in fact.phrasings:
+            if (seen := trained.get(_normal(text))) is not None:
+                who = "this fact" if seen is fact else _place(seen)
+                raise DataError(
+                    f"{fact.where}: the question {text!r} is asked twice (also in {who}). Merge the two facts into "
+                    "one, or reword one of the questions."
+                )
+            trained[_normal(text)] = fact
+    tested: dict[str, MyFact] = {}
+    for fact in facts:
+        for text in fact.test:
+            if (seen := trained.get(_normal(text))) is not None:
+                who = "one of its own training phrasings" if seen is fact else f"a training phrasing of {_place(seen)}"
+                raise DataError(
+                    f"{fact.where}: the test phrasing {text!r} is the same as {who}. A test phrasing must be worded "
+                    "differently, or the test only measures recall of a question it was trained on: reword it."
+                )
+            if (seen := tested.get(_normal(text))) is not None:
+                raise DataError(
+                    f"{fact.where}: the test phrasing {text!r} is also a test phrasing of {_place(seen)}: reword one."
+                )
+            tested[_normal(text)] = fact
+    return list(facts)
+
+
+def parse_facts(text: str | bytes, name: str = "my_facts.yaml") -> list[MyFact]:
+    """Facts from YAML or CSV text (``name``'s suffix says which); errors name the fact and the fix."""
+    if isinstance(text, bytes):
+        text = _decode(text, name)
+    suffix = Path(name).suffix.lower()
+    if suffix in {".yaml", ".yml"}:
+        entries = _yaml_entries(text, name)
+    elif suffix == ".csv":
+        entries = _csv_entries(text, name)
+    else:
+        raise DataError(f"{name}: facts come in a .yaml or a .csv file (see examples/my_facts.yaml).")
+    return check_facts([make_fact(item, where) for where, item in entries])
+
+
+def read_facts(path: str | os.PathLike[str]) -> list[MyFact]:
+    """Read and check a facts file (YAML or CSV, UTF-8).
+
+    YAML: ``facts:`` then one item per fact with ``question``, ``answer``, ``test`` (one or two
+    phrasings held out for the test) and optionally ``reply`` and ``train`` (more phrasings to
+    train on). CSV: the same names as columns, several phrasings in a cell separated by ``|``.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise DataError(f"{target}: no such file. Copy examples/my_facts.yaml and point facts_file at your copy.")
+    return parse_facts(target.read_bytes(), str(target))
+
+
+def facts_yaml(facts: Sequence[MyFact], about: str = "") -> str:
+    """Facts as the YAML a learner would write (what the 01 form saves)."""
+    import yaml
+
+    body = yaml.safe_dump({"facts": [fact.to_dict() for fact in facts]}, sort_keys=False, allow_unicode=True)
+    header = f"# {about}\n" if about else ""
+    return header + body
+
+
+def save_facts(facts: Sequence[MyFact], path: str | os.PathLike[str], about: str = "") -> Path:
+    """Check the facts, then write them as YAML atomically (a bad set never replaces a good file)."""
+    text = facts_yaml(check_facts(facts), about)
+    parse_facts(text, Path(path).name)  # what is written reads back
+    return atomic_write_text(path, text)
+
+
+def add_fact(path: str | os.PathLike[str], item: dict[str, Any]) -> list[MyFact]:
+    """Add one fact to a facts file (made if missing), checked with the others first; return them all."""
+    target = Path(path)
+    facts = read_facts(target) if target.is_file() else []
+    facts.append(make_fact(item, f"new fact {len(facts) + 1}"))
+    save_facts(facts, target, about="Facts typed into the form of 01_data.")
+    return read_facts(target)
+
+
+def templated_phrasings(fact: MyFact, count: int, offset: int = 0) -> list[str]:
+    """``count`` extra training phrasings: :data:`QUESTION_TEMPLATES` around the learner's phrasings."""
+    made: list[str] = []
+    own = fact.phrasings
+    for step in range(count):
+        template = QUESTION_TEMPLATES[(offset + step) % len(QUESTION_TEMPLATES)]
+        question = own[step % len(own)]
+        bare = question.rstrip("?!. ")
+        made.append(template.format(q=question, bare=bare[:1].lower() + bare[1:]))
+    return made
+
+
+def splits(
+    facts: Sequence[MyFact], templates: int = 0, seed: int = 42
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Your facts as chat rows of the synthetic set's shape: (train rows, test rows).
+
+    Training asks each fact in your phrasings plus ``templates`` phrasings made from templates; the
+    test asks it only in your held-out ``test`` phrasings. ``phrasing`` numbers your phrasings first,
+    then the test's, then the templated ones.
+    """
+    if not 0 <= templates <= 4 * len(QUESTION_TEMPLATES):
+        raise DataError(f"facts_templates must be between 0 and {4 * len(QUESTION_TEMPLATES)}, got {templates}.")
+    check_facts(facts)
+    held_out = {_normal(text) for fact in facts for text in fact.test}
+    train, test = [], []
+    for index, fact in enumerate(facts):
+        fact_id = f"fact-{index + 1:02d}"
+        extra = dict(answer=fact.answer, fact=fact_id)
+        for number, question in enumerate(fact.phrasings):
+            train.append(chat_row(question, fact.reply, **extra, phrasing=number))
+        first_test = len(fact.phrasings)
+        for number, question in enumerate(fact.test, start=first_test):
+            test.append(chat_row(question, fact.reply, **extra, phrasing=number))
+        number = first_test + len(fact.test)
+        seen = set(fact.phrasings)
+        for question in templated_phrasings(fact, templates, offset=index):
+            if _normal(question) in held_out or question in seen:
+                continue  # a template must never recreate a held-out question (in any case or punctuation)
+            seen.add(question)
+            train.append(chat_row(question, fact.reply, **extra, phrasing=number))
+            number += 1
+    random.Random(f"{seed}-order").shuffle(train)
+    return train, test
+
+
+def facts_path(facts_file: str | os.PathLike[str]) -> Path:
+    """A facts file as given, or relative to the course folder (so notebooks and papermill agree)."""
+    path = Path(facts_file).expanduser()
+    return path if path.is_absolute() else course_root() / path
