@@ -38,8 +38,6 @@ def test_the_connection_keeps_the_key_as_a_secret(served) -> None:
     stored = flow.client().connections.get(flow.CONNECTION, with_secrets=False)  # scrubbed, as listings show it
     assert stored.secrets["key"] != live.key and stored.configs["endpoint"] == live.scoring_uri
     assert flow.client().connections.get(flow.CONNECTION, with_secrets=True).secrets["key"] == live.key
-    shown = flow.connection_summary(flow.CONNECTION)
-    assert live.key not in str(shown) and shown["key (secret)"].startswith(live.key[:4])
 
 
 def test_the_flow_answers_through_the_endpoint(served) -> None:

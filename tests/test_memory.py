@@ -1,4 +1,4 @@
-"""10.2: memory estimated from the model's real shapes and the real (padding-free) token count."""
+"""Memory estimated from the model's real shapes and the real (padding-free) token count."""
 
 from __future__ import annotations
 
@@ -94,14 +94,15 @@ def test_qlora_is_offered_only_on_cuda_and_checkpointing_when_it_helps() -> None
     assert "gradient_checkpointing=True" in str(refused.value)
 
 
-def test_fit_table_matches_the_sizes_advice() -> None:
+def test_each_training_size_fits_the_method_and_precision_it_advises() -> None:
     from phi3course import azure
 
-    rows = memory.fit_table(PHI3, memory.batch_tokens(ROWS, MEAN_ROW_TOKENS))
+    tokens = memory.batch_tokens(ROWS, MEAN_ROW_TOKENS)
     for size in azure.VM_SIZES.values():
-        advised = next(r for r in rows if r["size"] == size.name and r["method"] == size.method)
-        assert advised["fits"] and advised["precision"] == size.precision
-    assert not next(r for r in rows if r["size"] == "Standard_NC4as_T4_v3" and r["method"] == "full")["fits"]
+        assert size.precision == ("bf16" if size.bf16 else "fp16"), size.name
+        assert memory.estimate(PHI3, size.method, size.precision, tokens, size.gpu_gib, where=size.name).fits
+    t4 = azure.VM_SIZES["Standard_NC4as_T4_v3"]
+    assert not memory.estimate(PHI3, "full", t4.precision, tokens, t4.gpu_gib).fits
 
 
 def test_mean_row_tokens_from_the_data() -> None:

@@ -99,11 +99,11 @@ def test_compute_quota_and_retired_sizes(ws) -> None:
 def test_catalog_models_resolve_as_azure_lays_them_out_only_for_offline_presets(ws) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from phi3course import models
+    from phi3course import train
 
     folder = ws.local_path(azure.catalog_model_uri("phi-3-tiny"))
     assert (folder / "mlflow_model_folder" / "MLmodel").is_file()
-    weights, tokenizer = models.model_folders(folder)
+    weights, tokenizer = (Path(found) for found in train.base_model_folders(str(folder)))  # as the job loads it
     assert weights.name == "model" and tokenizer.parts[-2:] == ("components", "tokenizer")
     assert not (weights / "tokenizer_config.json").exists()  # as in the catalog: load the tokenizer from components/
     AutoTokenizer.from_pretrained(tokenizer)

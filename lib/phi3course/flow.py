@@ -22,7 +22,7 @@ import requests
 from .endpoint import HOST, free_port
 from .paths import course_root
 from .processes import ServerError, launch, stop_group, wait_healthy
-from .rundir import RunDir, mask
+from .rundir import RunDir
 
 CONNECTION = "phi3-course-endpoint"  # the name flows/chat/flow.dag.yaml uses
 BASE_CONNECTION = "phi3-course-base"  # the base model's endpoint, for 04's comparison
@@ -65,13 +65,6 @@ def make_connection(name: str, scoring_uri: str, key_path: str | os.PathLike[str
     )
     client().connections.create_or_update(connection)
     return name
-
-
-def connection_summary(name: str) -> dict[str, str]:
-    """What a learner may see of a connection: its endpoint, and the key only masked."""
-    stored = client().connections.get(name, with_secrets=True)
-    key = stored.secrets["key"]
-    return {"name": name, "type": "custom", "endpoint": stored.configs["endpoint"], "key (secret)": mask(key)}
 
 
 def flow_with_connection(connection: str) -> Path:

@@ -247,25 +247,3 @@ def check(
             break
     options += ["a smaller model preset", "a VM size with more GPU memory (azure.VM_SIZES)"]
     raise MemoryBudgetError(f"{found}. Try {', or '.join(options)}.")
-
-
-def fit_table(model: Preset | Shape, tokens: int, lora_r: int = 16) -> list[dict[str, Any]]:
-    """Which method and precision fit each of the course's Azure training sizes (rows for a notebook table)."""
-    from .azure import VM_SIZES
-
-    rows = []
-    for size in VM_SIZES.values():
-        for method in METHODS:
-            precision = "bf16" if size.bf16 else "fp16"
-            found = estimate(model, method, precision, tokens, size.gpu_gib, lora_r, "cuda", where=size.name)
-            rows.append(
-                {
-                    "size": size.name,
-                    "GPU GiB": size.gpu_gib,
-                    "method": method,
-                    "precision": precision,
-                    "needs GiB": round(found.total_gib, 1),
-                    "fits": found.fits,
-                }
-            )
-    return rows

@@ -375,24 +375,6 @@ def model_dir(preset: Preset) -> Path:
     return preset_dir(preset) / "model"
 
 
-def model_folders(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """(weights folder, tokenizer folder) under ``path``, the shallowest of each.
-
-    A plain transformers folder holds both; a model from Azure ML's catalog (an MLflow model:
-    ``mlflow_model_folder/model/`` and ``mlflow_model_folder/components/tokenizer/``) keeps them apart.
-    """
-    root = Path(path)
-
-    def shallowest(marker: str) -> Path | None:
-        found = sorted(root.rglob(marker), key=lambda p: (len(p.parts), str(p)))
-        return found[0].parent if found else None
-
-    weights = shallowest("config.json")
-    if weights is None:
-        raise ModelError(f"{root} holds no config.json: pass a folder with a transformers model.")
-    return weights, shallowest("tokenizer_config.json") or weights
-
-
 def ensure_cached(preset: Preset) -> Path:
     """An offline preset's folder in the course cache, converted here if it is not yet (weights loaded only then);
     its cached tokenizer is brought up to date either way."""
