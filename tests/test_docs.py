@@ -1,4 +1,5 @@
-"""The course's documents: every relative link and image resolves, every notebook parameter is explained."""
+"""The course's documents: links and images resolve, every notebook parameter is explained, every measured figure
+lives in the generated docs/measurements.md, and the product speaks of itself, not of how it was made."""
 
 from __future__ import annotations
 
