@@ -137,7 +137,8 @@ def bench_ours(train_file: str, out: Path, steps: int) -> dict[str, Any]:
     """The course's recipe (LoRA on the local profile's top layers, answer-only loss, padding-free, hardware
     precision)."""
     from phi3course import profiles
-    from phi3course.train import lora_config, settings_from_profile, train
+    from phi3course.recipe import lora_config
+    from phi3course.train import settings_from_profile, train
 
     timer, times = step_timer()
     settings = settings_from_profile(

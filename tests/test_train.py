@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from phi3course import data, evaluate, models, schema, train
+from phi3course import data, evaluate, models, profiles, recipe, schema, train
+from phi3course.trainer_hooks import score_answers_only
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,10 @@ def settings(tiny_data: data.Prepared, out: Path, **changes) -> train.TrainSetti
         lora_r=8,
         save_steps=2,
     )
-    return train.TrainSettings(**{**base, **changes})
+    # the smoke profile, with every layer adapted and no replay rows unless a test asks
+    return train.settings_from_profile(
+        profiles.parameters("smoke"), **{"lora_layers": 1.0, "replay": 0, **base, **changes}
+    )
 
 
 def test_presets_load_offline() -> None:
@@ -80,7 +85,9 @@ def test_memory_is_checked_where_the_training_runs(tiny_data) -> None:
     """A full fine-tune of Phi-3-mini is refused on a 16 GB cluster GPU, with what would fit; LoRA on an A100 fits."""
     phi3 = models.PRESETS["phi-3-mini-4k-instruct"]
     rows = train.load_rows(str(tiny_data.train_path))
-    full = train.TrainSettings(train_file="x", output_dir="y", model=phi3.name, method="full")
+    full = train.settings_from_profile(
+        profiles.parameters("local"), train_file="x", output_dir="y", model=phi3.name, method="full"
+    )
     with pytest.raises(train.TrainError, match=r"method='lora'"):
         train.check_memory(full, phi3, "fp16", rows, available_gib=15.0)
     lora = dataclasses.replace(full, method="lora")
@@ -102,7 +109,7 @@ def test_adapters_on_the_upper_layers_leave_the_lower_ones_as_they_were(tiny_dat
     import torch
     from transformers import AutoModelForCausalLM
 
-    assert train.lora_config(settings(tiny_data, tmp_path, lora_layers=0.5), 30).layers_to_transform == list(
+    assert recipe.lora_config(settings(tiny_data, tmp_path, lora_layers=0.5), 30).layers_to_transform == list(
         range(15, 30)
     )
     result = train.train(settings(tiny_data, tmp_path / "out", lora_layers=0.5, max_steps=4))
@@ -171,8 +178,9 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path
 
 
 def test_the_jobs_config_scores_answers_only_without_padding_or_recomputation() -> None:
-    """What the job trains with on a CPU (tests/test_sync.py holds the notebook's config equal to it)."""
-    config = train.sft_config(train.TrainSettings(train_file="x", output_dir="/tmp/y"), "fp32", 10)
+    """What the job trains with on a CPU: the notebook's recipe (phi3course.recipe) with the local profile."""
+    settings = train.settings_from_profile(profiles.parameters("local"), train_file="x", output_dir="/tmp/y")
+    config = recipe.sft_config(settings, "fp32", 10)
     assert config.padding_free and config.completion_only_loss
     assert not config.gradient_checkpointing and not config.bf16 and not config.fp16
     assert config.warmup_steps == round(0.05 * 30)  # 3 epochs of 10 steps
@@ -195,26 +203,11 @@ def test_mlflow_forwards_the_generation_params_a_request_sets() -> None:
 
 def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path) -> None:
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "phi3course.train",
-        "--model",
-        "phi-3-tiny",
-        "--train-file",
-        str(tiny_data.train_path),
-        "--output-dir",
-        str(out),
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "4",
-    ]
+    job = settings(tiny_data, out, test_file="", max_steps=4, batch_size=4)
+    # every setting as a flag, as the Azure ML job's command passes them
+    flags = shlex.split(train.job_arguments(job, {"train_file": str(tiny_data.train_path), "output_dir": str(out)}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "phi3course.train", *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -297,7 +290,7 @@ def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path) -> None:
     model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
     trainer = SFTTrainer(
         model=model,
-        args=train.sft_config(s, "fp32", 1),
+        args=recipe.sft_config(s, "fp32", 1),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )
@@ -306,7 +299,7 @@ def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path) -> None:
     count = int((batch["labels"][0, 1:] != -100).sum())
     with torch.no_grad():
         theirs = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(count))
-        train.score_answers_only(trainer)
+        score_answers_only(trainer)
         ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(count))
     assert torch.isclose(ours, theirs, rtol=1e-4), (float(ours), float(theirs))
 
@@ -323,8 +316,6 @@ def test_new_data_in_the_same_file_trains_again(tiny_data, tmp_path) -> None:
 
 def test_settings_from_a_profile_take_every_setting_it_names_and_alpha_twice_the_rank() -> None:
     """What the benchmarks train with is the profile's recipe, mapped as notebook 02's settings cell maps it."""
-    from phi3course import profiles
-
     for name in profiles.available():
         parameters = profiles.parameters(name)
         settings = train.settings_from_profile(parameters, train_file="x", output_dir="y", model="phi-3-tiny")

@@ -3,7 +3,7 @@ chat flow of 04 (``flows/chat/flow.dag.yaml``) as a workflow.
 
 The block between the markers is generated from ``notebooks/05_agent_framework.ipynb``, from its cells tagged
 ``export`` (the d2l pattern: the notebook is the source the learner reads and edits; the benchmark and the tests
-import this copy). Edit the notebook, then run ``python -m phi3course.agents`` to regenerate the block;
+import this copy). Edit the notebook, then run ``python -m phi3course.export`` to regenerate the block;
 ``tests/test_agents.py`` fails while the two differ.
 """
 
@@ -146,43 +146,3 @@ async def ask(workflow: Workflow, question: str, chat_history: list[dict[str, An
 
 
 # --- end of generated code ---
-
-NOTEBOOK = "05_agent_framework.ipynb"
-EXPORT_TAG = "export"
-BEGIN = "# --- generated from notebooks/05_agent_framework.ipynb"
-END = "# --- end of generated code ---"
-
-
-def exported_code(notebook: str | None = None) -> str:
-    """The source of the notebook's ``export`` cells, in order, as module code."""
-    import nbformat
-
-    from .paths import notebooks_dir
-
-    cells = nbformat.read(notebook or notebooks_dir() / NOTEBOOK, as_version=4).cells
-    blocks = [c.source.strip("\n") for c in cells if c.cell_type == "code" and EXPORT_TAG in c.metadata.get("tags", [])]
-    return "\n\n\n".join(blocks) + "\n"
-
-
-def with_code(module_text: str, code: str) -> str:
-    """``module_text`` (this file) with the generated block replaced by ``code``."""
-    head, rest = module_text.split(BEGIN, 1)
-    marker_line, _ = rest.split("\n", 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}{marker_line}\n{code}\n\n{END}{tail}"  # two blank lines: ruff format's spacing
-
-
-def export() -> bool:
-    """Rewrite this file's generated block from the notebook; returns whether anything changed."""
-    from pathlib import Path
-
-    path = Path(__file__)
-    old = path.read_text(encoding="utf-8")
-    new = with_code(old, exported_code())
-    if new != old:
-        path.write_text(new, encoding="utf-8")
-    return new != old
-
-
-if __name__ == "__main__":
-    print("lib/phi3course/agents.py", "regenerated" if export() else "already matches the notebook")

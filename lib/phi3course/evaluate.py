@@ -10,7 +10,6 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -19,17 +18,6 @@ T = TypeVar("T")
 # time than four batches of 16 (SmolLM2, the 53-question probe: 8.7 s vs 14.1 s): each decoding step pays Python's
 # per-step overhead once for the whole batch. A few hundred short prompts fit easily in a GPU's memory too.
 GENERATION_BATCH = 64
-
-
-@dataclass
-class EvalResult:
-    label: str
-    perplexity: float
-    exact_match: float | None  # share of answers that contain the expected value; None for text data
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def summary(self) -> dict[str, float | None]:
-        return {"exact_match": self.exact_match, "perplexity": self.perplexity}
 
 
 def _in_notebook() -> bool:
@@ -191,30 +179,3 @@ def perplexity(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch
     return round(math.exp(total / max(count, 1)), 3)
 
 
-def evaluate(
-    model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], label: str, max_new_tokens: int | None = None
-) -> EvalResult:
-    """Perplexity, and for rows with an ``answer`` the exact-match of greedy replies to their questions.
-
-    ``max_new_tokens=None`` gives each reply as many tokens as the longest reference answer needs
-    (:func:`answer_budget`), not a fixed, generous number.
-    """
-    ppl = perplexity(model, tokenizer, rows)
-    graded = [row for row in rows if "messages" in row and "answer" in row]
-    if not graded:
-        return EvalResult(label, ppl, None)
-    if max_new_tokens is None:
-        max_new_tokens = answer_budget(tokenizer, [row["messages"][-1]["content"] for row in graded])
-    prompts = [row["messages"][:-1] for row in graded]
-    replies = generate(model, tokenizer, prompts, max_new_tokens, desc=f"exact-match ({label})")
-    table = [
-        {
-            "question": row["messages"][-2]["content"],
-            "expected": row["answer"],
-            "reply": reply,
-            "correct": contains_answer(reply, row["answer"]),
-        }
-        for row, reply in zip(graded, replies, strict=True)
-    ]
-    share = sum(item["correct"] for item in table) / len(table)
-    return EvalResult(label, ppl, round(share, 4), table)

@@ -27,14 +27,10 @@ from typing import Any
 
 from .data import DataError, read_jsonl
 from .models import AUTO, PRESETS, ModelError, Preset, load_model, resolve
-from .system import GIB, inspect
+from .system import GIB
 
 METHODS = ("lora", "full", "qlora")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# Every linear layer of the decoder but the output head, by name: Phi-3's fused projections and those of Llama-style
-# models such as SmolLM2 (the names a model lacks are not looked for). peft's "all-linear" picks the same layers but
-# cannot be combined with layers_to_transform, which the recipe uses to adapt only the upper layers.
-LORA_TARGETS = ["qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 # transformers 5 renamed gradient_checkpointing; trl still uses the old name. Not the learner's concern.
@@ -49,31 +45,38 @@ class TrainError(ValueError):
 class TrainSettings:
     """Everything one training run needs; the notebook's parameters and the CLI's flags map onto it."""
 
+    # Every recipe setting is required: its one default is notebook 02's parameters cell (the base of every
+    # profile, see phi3course.profiles); settings_from_profile fills them from a profile.
     train_file: str
     output_dir: str
+    model: str
+    method: str
+    epochs: float
+    max_steps: int
+    learning_rate: float
+    batch_size: int
+    grad_accum: int
+    lora_r: int
+    lora_dropout: float
+    lora_layers: float  # the top fraction of the decoder layers that get adapters (0.5: the upper half)
+    replay: int  # rows of the base model's own answers to everyday prompts mixed in, against forgetting
+    max_length: int
+    warmup: float
+    scheduler: str
+    precision: str
+    gradient_checkpointing: bool
+    seed: int
+    save_steps: int
+    # where the run reads and writes: no recipe, so defaults of their own
     test_file: str = ""
-    model: str = "smollm2-135m-instruct"
     model_path: str = ""  # a folder holding the base model (the Azure ML job's catalog input); "" loads the preset
-    method: str = "lora"
-    epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    grad_accum: int = 1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_layers: float = 1.0  # the top fraction of the decoder layers that get adapters (0.5: the upper half)
-    replay: int = 0  # rows of the base model's own answers to everyday prompts mixed in, against forgetting
-    max_length: int = 512
-    warmup: float = 0.05
-    scheduler: str = "cosine"
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    save_steps: int = 25
     memory_gib: float = 0.0  # 0: this machine's (GPU memory on CUDA, RAM otherwise)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # more SFTConfig keywords (the benchmarks)
+
+    @property
+    def lora_alpha(self) -> int:
+        """LoRA's scale numerator: the update is scaled by alpha / r, and the course keeps alpha = 2 × r."""
+        return 2 * self.lora_r
 
     def validate(self) -> Preset:
         """Check everything cheap to check; return the preset. Raises :class:`TrainError`."""
@@ -120,12 +123,9 @@ class TrainSettings:
 
 
 def settings_from_profile(parameters: dict[str, Any], **fields: Any) -> TrainSettings:
-    """Settings from a profile's parameters (``profiles.parameters``) as notebook 02's settings cell maps them:
-    every parameter that is a setting, and alpha = 2 × rank; ``fields`` (files, ``output_dir``, ``model``, …)
-    on top. For scripts (the benchmarks): the notebook writes the mapping out in its cell."""
+    """Settings from a profile's parameters (``profiles.parameters``): every parameter that is a setting, with
+    ``fields`` (files, ``output_dir``, ``model``, …) on top. Notebook 02's settings cell does the same mapping."""
     values = {key: value for key, value in parameters.items() if key in TrainSettings.__dataclass_fields__}
-    if "lora_r" in values:
-        values["lora_alpha"] = 2 * values["lora_r"]
     return TrainSettings(**{**values, **fields})
 
 
@@ -307,182 +307,9 @@ def model_kwargs(method: str, precision: str) -> dict[str, Any]:
     return {"quantization_config": quantization, **place}
 
 
-def lora_config(settings: TrainSettings, layers: int) -> Any:
-    """The adapters on the top ``settings.lora_layers`` of the model's ``layers`` decoder layers. Notebook 02
-    builds the same object in its ``lora-config`` cell (a test holds them equal).
-
-    Adapters on the upper layers only leave the lower ones (and what they know) untouched, and the backward pass
-    stops at the lowest adapted layer: with the upper half, a training step costs about a third less."""
-    from peft import LoraConfig
-
-    first = min(layers - 1, round((1 - settings.lora_layers) * layers))
-    return LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=LORA_TARGETS,
-        layers_to_transform=list(range(first, layers)),
-        task_type="CAUSAL_LM",
-    )
-
-
 def steps_per_epoch(settings: TrainSettings, rows: int) -> int:
     """Optimizer steps in one pass over ``rows`` rows, over every process."""
     return max(1, math.ceil(rows / (settings.batch_size * settings.grad_accum * _world_size())))
-
-
-def warmup_steps(settings: TrainSettings, per_epoch: int) -> int:
-    """``settings.warmup`` as a number of steps (transformers 5 dropped ``warmup_ratio``)."""
-    total = settings.max_steps if settings.max_steps > 0 else math.ceil(per_epoch * settings.epochs)
-    return round(settings.warmup * total)
-
-
-def plumbing_kwargs(settings: TrainSettings) -> dict[str, Any]:
-    """The SFTConfig keywords about I/O, logging and devices: the same in the notebook and the job."""
-    return dict(
-        output_dir=str(Path(settings.output_dir) / "checkpoints"),
-        weight_decay=0.0,
-        packing=False,
-        include_num_input_tokens_seen="non_padding",
-        max_length=None,  # padding-free without packing cannot truncate: fit_length() drops longer rows first
-        logging_steps=1,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=1,
-        report_to="none",
-        data_seed=settings.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # history_callback shows one bar with the loss instead
-        dataset_num_proc=None,
-        use_cpu=not _cuda(),
-        **settings.extra,
-    )
-
-
-def sft_config(settings: TrainSettings, precision: str, per_epoch: int) -> Any:
-    """The trl configuration. Notebook 02 builds the same object in its ``sft-config`` cell (a test holds them
-    equal); ``per_epoch`` is :func:`steps_per_epoch` of the rows that train."""
-    from trl import SFTConfig
-
-    return SFTConfig(
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.scheduler,
-        warmup_steps=warmup_steps(settings, per_epoch),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        gradient_checkpointing=settings.gradient_checkpointing,
-        completion_only_loss=True,
-        padding_free=True,
-        seed=settings.seed,
-        **plumbing_kwargs(settings),
-    )
-
-
-def history_callback(mlflow_run: bool) -> Any:
-    """A trainer callback that keeps the loss curve, logs it to MLflow and shows one quiet progress bar.
-
-    It replaces the trainer's own progress printer, which prints every log line (once per step here).
-    """
-    from tqdm.auto import tqdm
-    from transformers import TrainerCallback
-
-    class History(TrainerCallback):
-        def __init__(self) -> None:
-            self.rows: list[dict[str, float]] = []
-            self.bar: Any = None
-            self.tokens_at_start: int | None = None  # tokens seen before this session (a resumed run's)
-            self.first_step_began: float | None = None
-            self.last_step_ended: float | None = None
-
-        @property
-        def step_seconds(self) -> float:
-            """From the first step's start to the last step's end: the checkpoint saved after it not counted
-            (with a full fine-tune that save, weights and optimizer state, can outlast the steps on a GPU)."""
-            if self.first_step_began is None or self.last_step_ended is None:
-                return 0.0
-            return self.last_step_ended - self.first_step_began
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.is_world_process_zero:
-                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step")
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            # Not in on_train_begin: the trainer restores a checkpoint's state after calling it.
-            if self.tokens_at_start is None:
-                self.tokens_at_start = int(state.num_input_tokens_seen or 0)
-                self.first_step_began = time.perf_counter()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.last_step_ended = time.perf_counter()
-            if self.bar is not None:
-                self.bar.update(state.global_step - self.bar.n)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            if not logs or "loss" not in logs:
-                return
-            row = {"step": state.global_step, "loss": float(logs["loss"])}
-            for key in ("learning_rate", "grad_norm", "mean_token_accuracy"):
-                if key in logs:
-                    row[key] = float(logs[key])
-            self.rows.append(row)
-            if self.bar is not None:
-                self.bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if mlflow_run and state.is_world_process_zero:
-                import mlflow
-
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=state.global_step)
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.bar is not None:
-                self.bar.close()
-
-    return History()
-
-
-def score_answers_only(trainer: Any) -> Any:
-    """Make an ``SFTTrainer`` project only the answer positions through the LM head; returns the trainer.
-
-    The loss is trl's completion-only loss, unchanged (a test compares the two). What changes is the
-    work: trl scores every position through an fp32, chunked LM head (and its entropy) unless Triton is
-    present; on a CPU that was ~45 % of a step here. With padding-free batches (one flattened sequence)
-    ``logits_to_keep`` asks the model for the logits of the answer positions alone, in the training
-    precision, through the model's own forward (so DDP and peft still apply).
-    """
-    import types
-
-    import torch
-
-    parent = trainer.compute_loss
-
-    def compute_loss(self: Any, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
-        labels = inputs["labels"]
-        if labels.shape[0] != 1 or return_outputs:  # not a padding-free batch: trl's own path
-            return parent(model, inputs, return_outputs, num_items_in_batch)
-        targets = labels[0, 1:]
-        keep = (targets != -100).nonzero().squeeze(-1)
-        forward = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**forward, use_cache=False, logits_to_keep=keep)
-        logits = outputs.logits[0].float()
-        wanted = targets[keep]
-        count = num_items_in_batch if num_items_in_batch is not None else wanted.numel()
-        loss = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum") / max(int(count), 1)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
-        correct = self.accelerator.gather_for_metrics((logits.argmax(-1) == wanted).sum()).sum()
-        valid = self.accelerator.gather_for_metrics(torch.tensor(wanted.numel(), device=logits.device)).sum()
-        self._metrics["train"]["mean_token_accuracy"].append((correct / valid.clamp(min=1)).item())
-        local = torch.tensor(inputs["input_ids"].size(1), device=logits.device)
-        self._total_train_tokens += int(self.accelerator.gather_for_metrics(local).sum().item())
-        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-        return loss
-
-    trainer.compute_loss = types.MethodType(compute_loss, trainer)
-    return trainer
 
 
 def _world_size() -> int:
@@ -571,10 +398,10 @@ def train(
     and a test file, the base and the tuned model answer the held-out questions (``output_dir/eval.json``).
     """
     import torch
-    from datasets import Dataset
-    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTTrainer
+
+    from . import recipe  # notebook 02's export cells
+    from .trainer_hooks import history_callback
 
     preset = settings.validate()
     precision, why = pick_precision(settings.precision)
@@ -584,9 +411,10 @@ def train(
         return done
     _prepare_output(settings)
     train_rows = to_training_rows(load_rows(settings.train_file))
+    test_rows = read_jsonl(settings.test_file) if evaluate and settings.test_file else None
     torch.manual_seed(settings.seed)
     model, tokenizer = load_base(settings, preset, precision)
-    base_eval = evaluate_model(model, tokenizer, settings, "base") if evaluate else None
+    base_eval = recipe.held_out(model, tokenizer, test_rows, "base") if test_rows is not None else None
     if settings.replay:  # the base model's own answers, so the fine-tune keeps them (notebook 02 shows it)
         from .probe import replay_rows
 
@@ -594,43 +422,29 @@ def train(
     train_rows, dropped = fit_length(train_rows, tokenizer, settings.max_length)
     if dropped:
         print(f"Dropped {dropped} rows longer than max_length={settings.max_length} tokens.")
-    config = sft_config(settings, precision, steps_per_epoch(settings, len(train_rows)))
+    config = recipe.sft_config(settings, precision, steps_per_epoch(settings, len(train_rows)))
     history = history_callback(mlflow_run)
-    set_seed(settings.seed)  # right before the adapters are made, as notebook 02 does
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=Dataset.from_list(train_rows),
-        processing_class=tokenizer,
-        peft_config=lora_config(settings, model.config.num_hidden_layers)
-        if settings.method in {"lora", "qlora"}
-        else None,
-        callbacks=[history, *(callbacks or [])],
+    adapters = recipe.lora_config(settings, model.config.num_hidden_layers) if settings.method != "full" else None
+    trainer = recipe.make_trainer(
+        model, tokenizer, train_rows, settings, config, adapters, [history, *(callbacks or [])]
     )
-    score_answers_only(trainer)
-    quiet_trainer(trainer)
     last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
     began = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - began
-    tokens = int(trainer.state.num_input_tokens_seen or 0)
-    session_tokens = tokens - (history.tokens_at_start or 0)
     trained = trainer.model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trained.parameters())
     model_dir = Path(settings.output_dir) / "model"
-    final = trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
-    if trainer.is_world_process_zero():
-        final.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+    final = recipe.merge_and_save(trainer, tokenizer, model_dir)
     losses = [row["loss"] for row in history.rows]
     result = TrainResult(
         output_dir=settings.output_dir,
         model_dir=str(model_dir),
         seconds=round(seconds, 2),
         steps=trainer.state.global_step,
-        tokens=tokens,
-        tokens_per_second=round(session_tokens / (history.step_seconds or seconds), 1) if seconds else 0.0,
+        tokens=int(trainer.state.num_input_tokens_seen or 0),
+        tokens_per_second=history.tokens_per_second(trainer.state, seconds),
         step_seconds=round(history.step_seconds, 4),  # a tiny model's steps take milliseconds
         final_loss=round(losses[-1] if losses else float(output.training_loss), 4),
         precision=precision,
@@ -644,7 +458,7 @@ def train(
         stored = {**result.to_json(), "settings": _settings_record(settings)}
         (Path(settings.output_dir) / "result.json").write_text(json.dumps(stored, indent=2))
         if base_eval is not None:
-            scores = {"base": base_eval, "tuned": evaluate_model(final, tokenizer, settings, "tuned")}
+            scores = {"base": base_eval, "tuned": recipe.held_out(final, tokenizer, test_rows, "tuned")}
             (Path(settings.output_dir) / "eval.json").write_text(json.dumps(scores, indent=2))
     return result
 
@@ -659,28 +473,6 @@ def job_outcome(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return {name: json.loads(paths[0].read_text()) for name, paths in found.items()}
 
 
-def quiet_trainer(trainer: Any) -> Any:
-    """Drop the trainer's own printer and bar (they print every log line); :func:`history_callback` shows one bar."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-def evaluate_model(model: Any, tokenizer: Any, settings: TrainSettings, label: str) -> dict[str, Any]:
-    """Held-out exact-match, perplexity and the general-knowledge probe of ``model`` (the job's before/after)."""
-    from .evaluate import evaluate
-
-    if not settings.test_file:
-        return {}
-    from .probe import probe_score
-
-    result = evaluate(model, tokenizer, read_jsonl(settings.test_file), label)
-    general, _ = probe_score(model, tokenizer)
-    return {**result.summary(), "general": general, "answers": result.rows}
-
-
 # --- command line (the Azure ML job and torchrun run this) -------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m phi3course.train", description=__doc__.splitlines()[0])
@@ -688,12 +480,12 @@ def _parser() -> argparse.ArgumentParser:
         if f.name == "extra":
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.default is MISSING:
-            parser.add_argument(flag, required=True)
-        elif isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        kind = {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+        default = {} if f.default is MISSING else {"default": f.default}  # no default: the flag is required
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, required=not default, **default)
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
+            parser.add_argument(flag, type=kind, required=not default, **default)
     parser.add_argument(
         "--evaluate",
         action=argparse.BooleanOptionalAction,
