@@ -267,8 +267,8 @@ class TrainResult:
     model_dir: str
     seconds: float
     steps: int
-    tokens: int  # non-padding tokens processed (prompt and answer), over all processes and sessions
-    # tokens_per_second: this session's tokens over step_seconds (a resumed run's earlier steps took no time here)
+    tokens: int  # non-padding tokens processed (prompt and answer), over all processes, resumed runs included
+    # tokens_per_second: the tokens since this run started or resumed, over step_seconds (trainer_hooks)
     tokens_per_second: float
     final_loss: float
     precision: str
