@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from phi3course import azure
@@ -66,7 +71,6 @@ def test_environment_overrides_the_env_file(tmp_path, clean_azure_env, monkeypat
     values, source = azure.read_values(env_file)
     assert values["AZURE_LOCATION"] == "westeurope" and values["AZURE_RESOURCE_GROUP"] == "rg-phi3-course"
     assert source == ".env and the environment"
-    assert azure.load_settings(env_file).location == "westeurope"
 
 
 def test_check_for_local_target_needs_nothing(tmp_path, clean_azure_env, capsys) -> None:
@@ -90,12 +94,12 @@ def test_role_commands_cover_the_three_roles_with_real_scopes() -> None:
     assert "<" not in text
 
 
-# --- issue 10: today's Azure offering ---------------------------------------------------------------
+# --- the Azure offering the course builds on ---------------------------------------------------------------
 RETIRED = "Standard_NC6s_v3"
 
 
 def test_no_retired_vm_size_in_the_azure_path() -> None:
-    """10.1: NCv3 was retired on 2025-09-30; nothing the learner reads or runs may offer it."""
+    """NCv3 was retired on 2025-09-30; nothing the learner reads or runs may offer it."""
     from conftest import ROOT
 
     assert azure.GPU_CLUSTER_SIZE not in azure.RETIRED_SIZES
@@ -158,7 +162,7 @@ class _Sizes:
 
 
 def test_quota_comes_from_azure_ml_compute_usage_with_the_family_and_cores_the_size_needs() -> None:
-    """10.6: Azure ML compute quota (not `az vm list-usage`), read from list_sizes/list_usage."""
+    """Azure ML compute quota (not `az vm list-usage`), read from list_sizes/list_usage."""
     client = _Sizes(limit=24, used=0)
     family, total = azure.quota_rows(client, "Standard_NC24ads_A100_v4", "eastus2")
     assert client.asked == ["eastus2", "eastus2"]
@@ -179,7 +183,7 @@ def test_quota_comes_from_azure_ml_compute_usage_with_the_family_and_cores_the_s
 
 
 def test_acr_pull_is_assigned_only_once_the_registry_exists() -> None:
-    """10.7: the workspace's registry appears with its first image build; AcrPull comes last, guarded."""
+    """The workspace's registry appears with its first image build; AcrPull comes last, guarded."""
     commands = azure.role_assignment_commands(azure.validate(GOOD))
     acr = [c for c in commands if "AcrPull" in c and not c.startswith("#")]
     assert len(acr) == 1 and commands[-1] == acr[0]
@@ -189,7 +193,7 @@ def test_acr_pull_is_assigned_only_once_the_registry_exists() -> None:
 
 
 def test_endpoint_names_get_a_suffix_unique_in_the_region() -> None:
-    """10.9: names are unique per region; like Azure's examples, a short random suffix."""
+    """Names are unique per region; like Azure's examples, a short random suffix."""
     import re
 
     names = {azure.endpoint_name() for _ in range(20)}
@@ -207,7 +211,7 @@ def _names(requirements: list[str]) -> set[str]:
 
 
 def test_job_environment_has_what_the_job_needs_and_cuda_torch() -> None:
-    """10.3/10.4: azureml-mlflow (Azure ML sets an azureml:// tracking URI) and torch with GPU kernels."""
+    """Azureml-mlflow (Azure ML sets an azureml:// tracking URI) and torch with GPU kernels."""
     environment = azure.job_environment()
     pip = azure.pip_requirements(environment)
     names = _names(pip)
@@ -219,7 +223,7 @@ def test_job_environment_has_what_the_job_needs_and_cuda_torch() -> None:
 
 
 def test_serving_environment_is_lean_with_cpu_torch() -> None:
-    """10.4: the deployment's CPU image gets the serve group only: no CUDA torch, no JupyterLab/papermill/promptflow."""
+    """The deployment's CPU image gets the serve group only: no CUDA torch, no JupyterLab/papermill/promptflow."""
     environment = azure.serving_environment()
     names = _names(azure.pip_requirements(environment))
     assert {"azureml-inference-server-http", "torch", "transformers"} <= names
@@ -245,27 +249,56 @@ def test_environment_versions_come_from_the_one_dependency_list() -> None:
                 assert spec == pinned[name], f"[{group}] {spec} differs from the dependency list's {pinned[name]}"
 
 
-def test_score_imports_only_what_the_serving_environment_installs() -> None:
-    """score.py travels alone: it imports no phi3course, and every third-party import is in the serve group."""
-    import ast
-    import sys
-
-    from conftest import ROOT
-    from phi3course import rehearsal
-
-    tree = ast.parse((ROOT / "lib/phi3course/score.py").read_text(encoding="utf-8"))
-    modules = {
+def imports_of(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports (relative imports left out)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
         for node in ast.walk(tree)
         if isinstance(node, ast.Import | ast.ImportFrom) and not getattr(node, "level", 0)
         for alias in node.names
     }
-    assert "phi3course" not in modules
-    third_party = {m for m in modules - set(sys.stdlib_module_names) if m != "__future__"}
+
+
+def test_the_scoring_folder_holds_score_and_what_it_imports_each_in_the_serving_environment(tmp_path) -> None:
+    """The deployment uploads score.py and hardware.py alone: every import in them is the standard library, a file
+    beside them, or a distribution the serving environment installs."""
+    from phi3course import endpoint, rehearsal
+
+    folder = endpoint.scoring_code(tmp_path / "code")
+    assert azure.code_files(folder) == ["hardware.py", "score.py"]
+    assert (folder / endpoint.SCORING_SCRIPT).is_file()
+    beside = {path.stem for path in folder.glob("*.py")}
+    modules = set().union(*(imports_of(path) for path in folder.glob("*.py")))
+    assert "phi3course" not in modules and "hardware" in modules
+    third_party = modules - set(sys.stdlib_module_names) - beside - {"__future__"}
     owners = rehearsal.module_owners()
     allowed = rehearsal.allowed_distributions(azure.pip_requirements(azure.serving_environment()))
     missing = {m: owners.get(m) for m in third_party if owners.get(m) not in allowed}
-    assert not missing, f"score.py imports what the serving environment lacks: {missing}"
+    assert not missing, f"the scoring folder imports what the serving environment lacks: {missing}"
+
+
+def test_the_job_snapshot_holds_exactly_what_the_job_module_imports(tmp_path) -> None:
+    """Computed from the source, imports inside functions included; no stand-in, notebook tooling or serving."""
+    from phi3course import snapshot
+
+    folder = azure.job_code(tmp_path / "job")
+    files = azure.code_files(folder)
+    wanted = snapshot.closure([azure.JOB_MODULE])
+    assert files == sorted({"phi3course/__init__.py"} | {f"{m.replace('.', '/')}.py" for m in wanted})
+    assert "phi3course/train.py" in files and "phi3course/probe.py" in files  # train imports probe in a function
+    assert not [f for f in files if f.startswith(("phi3course/rehearsal", "phi3course/serving"))]
+    for tool in ("runner", "course", "endpoint", "notebooks", "exercises", "classroom", "mlclient"):
+        assert f"phi3course/{tool}.py" not in files
+    (folder / "phi3course" / "stray.txt").write_text("left from before")
+    assert "phi3course/stray.txt" not in azure.code_files(azure.job_code(folder))  # a fresh folder each time
+    check = (  # every module imports from the snapshot alone (the job's working directory comes first on sys.path)
+        "import importlib, sys\n"
+        f"for name in {sorted(wanted)!r}:\n"
+        "    assert importlib.import_module(name).__file__.startswith(sys.argv[1]), name\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", check, str(folder)], cwd=folder, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
 
 
 def test_catalog_model_uris() -> None:
@@ -284,44 +317,53 @@ def test_catalog_model_uris() -> None:
 
 
 def test_connect_gate(tmp_path, capsys) -> None:
-    from phi3course import rehearsal
+    from phi3course import mlclient, rehearsal
 
-    workspace = azure.connect(None, "azureml", dry_run=True, run_path=tmp_path)
+    workspace = mlclient.connect(None, "azureml", dry_run=True, run_path=tmp_path)
     out = capsys.readouterr().out
     assert isinstance(workspace, rehearsal.Workspace) and azure.is_rehearsal(workspace)
     assert workspace.root == (tmp_path / "rehearsal").resolve()
-    assert workspace.subscription_id == rehearsal.EXAMPLE_SETTINGS.subscription_id
+    assert workspace.subscription_id == azure.EXAMPLE_SETTINGS.subscription_id
     assert out.startswith("REHEARSAL") and "quota" in out and "image build" in out and "latency" in out
     fields = zip(azure.FIELDS, azure.AzureSettings.__annotations__, strict=True)
-    assert azure.validate({f.env: getattr(rehearsal.EXAMPLE_SETTINGS, name) for f, name in fields})
-    assert azure.connect(None, "local") is None
+    assert azure.validate({f.env: getattr(azure.EXAMPLE_SETTINGS, name) for f, name in fields})
+    assert mlclient.connect(None, "local") is None
     assert "skip" in capsys.readouterr().out
-    assert azure.connect(None, "azureml") is None
+    assert mlclient.connect(None, "azureml") is None
     line = capsys.readouterr().out.strip()
     assert line.count("\n") == 0 and ".env" in line
 
 
-# --- 10.8: serving in the dtype the hardware computes ----------------------------------------------
+def test_a_dry_runs_summary_note_names_what_it_cannot_check() -> None:
+    note = azure.rehearsal_note()
+    assert note["rehearsal"] is True and note["cannot_check"] == list(azure.REHEARSAL_LIMITS)
+    assert any("quota" in line for line in note["cannot_check"])
+
+
+# --- serving in the dtype the hardware computes ----------------------------------------------
 def test_score_defaults_match_the_model_signature() -> None:
-    from phi3course import score, tracking
+    from phi3course import tracking
+    from phi3course.serving import score
 
     assert score.DEFAULTS == tracking.GENERATION_PARAMS
 
 
 def test_score_loads_a_bf16_checkpoint_in_the_dtype_this_hardware_computes(tmp_path, monkeypatch) -> None:
-    """10.8: transformers 5 keeps a checkpoint's saved dtype; on a CPU without native bf16, serve in fp32."""
+    """Transformers 5 keeps a checkpoint's saved dtype; on a CPU without native bf16, serve in fp32."""
     import torch
 
-    from phi3course import models, score
+    from phi3course import hardware, models
+    from phi3course.serving import score
 
     model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
     model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path))
     monkeypatch.delenv("COURSE_ENDPOINT_KEY_FILE", raising=False)
-    monkeypatch.setattr(score, "_cpu_has_bf16", lambda: False)
+    assert score.hardware is hardware  # the one answer to "is bf16 native here?"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})  # emulates bf16: not native
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     score.init()
     assert score._model.dtype == torch.float32
-    monkeypatch.setattr(score, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
     assert score.serving_dtype() == torch.bfloat16

@@ -11,8 +11,9 @@ import pytest
 import requests
 
 from benchmarks import loadtest
-from phi3course import endpoint, models, score
+from phi3course import endpoint, models, snapshot
 from phi3course.rundir import RunDir
+from phi3course.serving import score
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,12 @@ def live(registered) -> endpoint.LocalEndpoint:
     started = endpoint.start_local(run, uri, port=5071)
     yield started
     endpoint.stop(run)
+
+
+def test_the_local_endpoint_serves_the_folder_the_deployment_uploads(registered, live) -> None:
+    """The server runs score.py from the run's scoring folder, which holds it and hardware.py, nothing else."""
+    run, _ = registered
+    assert snapshot.files(run.path / endpoint.SCORING_FOLDER) == ["hardware.py", "score.py"]
 
 
 def test_the_seeds_client_code_works_unchanged(live) -> None:

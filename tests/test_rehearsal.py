@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from azure.ai.ml.exceptions import JobException
 from azure.core.exceptions import ResourceNotFoundError
 
 from phi3course import azure, rehearsal
+from phi3course.endpoint import SCORING_SCRIPT, scoring_code
 from phi3course.processes import alive
 
 JOB_SCRIPT = """
@@ -250,7 +252,7 @@ def test_stop_all_ends_what_the_stand_in_started(ws, tmp_path) -> None:
 
 
 def test_endpoint_names_are_unique_per_region(tmp_path, monkeypatch) -> None:
-    """two workspaces in one region cannot both have an endpoint called phi3-course."""
+    """Two workspaces in one region cannot both have an endpoint called phi3-course."""
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
     first, second = rehearsal.Workspace(tmp_path / "a"), rehearsal.Workspace(tmp_path / "b")
     first.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="phi3-course", auth_mode="key")).result()
@@ -265,17 +267,27 @@ def test_endpoint_names_are_unique_per_region(tmp_path, monkeypatch) -> None:
 
 def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
     """Register data, train with phi3course.train as a job, register its model, deploy, score, delete."""
-    from phi3course import synthetic
+    from phi3course import profiles, synthetic
+    from phi3course import train as train_module
 
     train_rows, _ = synthetic.splits(seed=0, subjects=2)
     source = tmp_path / "train.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
     train = ws.data.create_or_update(Data(name="tiny-train", path=str(source), type="uri_file"))
-    lib = azure.course_root() / "lib"
+    settings = train_module.settings_from_profile(  # the smoke recipe, two steps, as 02 builds the job's flags
+        profiles.parameters("smoke"),
+        model="phi-3-tiny",
+        method="lora",
+        max_steps=2,
+        batch_size=4,
+        replay=0,
+        train_file=str(source),
+        output_dir=str(tmp_path / "unused"),
+    )
+    job_paths = {"train_file": "${{inputs.train}}", "output_dir": "${{outputs.model}}"}
     job = command(
-        code=str(lib),
-        command="python -m phi3course.train --train-file ${{inputs.train}} --output-dir ${{outputs.model}} "
-        "--model phi-3-tiny --method lora --max-steps 2 --batch-size 4",
+        code=str(azure.job_code(tmp_path / "job-code")),
+        command="python -m phi3course.train " + train_module.job_arguments(settings, job_paths),
         inputs={
             "train": Input(type="uri_file", path=train.id),  # an asset's id, as 02 passes it
             "base_model": Input(type=azure.CATALOG_MODEL_TYPE, path=azure.catalog_model_uri("phi-3-tiny")),
@@ -297,13 +309,14 @@ def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
     assert model.version == "1" and ws.models.get("phi3-course-tiny").version == "1"
 
     endpoint_name = azure.endpoint_name()
+    scoring = scoring_code(tmp_path / "scoring-code")  # score.py and hardware.py, nothing else
     ws.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name=endpoint_name, auth_mode="key")).result()
     deployment = ManagedOnlineDeployment(
         name="blue",
         endpoint_name=endpoint_name,
         model=model,
         environment=azure.serving_environment(),
-        code_configuration=CodeConfiguration(code=str(lib), scoring_script="phi3course/score.py"),
+        code_configuration=CodeConfiguration(code=str(scoring), scoring_script=SCORING_SCRIPT),
         instance_type="Standard_E4s_v3",
         instance_count=1,
         environment_variables={"COURSE_MAX_NEW_TOKENS": "16"},
@@ -337,7 +350,7 @@ def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
         endpoint_name=endpoint_name,
         model=f"azureml:{model.name}:{model.version}",
         environment=environment("azureml-inference-server-http", "torch"),
-        code_configuration=CodeConfiguration(code=str(lib), scoring_script="phi3course/score.py"),
+        code_configuration=CodeConfiguration(code=str(scoring), scoring_script=SCORING_SCRIPT),
         instance_type="Standard_E4s_v3",
         instance_count=1,
     )
@@ -360,5 +373,50 @@ def test_the_cli_stops_a_rehearsal_and_says_how_to_use_it(ws, tmp_path, capsys) 
     assert rehearsal.main(["stop", str(ws.root)]) == 0
     assert f"stopped jobs/{name}" in capsys.readouterr().out
     assert rehearsal.main([]) == 2
-    note = rehearsal.summary_note()
-    assert note["rehearsal"] is True and any("quota" in line for line in note["cannot_check"])
+
+
+def test_the_cli_runs_as_a_module(ws, tmp_path) -> None:
+    """`make clean` runs `python -m phi3course.rehearsal stop <folder>`; a job's supervisor runs `run-job`."""
+    import subprocess
+    import sys
+
+    (tmp_path / "wait.py").write_text("import time\ntime.sleep(300)\n")
+    job = command(code=str(tmp_path), command="python wait.py", environment=environment(), compute="gpu-cluster")
+    name = ws.jobs.create_or_update(job).name
+    pid = json.loads(ws.state_file("jobs", name).read_text())["pid"]
+    assert alive(pid)
+    done = subprocess.run(
+        [sys.executable, "-m", "phi3course.rehearsal", "stop", str(ws.root)], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and f"stopped jobs/{name}" in done.stdout
+    for _ in range(100):  # the supervisor is this process's child: reap it (a sleeping one would not end)
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the job's supervisor is still running")
+
+
+def test_a_job_runs_from_its_code_snapshot_alone(ws, tmp_path) -> None:
+    """The course's own copy of phi3course is out of reach: a module missing from the snapshot fails the job."""
+    code = azure.job_code(tmp_path / "job-code")
+
+    def run() -> tuple[str, str]:
+        job = command(
+            code=str(code),
+            command="python -m phi3course.train --help",
+            environment=azure.job_environment(),
+            compute="gpu-cluster",
+        )
+        name = ws.jobs.create_or_update(job).name
+        try:
+            ws.jobs.stream(name)
+        except JobException as error:
+            return name, str(error)
+        return name, ""
+
+    name, _ = run()
+    assert ws.jobs.get(name).status == "Completed"
+    (code / "phi3course" / "models.py").unlink()  # imported by phi3course.train
+    name, error = run()
+    assert ws.jobs.get(name).status == "Failed" and "No module named 'phi3course.models'" in error

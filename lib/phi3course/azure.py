@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dotenv import dotenv_values
 
+from . import snapshot
 from .paths import course_root
 
 if TYPE_CHECKING:
@@ -121,6 +122,17 @@ class AzureSettings:
         return f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
 
 
+# The rehearsal's settings when .env has none: valid in shape, fake in value (no such subscription exists).
+EXAMPLE_SETTINGS = AzureSettings(
+    subscription_id="00000000-0000-0000-0000-000000000000",
+    resource_group="rg-rehearsal-not-azure",
+    workspace_name="rehearsal-workspace",
+    location="eastus2",
+    uai_name="rehearsal-identity",
+    uai_client_id="00000000-0000-0000-0000-000000000001",
+)
+
+
 def read_values(env_file: str | os.PathLike[str] | None = ".env", environ: bool = True) -> tuple[dict[str, str], str]:
     """Settings from ``env_file`` overlaid by the environment, and where they came from.
 
@@ -160,12 +172,6 @@ def validate(values: dict[str, str], source: str = "the given values") -> AzureS
     if problems:
         raise AzureConfigError(problems, source)
     return AzureSettings(*(values[f.env].strip() for f in FIELDS))
-
-
-def load_settings(env_file: str | os.PathLike[str] | None = ".env") -> AzureSettings:
-    """Read and validate the Azure settings (see :func:`read_values`)."""
-    values, source = read_values(env_file)
-    return validate(values, source)
 
 
 def check(target: str, env_file: str | os.PathLike[str] | None = ".env") -> AzureSettings | None:
@@ -305,7 +311,7 @@ def quiet_sdk() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-# === today's Azure offering (issue 10) ==========================================================
+# === the Azure offering the course builds on ===================================================
 # What the notebooks build their inline entities from: sizes, quota, names, the catalog, environments.
 
 
@@ -503,7 +509,7 @@ def endpoint_name(base: str = "phi3-course", suffix: str | None = None) -> str:
     return name
 
 
-# --- the connection ---------------------------------------------------------------------------------
+# --- the rehearsal: what a dry run cannot check ------------------------------------------------------
 REHEARSAL_LIMITS = (
     "quota and regional capacity (GPU sizes are often out of stock or at 0 cores on new subscriptions)",
     "the environment image build (conda/pip resolution on Azure's builder, the CUDA torch wheel)",
@@ -512,42 +518,14 @@ REHEARSAL_LIMITS = (
 )
 
 
-def connect(
-    settings: AzureSettings | None,
-    target: str,
-    dry_run: bool = False,
-    run_path: str | os.PathLike[str] | None = None,
-) -> Any:
-    """The gate of every Azure section: an ``MLClient``, the local rehearsal workspace, or None.
-
-    ``dry_run=True`` returns :class:`phi3course.rehearsal.Workspace` under ``<run_path>/rehearsal``: the
-    same calls as ``MLClient``, answered on this machine. Otherwise a real ``MLClient`` when the target is
-    ``azureml``, the settings are valid and a sign-in works; else None, with one line saying why.
-    """
-    if dry_run:
-        from . import rehearsal
-
-        if run_path is None:
-            raise ValueError("a rehearsal keeps its workspace in the run directory: pass run_path.")
-        workspace = rehearsal.Workspace(Path(run_path) / "rehearsal", settings or rehearsal.EXAMPLE_SETTINGS)
-        print(
-            "REHEARSAL (dry run): the Azure cells talk to a local stand-in of the workspace in "
-            f"{workspace.root}, not to Azure. It validates every entity with azure-ai-ml, runs the job's "
-            "command and serves the deployment here. It cannot check:\n"
-            + "\n".join(f"  - {limit}" for limit in REHEARSAL_LIMITS)
-        )
-        return workspace
-    if target != "azureml":
-        print(f"Target {target!r}: the Azure ML cells skip (set target='azureml', or dry_run=True to rehearse).")
-        return None
-    if settings is None:
-        print("The Azure ML cells skip: the Azure settings above are not usable yet (fix .env, re-run 00_setup).")
-        return None
-    if not has_credentials():
-        print("The Azure ML cells skip: no Azure sign-in found. Run `az login` in a terminal, then re-run this cell.")
-        return None
-    quiet_sdk()
-    return ml_client(settings)
+def rehearsal_note() -> dict[str, Any]:
+    """What a dry run's summary.json says about itself (``course.start`` records it): the stand-in answered every
+    Azure ML call, and what it cannot check."""
+    return {
+        "rehearsal": True,
+        "what": "every Azure ML call answered by a local stand-in of the workspace (phi3course.rehearsal)",
+        "cannot_check": list(REHEARSAL_LIMITS),
+    }
 
 
 def is_rehearsal(client: Any) -> bool:
@@ -669,6 +647,21 @@ def pip_requirements(environment: Any) -> list[str]:
     return pip
 
 
+# --- code snapshots ---------------------------------------------------------------------------------------
+JOB_MODULE = "phi3course.train"  # the job runs `python -m phi3course.train` in its code folder
+
+
+def job_code(dest: str | os.PathLike[str]) -> Path:
+    """Folder ``dest`` holding only the course modules the job's ``python -m phi3course.train`` imports (read from
+    their source, imports inside functions included), laid out as the package: the job's ``command(code=…)``."""
+    return snapshot.copy_package([JOB_MODULE], Path(dest))
+
+
+def code_files(folder: str | os.PathLike[str]) -> list[str]:
+    """The files a code folder holds: what ``command(code=…)`` or ``CodeConfiguration(code=…)`` uploads."""
+    return snapshot.files(Path(folder))
+
+
 def settings_for(target: str, env_file: str | os.PathLike[str] | None = ".env", dry_run: bool = False) -> Any:
     """The Azure settings a notebook builds its entities with: ``.env``'s, checked, on the azureml target.
 
@@ -677,8 +670,6 @@ def settings_for(target: str, env_file: str | os.PathLike[str] | None = ".env", 
     """
     quiet_sdk()  # before the notebook builds entities: no "experimental class" log line per schema
     if target == "azureml" and dry_run:
-        from .rehearsal import EXAMPLE_SETTINGS
-
         values, source = read_values(env_file)
         try:
             settings = validate(values, source)

@@ -79,9 +79,9 @@ def start(name: str, namespace: dict[str, Any], quiet: bool = True) -> Stage:
     if not summary.get("started"):
         updates["started"] = now()
     if resolved.get("dry_run") and resolved.get("target") == "azureml":
-        from .rehearsal import summary_note
+        from .azure import rehearsal_note
 
-        updates["rehearsal"] = summary_note()  # says in summary.json that this was a rehearsal, and its limits
+        updates["rehearsal"] = rehearsal_note()  # says in summary.json that this was a rehearsal, and its limits
     run.update_summary(**updates)
     ordered = dict(sorted(resolved.items(), key=lambda item: (item[0] != "profile", item[0])))
     return Stage(name=name, params=ordered, run=run, overridden_by=overridden_by)

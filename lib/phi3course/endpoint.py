@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from .paths import course_root
+from . import snapshot
 from .processes import ServerError, alive, launch, stop_group, wait_healthy
 from .rundir import RunDir, mask
 from .tracking import store_uri
@@ -27,13 +27,20 @@ DEFAULT_PORT = 5001
 TUNED = "tuned"  # the fine-tuned model (03_deploy)
 BASE = "base"  # the base model, served beside it in 04 for the comparison
 DEPLOYMENTS = (TUNED, BASE)
-SCORING_ROOT = course_root() / "lib"  # the code folder: the same for the local server and Azure ML's CodeConfiguration
-SCORING_SCRIPT = "phi3course/score.py"  # relative to SCORING_ROOT
+SCORING_MODULE = "phi3course.serving.score"  # the scoring script, as the course imports it
+SCORING_SCRIPT = "score.py"  # its name in the code folder (scoring_code) that both endpoints serve
+SCORING_FOLDER = "scoring-code"  # that folder, in the run directory
 THREADS = 16  # requests waiting at once in the one worker; the batcher serves them together
 
 
 class EndpointError(ServerError):
     """The local endpoint did not start, is not running, or did not answer."""
+
+
+def scoring_code(dest: str | os.PathLike[str]) -> Path:
+    """Folder ``dest`` (``<run>/scoring-code``) holding the scoring script and the course modules it imports, side by
+    side, and nothing else: the code the local server runs and Azure ML's ``CodeConfiguration(code=…)`` uploads."""
+    return snapshot.copy_flat(SCORING_MODULE, Path(dest))
 
 
 def port_free(port: int, host: str = HOST) -> bool:
@@ -126,15 +133,16 @@ def start_local(
         print(f"Port {port} is busy; the endpoint uses {chosen} instead.")
     key_path = run.new_secret(key_name(name))
     log_path = run.path / f"{name}.log"
-    lib = SCORING_ROOT
+    code = scoring_code(run.path / SCORING_FOLDER)
     environment = {
         **os.environ,
-        "AML_APP_ROOT": str(lib),
+        "AML_APP_ROOT": str(code),
         "AZUREML_ENTRY_SCRIPT": SCORING_SCRIPT,
         "COURSE_MODEL_URI": model_uri,
         "MLFLOW_TRACKING_URI": run.get("mlflow_tracking_uri") or store_uri(run.path),
         "COURSE_ENDPOINT_KEY_FILE": str(key_path),
         "AML_APP_INSIGHTS_ENABLED": "false",
+        "PYTHONDONTWRITEBYTECODE": "1",  # the code folder holds what the deployment uploads, no bytecode beside it
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         **(env or {}),
@@ -155,7 +163,7 @@ def start_local(
         "600",
         "azureml_inference_server_http.server.entry:app",
     ]
-    process = launch(command, log_path, environment, cwd=lib)
+    process = launch(command, log_path, environment, cwd=code)
     run.remember(**{f"{name}_pid": process.pid})
     endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
     try:

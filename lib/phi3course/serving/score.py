@@ -3,7 +3,9 @@
 One script serves both endpoints. On Azure ML it is the deployment's code configuration and the
 model is under ``AZUREML_MODEL_DIR``; locally ``phi3course.endpoint`` runs it under the inference
 server that Azure ML images use (``azureml-inference-server-http``), with the model from the MLflow
-registry (``COURSE_MODEL_URI``). It imports nothing from the course, so it can travel alone.
+registry (``COURSE_MODEL_URI``). Of the course it imports only ``hardware`` (is bf16 native here?),
+which imports nothing of the course itself: the two files travel together and alone
+(``phi3course.endpoint.scoring_code`` lays out the folder both endpoints serve).
 
 Requests (all three shapes Azure ML's MLflow scoring accepts, plus chat messages):
     {"input_data": ["Who leads the Quillmere Institute?"], "params": {"max_new_tokens": 64}}
@@ -32,6 +34,11 @@ from typing import Any
 
 from azureml_inference_server_http.api.aml_request import rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
+
+if __package__:  # imported from the course (phi3course.serving.score): its hardware module
+    from .. import hardware
+else:  # loaded alone by the inference server from the deployment's code folder: hardware.py is beside it
+    import hardware
 
 logger = logging.getLogger("phi3course.score")
 
@@ -241,29 +248,19 @@ def generate(prompts: list[str], params: dict[str, Any]) -> list[str]:
     return [text.strip() for text in texts]
 
 
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); AVX2-only CPUs emulate it, slowly."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
-
-
 def serving_dtype() -> Any:
     """The dtype the serving hardware computes in: bf16 where native (Ampere+ GPUs, AVX512-BF16/AMX CPUs),
     fp16 on older GPUs, fp32 on other CPUs. transformers 5 would otherwise keep the checkpoint's saved dtype,
     so a bf16 fine-tune would generate in emulated bf16 on a CPU instance, many times slower."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+    if hardware.cuda_available():
+        return torch.bfloat16 if hardware.gpu_native_bf16() else torch.float16
+    return torch.bfloat16 if hardware.cpu_native_bf16() else torch.float32
 
 
 def steady_attention() -> None:
-    """On CUDA, cuDNN's attention kernels off (this script travels alone, so it keeps its own copy of
+    """On CUDA, cuDNN's attention kernels off (this script travels without the course, so it keeps its own copy of
     ``phi3course.train.steady_attention``, which says why; tests/test_train.py holds the two alike)."""
     import torch
 

@@ -1,0 +1,5 @@
+"""``python -m phi3course.rehearsal``: see :func:`phi3course.rehearsal.main`."""
+
+from . import main
+
+raise SystemExit(main())
