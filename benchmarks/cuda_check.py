@@ -10,7 +10,7 @@ What it runs, each part on its own (a failure is recorded and the next part stil
    computes in, the peak GPU memory; which device the base-model generation (held-out evaluation, replay rows)
    ran on; result.json/eval.json; the merged model saved, its dtypes, and that it reloads and generates.
    Then once with ``method="full"``.
-2. ``phi3course.score`` (the Azure ML scoring script) on the saved model: the dtype and device it serves in,
+2. ``phi3course.serving.score`` (the Azure ML scoring script) on the saved model: the dtype and device it serves in,
    two questions in one request, greedy twice, one question alone, one sampled request.
 3. ``phi3course.memory`` (``train.check_memory``) against ``torch.cuda.max_memory_allocated``: for the tiny runs,
    and for a larger random Phi-3-shaped model (Phi-3-mini's widths and vocabulary, fewer layers) trained through
@@ -474,7 +474,7 @@ def part_serve(out: Path, prepared: Any, work: Path) -> None:
     os.environ.pop("COURSE_MODEL_URI", None)
     os.environ.pop("COURSE_ENDPOINT_KEY_FILE", None)
     info: dict[str, Any] = {"server_package": _install_server_stub()}
-    from phi3course import score
+    from phi3course.serving import score
 
     torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()

@@ -319,7 +319,7 @@ def test_catalog_model_uris() -> None:
 def test_connect_gate(tmp_path, capsys) -> None:
     from phi3course import mlclient, rehearsal
 
-    workspace = mlclient.connect(None, "azureml", dry_run=True, run_path=tmp_path)
+    workspace = mlclient.connect(None, "rehearsal", run_path=tmp_path)
     out = capsys.readouterr().out
     assert isinstance(workspace, rehearsal.Workspace) and azure.is_rehearsal(workspace)
     assert workspace.root == (tmp_path / "rehearsal").resolve()
@@ -332,6 +332,8 @@ def test_connect_gate(tmp_path, capsys) -> None:
     assert mlclient.connect(None, "azureml") is None
     line = capsys.readouterr().out.strip()
     assert line.count("\n") == 0 and ".env" in line
+    with pytest.raises(ValueError, match=r"local.*rehearsal.*azureml"):
+        mlclient.connect(None, "dry-run")
 
 
 def test_a_dry_runs_summary_note_names_what_it_cannot_check() -> None:

@@ -14,6 +14,7 @@ import json
 import shlex
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nbformat
@@ -109,8 +110,7 @@ def test_the_job_command_carries_every_setting_back(files, tmp_path) -> None:
         "processes_per_instance": 1,
         "target": "local",
         "env_file": ".env",
-        "dry_run": False,
-        "stage": None,
+        "stage": SimpleNamespace(run=SimpleNamespace(path=tmp_path)),
     }
     exec(compile(tagged("azure-job"), "02_fine_tune[azure-job]", "exec"), space)
     job = space["job"]
@@ -129,6 +129,9 @@ def test_the_job_command_carries_every_setting_back(files, tmp_path) -> None:
     expected = {k: v for k, v in dataclasses.asdict(settings).items() if k not in references and k != "extra"}
     assert parsed == expected
     assert set(job.inputs) == {"train", "test", "base_model"} and set(job.outputs) == {"model"}
+    uploaded = azure.code_files(job.code)
+    assert "phi3course/recipe.py" in uploaded and "phi3course/train.py" in uploaded
+    assert not any(name.startswith("phi3course/rehearsal") or "serving" in name for name in uploaded)
 
 
 def test_the_jobs_parser_has_no_default_of_its_own_for_a_recipe_setting() -> None:

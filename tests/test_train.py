@@ -269,7 +269,7 @@ def test_on_cuda_the_model_loads_onto_this_process_gpu_without_cudnn_attention(
     assert train.model_kwargs("lora", "bf16") == {"dtype": torch.bfloat16, "device_map": {"": 1}}
     assert train.model_kwargs("full", "bf16")["device_map"] == {"": 1}
     assert calls == [False, False]
-    from phi3course import score
+    from phi3course.serving import score
 
     score.steady_attention()  # the scoring script's own copy (it travels without the course)
     assert calls == [False, False, False]

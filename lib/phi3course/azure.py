@@ -662,14 +662,28 @@ def code_files(folder: str | os.PathLike[str]) -> list[str]:
     return snapshot.files(Path(folder))
 
 
-def settings_for(target: str, env_file: str | os.PathLike[str] | None = ".env", dry_run: bool = False) -> Any:
+TARGETS = ("local", "rehearsal", "azureml")  # where the notebooks' work runs: here, the stand-in, Azure ML
+
+
+def check_target(target: str) -> str:
+    """``target`` if it is one of :data:`TARGETS`, else a ValueError naming them."""
+    if target not in TARGETS:
+        raise ValueError(
+            f"target={target!r}: choose local (this machine), rehearsal (the Azure cells against a local stand-in "
+            "of the workspace) or azureml (an Azure ML workspace)."
+        )
+    return target
+
+
+def settings_for(target: str, env_file: str | os.PathLike[str] | None = ".env") -> Any:
     """The Azure settings a notebook builds its entities with: ``.env``'s, checked, on the azureml target.
 
-    A rehearsal uses ``.env``'s values when they are valid, and otherwise the stand-in's example values
+    The rehearsal target uses ``.env``'s values when they are valid, and otherwise the stand-in's example values
     (fake ids), so the entities still carry an identity and validate as they would on Azure.
     """
+    check_target(target)
     quiet_sdk()  # before the notebook builds entities: no "experimental class" log line per schema
-    if target == "azureml" and dry_run:
+    if target == "rehearsal":
         values, source = read_values(env_file)
         try:
             settings = validate(values, source)

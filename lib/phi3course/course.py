@@ -78,7 +78,7 @@ def start(name: str, namespace: dict[str, Any], quiet: bool = True) -> Stage:
     updates: dict[str, Any] = {"profile": resolved["profile"]}
     if not summary.get("started"):
         updates["started"] = now()
-    if resolved.get("dry_run") and resolved.get("target") == "azureml":
+    if resolved.get("target") == "rehearsal":
         from .azure import rehearsal_note
 
         updates["rehearsal"] = rehearsal_note()  # says in summary.json that this was a rehearsal, and its limits

@@ -17,30 +17,30 @@ from .azure import REHEARSAL_LIMITS, AzureSettings
 def connect(
     settings: AzureSettings | None,
     target: str,
-    dry_run: bool = False,
     run_path: str | os.PathLike[str] | None = None,
 ) -> Any:
     """The gate of every Azure section: an ``MLClient``, the local rehearsal workspace, or None.
 
-    ``dry_run=True`` returns :class:`phi3course.rehearsal.Workspace` under ``<run_path>/rehearsal``: the
-    same calls as ``MLClient``, answered on this machine. Otherwise a real ``MLClient`` when the target is
-    ``azureml``, the settings are valid and a sign-in works; else None, with one line saying why.
+    ``target="rehearsal"`` returns :class:`phi3course.rehearsal.Workspace` under ``<run_path>/rehearsal``: the
+    same calls as ``MLClient``, answered on this machine. ``target="azureml"`` returns a real ``MLClient`` when the
+    settings are valid and a sign-in works; else None, with one line saying why.
     """
-    if dry_run:
+    azure.check_target(target)
+    if target == "rehearsal":
         from . import rehearsal
 
         if run_path is None:
             raise ValueError("a rehearsal keeps its workspace in the run directory: pass run_path.")
         workspace = rehearsal.Workspace(Path(run_path) / "rehearsal", settings or azure.EXAMPLE_SETTINGS)
         print(
-            "REHEARSAL (dry run): the Azure cells talk to a local stand-in of the workspace in "
+            "REHEARSAL: the Azure cells talk to a local stand-in of the workspace in "
             f"{workspace.root}, not to Azure. It validates every entity with azure-ai-ml, runs the job's "
             "command and serves the deployment here. It cannot check:\n"
             + "\n".join(f"  - {limit}" for limit in REHEARSAL_LIMITS)
         )
         return workspace
-    if target != "azureml":
-        print(f"Target {target!r}: the Azure ML cells skip (set target='azureml', or dry_run=True to rehearse).")
+    if target == "local":
+        print("Target 'local': the Azure ML cells skip (target='rehearsal' runs them against a local stand-in).")
         return None
     if settings is None:
         print("The Azure ML cells skip: the Azure settings above are not usable yet (fix .env, re-run 00_setup).")

@@ -140,7 +140,7 @@ def steady_attention() -> None:
     and math remain). cuDNN builds a plan for every new sequence length, and here lengths change all the time
     (padding-free training batches, left-padded serving batches, a growing KV cache): measured on an H200, 3.1 s
     of CPU per training step went into cuDNN's attention against 4 ms of GPU work; without it a step took 0.05 s.
-    The scoring script, which imports nothing from the course, has its own copy."""
+    The scoring script, which imports only ``hardware`` from the course, has its own copy."""
     import torch
 
     if torch.cuda.is_available():
