@@ -53,11 +53,11 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 course: $(STAMP)
-	$(PY) -m phi3course.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) $(if $(FROM),--from $(FROM))
+	$(PY) -m phi3course.tools.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) $(if $(FROM),--from $(FROM))
 
 # 99_cleanup for this profile's run: nothing left running locally, no Azure ML endpoint left billing.
 cleanup: $(STAMP)
-	$(PY) -m phi3course.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) --from 99 --cleanup
+	$(PY) -m phi3course.tools.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) --from 99 --cleanup
 
 # Unit tests, then nbval over every notebook in order under the smoke profile, then the Azure dry run (every Azure
 # cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote.
@@ -78,23 +78,23 @@ test: $(STAMP)
 	  -p no:cacheprovider -p tests.nbval_outputs --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 \
 	  runs/solved/notebooks/02_fine_tune.ipynb runs/solved/notebooks/03_deploy.ipynb runs/solved/notebooks/04_prompt_flow_chat.ipynb
 	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
-	rm -rf runs/nbval-azureml && $(PY) -m phi3course.notebooks unchecked runs/nbval-azureml/notebooks
+	rm -rf runs/nbval-azureml && $(PY) -m phi3course.tools.notebooks unchecked runs/nbval-azureml/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=azureml-dryrun-smoke COURSE_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \
 	  -p no:cacheprovider -p tests.nbval_outputs --nbval-lax --nbval-cell-timeout 600 runs/nbval-azureml/notebooks
 	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval-azureml $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
 
 # Before a class: the models converted once into the cache (~/.cache/phi3course), ready to copy to a room.
 warm: $(STAMP)
-	$(PY) -m phi3course.cli warm $(MODELS)
+	$(PY) -m phi3course.tools.cli warm $(MODELS)
 
 # For educators: every learner's run headless (LEARNERS="ana ben", PROFILE, TO=02), then one table.
 class: $(STAMP)
 	@test -n "$(LEARNERS)" || { echo 'name the learners: make class LEARNERS="ana ben" [PROFILE=smoke] [TO=02]'; exit 2; }
-	$(PY) -m phi3course.classroom run --profile $(PROFILE) --learners $(LEARNERS) $(if $(TO),--to $(TO))
+	$(PY) -m phi3course.tools.classroom run --profile $(PROFILE) --learners $(LEARNERS) $(if $(TO),--to $(TO))
 
 # One table from summary.json files wherever they are: make collect RUNS="/home/*/phi3-course/runs/local"
 collect: $(STAMP)
-	$(PY) -m phi3course.classroom collect $(or $(RUNS),runs) $(if $(CSV),--csv $(CSV))
+	$(PY) -m phi3course.tools.classroom collect $(or $(RUNS),runs) $(if $(CSV),--csv $(CSV))
 
 # The browser test with the local profile, its screenshots written into images/ (README and 04 show them).
 screenshots: $(STAMP)

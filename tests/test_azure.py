@@ -288,8 +288,9 @@ def test_the_job_snapshot_holds_exactly_what_the_job_module_imports(tmp_path) ->
     assert files == sorted({"phi3course/__init__.py"} | {f"{m.replace('.', '/')}.py" for m in wanted})
     assert "phi3course/train.py" in files and "phi3course/probe.py" in files  # train imports probe in a function
     assert not [f for f in files if f.startswith(("phi3course/rehearsal", "phi3course/serving"))]
-    for tool in ("runner", "course", "endpoint", "notebooks", "exercises", "classroom", "mlclient"):
-        assert f"phi3course/{tool}.py" not in files
+    assert not [f for f in files if f.startswith("phi3course/tools/")]
+    for module in ("course", "endpoint", "exercises", "mlclient"):
+        assert f"phi3course/{module}.py" not in files
     (folder / "phi3course" / "stray.txt").write_text("left from before")
     assert "phi3course/stray.txt" not in azure.code_files(azure.job_code(folder))  # a fresh folder each time
     check = (  # every module imports from the snapshot alone (the job's working directory comes first on sys.path)

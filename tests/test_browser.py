@@ -21,11 +21,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from phi3course import flow, processes, runner
+from phi3course import flow, processes
 from phi3course.chat import EMPTY_ANSWER
 from phi3course.endpoint import free_port
 from phi3course.paths import course_root
 from phi3course.rundir import RunDir
+from phi3course.tools import runner
 from test_browser_setup import chromium
 
 ROOT = course_root()

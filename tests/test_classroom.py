@@ -7,8 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from phi3course import classroom
 from phi3course.paths import notebooks_dir
+from phi3course.tools import classroom
 
 COMPLETE = {
     "profile": "local",

@@ -14,7 +14,7 @@ import papermill as pm
 import pytest
 
 from phi3course.paths import course_root
-from phi3course.runner import course_notebooks
+from phi3course.tools.runner import course_notebooks
 
 ROOT = course_root()
 NOTEBOOKS = course_notebooks(include_cleanup=True)

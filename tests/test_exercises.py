@@ -15,7 +15,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from phi3course import exercises
 from phi3course.rundir import RunDir
-from phi3course.runner import course_notebooks
+from phi3course.tools.runner import course_notebooks
 
 NOTEBOOKS = course_notebooks()
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def run_01(tmp_path: Path, notebook: Path, mode: str, monkeypatch: pytest.Monkey
     import papermill as pm
 
     from phi3course import profiles
-    from phi3course.runner import ipc_kernel_manager
+    from phi3course.tools.runner import ipc_kernel_manager
 
     monkeypatch.setenv(exercises.MODE_ENV, mode)  # the kernel inherits it
     params = {**profiles.parameters("smoke"), "run_dir": str(tmp_path / "run")}
@@ -221,7 +221,7 @@ def test_the_command_line_lists_and_solves(tmp_path, capsys: pytest.CaptureFixtu
 
 
 def test_the_class_table_shows_which_exercises_each_learner_passed(tmp_path) -> None:
-    from phi3course import classroom
+    from phi3course.tools import classroom
 
     for learner, results in {"ana": {"01.2": False, "01.1": True, "01.3": True}, "ben": {}}.items():
         run = RunDir(tmp_path / learner)

@@ -1,4 +1,4 @@
-"""Modules generated from notebook cells stay equal to the cells (``python -m phi3course.export``)."""
+"""Modules generated from notebook cells stay equal to the cells (``python -m phi3course.tools.export``)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from phi3course import export
 from phi3course.paths import notebooks_dir
+from phi3course.tools import export
 
 
 @pytest.mark.parametrize("name", list(export.GENERATED))
 def test_the_library_copy_equals_the_notebooks_export_cells(name: str) -> None:
     assert name not in export.stale(), (
         f"lib/phi3course/{name}.py differs from the export cells of {export.GENERATED[name]}: "
-        "run python -m phi3course.export"
+        "run python -m phi3course.tools.export"
     )
 
 
@@ -34,7 +34,7 @@ def test_a_changed_export_cell_is_noticed(name: str, tmp_path: Path) -> None:
 def test_the_check_command_fails_while_a_copy_is_stale(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(export, "stale", lambda: ["recipe"])
     assert export.main(["--check"]) == 1
-    assert "python -m phi3course.export" in capsys.readouterr().out
+    assert "python -m phi3course.tools.export" in capsys.readouterr().out
 
 
 def test_the_job_runs_the_notebooks_recipe() -> None:

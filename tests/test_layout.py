@@ -18,6 +18,43 @@ def test_the_package_has_no_import_cycle() -> None:
     assert snapshot.cycles(graph) == [], "import cycles (each a group of modules that import each other)"
 
 
+def part(module: str) -> str:
+    """Who a module is for: tools (educators, maintainers), rehearsal (the stand-in), serving (the scoring folder),
+    or the learner's library (everything else, which the notebooks and the Azure ML job import)."""
+    for name in ("tools", "rehearsal", "serving"):
+        if module == f"phi3course.{name}" or module.startswith(f"phi3course.{name}."):
+            return name
+    return "library"
+
+
+# Which parts each part may import: no arrow back up. The library reaches the stand-in only through mlclient (the
+# gate that picks Azure ML or the stand-in) and the scoring script only through endpoint (which lays out its folder).
+ALLOWED = {
+    "tools": {"tools", "library", "rehearsal"},
+    "rehearsal": {"rehearsal", "library"},
+    "serving": {"serving", "library"},
+    "library": {"library"},
+}
+GATES = {("phi3course.mlclient", "rehearsal"), ("phi3course.endpoint", "serving")}
+
+
+def test_no_part_imports_one_above_it() -> None:
+    graph = snapshot.import_graph()
+    wrong = [
+        f"{module} -> {imported}"
+        for module, imports in graph.items()
+        for imported in imports
+        if part(imported) not in ALLOWED[part(module)] and (module, part(imported)) not in GATES
+    ]
+    assert wrong == []
+
+
+def test_the_scoring_folder_imports_nothing_but_hardware_from_the_library() -> None:
+    graph = snapshot.import_graph()
+    served = snapshot.closure(["phi3course.serving.score"], graph)
+    assert {m for m in served if part(m) == "library"} <= {"phi3course.hardware"}
+
+
 def write_package(root: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         path = root / "pkg" / name

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from phi3course import runner
+from phi3course.tools import runner
 
 
 def notebook(path: Path, *cells: str) -> Path:

@@ -3,7 +3,7 @@ chat flow of 04 (``flows/chat/flow.dag.yaml``) as a workflow.
 
 The block between the markers is generated from ``notebooks/05_agent_framework.ipynb``, from its cells tagged
 ``export`` (the d2l pattern: the notebook is the source the learner reads and edits; the benchmark and the tests
-import this copy). Edit the notebook, then run ``python -m phi3course.export`` to regenerate the block;
+import this copy). Edit the notebook, then run ``python -m phi3course.tools.export`` to regenerate the block;
 ``tests/test_agents.py`` fails while the two differ.
 """
 

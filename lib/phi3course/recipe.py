@@ -4,7 +4,7 @@ evaluation.
 The block between the markers is generated from ``notebooks/02_fine_tune.ipynb``, from its cells tagged
 ``export``: the notebook is the source the learner reads and edits, and the Azure ML job
 (``python -m phi3course.train``), the benchmarks and the tests run this copy of it. Edit the notebook, then run
-``python -m phi3course.export`` to regenerate the block; ``tests/test_export.py`` fails while the two differ.
+``python -m phi3course.tools.export`` to regenerate the block; ``tests/test_export.py`` fails while the two differ.
 """
 
 # --- generated from notebooks/02_fine_tune.ipynb (cells tagged "export"): edit the notebook, not this ---

@@ -1,7 +1,7 @@
 """For educators: run every learner's notebooks headless, and collect their ``summary.json`` into one table.
 
-    python -m phi3course.classroom run --learners ana ben cleo --profile smoke [--to 02] [--notebooks-root DIR]
-    python -m phi3course.classroom collect runs/class [/home/*/phi3-course/runs/local ...] [--csv class.csv]
+    python -m phi3course.tools.classroom run --learners ana ben cleo --profile smoke [--to 02] [--notebooks-root DIR]
+    python -m phi3course.tools.classroom collect runs/class [/home/*/phi3-course/runs/local ...] [--csv class.csv]
 
 ``run`` executes the course once per learner with papermill (one after the other: the notebooks use fixed
 ports and one Prompt flow connection name), each into ``runs/class/<learner>/``; with ``--notebooks-root``
@@ -22,8 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import profiles
-from .paths import runs_dir
+from .. import profiles
+from ..paths import runs_dir
 
 LEARNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -204,7 +204,7 @@ def _show(frame: pd.DataFrame, csv: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m phi3course.classroom", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m phi3course.tools.classroom", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     collect_cmd = commands.add_parser("collect", help="one table from many learners' summary.json files")
     collect_cmd.add_argument("paths", nargs="+", help="run directories, summary.json files, or folders holding them")

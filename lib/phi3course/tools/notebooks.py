@@ -3,10 +3,10 @@
 Cells marked ``# NBVAL_CHECK_OUTPUT`` keep their outputs: nbval compares a fresh run against them.
 Those outputs come from a smoke run (``refresh``), and the marked cells print the same in every profile.
 
-    python -m phi3course.notebooks check            # what is not clean (the tests run this)
-    python -m phi3course.notebooks clean            # make it clean
-    python -m phi3course.notebooks refresh runs/nbval   # take reference outputs from executed notebooks
-    python -m phi3course.notebooks unchecked DEST       # copies without reference outputs (another profile's nbval)
+    python -m phi3course.tools.notebooks check            # what is not clean (the tests run this)
+    python -m phi3course.tools.notebooks clean            # make it clean
+    python -m phi3course.tools.notebooks refresh runs/nbval   # take reference outputs from executed notebooks
+    python -m phi3course.tools.notebooks unchecked DEST   # copies without reference outputs (another profile's nbval)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import nbformat
 
-from .paths import notebooks_dir
+from ..paths import notebooks_dir
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 KEPT_CELL_METADATA = ("tags",)
@@ -107,7 +107,7 @@ def unchecked(dest: Path, folder: Path | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m phi3course.notebooks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m phi3course.tools.notebooks", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["check", "clean", "refresh", "unchecked"])
     parser.add_argument(
         "executed_dir", nargs="?", type=Path, help="refresh: folder of executed notebooks; unchecked: where to write"

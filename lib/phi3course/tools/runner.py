@@ -17,10 +17,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import profiles
-from .course import run_dir_for
-from .paths import notebooks_dir
-from .rundir import RunDir, now
+from .. import profiles
+from ..course import run_dir_for
+from ..paths import notebooks_dir
+from ..rundir import RunDir, now
 
 
 @dataclass

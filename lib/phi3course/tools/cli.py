@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def warm(names: list[str]) -> int:
-    from .models import ModelError, cache_dir
-    from .models import warm as warm_models
+    from ..models import ModelError, cache_dir
+    from ..models import warm as warm_models
 
     try:
         done = warm_models(names or ["smollm2-135m-instruct", "phi-3-tiny"])

@@ -3,7 +3,7 @@
 A notebook's code cells tagged ``export`` are copied, in order, into the generated block of a module in this
 package, between two marker lines; the rest of the module (its docstring, anything after the block) is kept.
 The learner reads and edits the cells; the Azure ML job, the benchmarks and the tests import the copy.
-``python -m phi3course.export`` regenerates every copy; ``--check`` only says which ones differ (a test runs it).
+``python -m phi3course.tools.export`` regenerates every copy; ``--check`` only says which ones differ (a test runs it).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ END = "# --- end of generated code ---"
 
 
 def module_path(name: str) -> Path:
-    """The file of generated module ``name``."""
-    return Path(__file__).with_name(f"{name}.py")
+    """The file of generated module ``name`` (a module of the ``phi3course`` package)."""
+    return Path(__file__).parents[1] / f"{name}.py"
 
 
 def exported_code(notebook: str | Path) -> str:
@@ -47,7 +47,7 @@ def with_code(module_text: str, code: str) -> str:
 
 def regenerated(name: str, notebook: str | Path | None = None) -> str:
     """Module ``name``'s text as the export cells of its notebook (or of ``notebook``) make it."""
-    from .paths import notebooks_dir
+    from ..paths import notebooks_dir
 
     source = notebook or notebooks_dir() / GENERATED[name]
     return with_code(module_path(name).read_text(encoding="utf-8"), exported_code(source))
@@ -67,13 +67,14 @@ def export() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m phi3course.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m phi3course.tools.export", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only say which modules differ from their notebooks")
     args = parser.parse_args(argv)
     if args.check:
         differ = stale()
         for name in differ:
-            print(f"lib/phi3course/{name}.py differs from notebooks/{GENERATED[name]}: run python -m phi3course.export")
+            fix = "run python -m phi3course.tools.export"
+            print(f"lib/phi3course/{name}.py differs from notebooks/{GENERATED[name]}: {fix}")
         return 1 if differ else 0
     changed = export()
     for name in GENERATED:
