@@ -177,5 +177,3 @@ def perplexity(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch
         total += float(losses)
         count += int((shift_labels != -100).sum())
     return round(math.exp(total / max(count, 1)), 3)
-
-
