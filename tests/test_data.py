@@ -132,6 +132,14 @@ def test_demo_questions_follow_the_runs_data(tmp_path) -> None:
 # --- your own facts ------------------------------------------------------------------------------
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 GOOD = "facts:\n  - question: Who is the mayor?\n    answer: Odile Marrant\n    test: [Name the mayor.]\n"
+# Each level repeats the one above nine times: 400 bytes that a YAML 1.1 loader turns into a 3.7 MB question.
+BOMB = "\n".join(
+    [
+        "l0: &l0 lol",
+        *(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 7)),
+        *["facts:", "  - question: *l6", "    answer: Odile", "    test: [Name the mayor.]", ""],
+    ]
+)
 
 
 def test_the_example_file_goes_through_prepare_in_the_synthetic_rows_shape(tmp_path) -> None:
@@ -226,6 +234,73 @@ BAD_FACTS = {
         r"bad.yaml: line 3 is not valid YAML.*quote",
     ),
     "no facts": ("bad.yaml", "facts: []\n", r"no facts: add at least one"),
+    "a key given twice (the last would win)": (
+        "bad.yaml",
+        GOOD + "    answer: Ben Marrant\n",
+        r"bad.yaml: line 5: 'answer:' is given twice in one place \(first on line 3\), and only one would be kept\. "
+        r"Keep one 'answer:' — several phrasings go in a list under 'train' or 'test'",
+    ),
+    "'facts:' given twice": (
+        "bad.yaml",
+        GOOD + "facts: []\n",
+        r"bad.yaml: line 5: 'facts:' is given twice in one place \(first on line 1\).*Keep one 'facts:'\.$",
+    ),
+    "an alias": (
+        "bad.yaml",
+        GOOD.replace("Who is the mayor?", "&q Who is the mayor?").replace("[Name the mayor.]", "[*q]"),
+        r"bad.yaml: line 2: '&q' is a YAML anchor or alias, which a facts file does not allow.*Write the text out",
+    ),
+    "nested aliases that expand to megabytes": (
+        "bad.yaml",
+        BOMB,
+        r"bad.yaml: line 1: '&l0' is a YAML anchor or alias",
+    ),
+    "a type tag": (
+        "bad.yaml",
+        GOOD.replace("Odile Marrant", "!!int 3"),
+        r"bad.yaml: line 3: the tag '!!int' is not allowed in a facts file: every value is read as the text you "
+        r"wrote\. Remove '!!int'",
+    ),
+    "a python tag": (
+        "bad.yaml",
+        GOOD.replace("Odile Marrant", "!!python/object/apply:os.getcwd []"),
+        r"bad.yaml: line 3: the tag '!!python/object/apply:os.getcwd' is not allowed",
+    ),
+    "a question that is a list": (
+        "bad.yaml",
+        GOOD.replace("Who is the mayor?", "[Who is the mayor, Who leads the town]"),
+        r"bad.yaml: line 2: the question is a list, not text\. Write one question as text",
+    ),
+    "an answer that is a mapping": (
+        "bad.yaml",
+        GOOD.replace("Odile Marrant", "\n      first: Odile"),
+        r"bad.yaml: line 4: the answer is a mapping, not text",
+    ),
+    "a test phrasing that is a list": (
+        "bad.yaml",
+        GOOD.replace("[Name the mayor.]", "\n      - [Name the mayor., The mayor is]"),
+        r"bad.yaml: line 5: a phrasing under 'test' is a list or a mapping, not text\. Write one phrasing per line",
+    ),
+    "a YAML file over 1 MB": (
+        "bad.yaml",
+        GOOD + "# a long comment\n" * 60_000,
+        r"bad.yaml: 1,020,0\d\d bytes; a facts file may be at most 1 MB \(1,000,000 bytes\)\..*keep the ones",
+    ),
+    "a CSV file over 1 MB": (
+        "bad.csv",
+        "question,answer,test\n" + "".join(f"Who is mayor {n}?,Odile {n},Name mayor {n}.\n" for n in range(40_000)),
+        r"bad.csv: 1,\d{3},\d{3} bytes; a facts file may be at most 1 MB",
+    ),
+    "a CSV column named twice (the last would win)": (
+        "bad.csv",
+        "question,answer,test,answer\nWho is the mayor?,Odile Marrant,Name the mayor.,Ben\n",
+        r"bad.csv: line 1 names the column 'answer' twice; only one would be kept\. Keep one 'answer' column",
+    ),
+    "a CSV line with more cells than columns": (
+        "bad.csv",
+        "question,answer,test\nWho is the mayor?,Odile Marrant,Name the mayor.,Mayor?\n",
+        r"bad.csv, line 2: more cells than the first line has columns \(3\)\. Put several phrasings in one cell",
+    ),
 }
 
 
@@ -240,6 +315,31 @@ def test_a_bad_facts_file_names_the_fact_and_the_fix_and_keeps_the_prepared_file
         data.prepare("facts", tmp_path / "data", facts_file=bad)
     assert {split: path.read_bytes() for split, path in prepared.files.items()} == before
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test.jsonl", "train.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "written", ["no", "yes", "on", "12:30", "0755", "0x1F", "1e3", "1.50", "null", "~", "2024-01-01", "'007'"]
+)
+def test_every_value_is_read_as_the_text_written(tmp_path, written: str) -> None:
+    """No YAML 1.1 typing: 'no' is not False, '12:30' is not 750, '0755' is not 493, '1.50' keeps its zero."""
+    expected = written.strip("'")
+    text = GOOD.replace("Odile Marrant", written).replace("[Name the mayor.]", f"[Name the mayor., {written}]")
+    (fact,) = facts.parse_facts(text, "mine.yaml")
+    assert fact.answer == expected and fact.test == ("Name the mayor.", expected)
+    (tmp_path / "mine.yaml").write_text(text)
+    prepared = data.prepare("facts", tmp_path / "data", facts_file=tmp_path / "mine.yaml", facts_templates=0)
+    assert {row["answer"] for row in prepared.train + prepared.test} == {expected}
+    assert prepared.test[1]["messages"][0]["content"] == expected
+
+
+def test_the_example_is_within_the_size_limit_and_the_limit_is_on_bytes_read(tmp_path) -> None:
+    assert (EXAMPLES / "my_facts.yaml").stat().st_size < facts.MAX_FILE_BYTES // 100
+    huge = tmp_path / "huge.csv"
+    with huge.open("wb") as handle:  # sparse: 2 GB that are never read
+        handle.write(b"question,answer,test\n")
+        handle.truncate(2_000_000_000)
+    with pytest.raises(data.DataError, match=r"huge.csv: 2,000,000,000 bytes; a facts file may be at most 1 MB"):
+        facts.read_facts(huge)
 
 
 def test_a_missing_facts_file_says_how_to_start_one(tmp_path) -> None:
@@ -290,3 +390,30 @@ def test_the_form_adds_facts_one_by_one_and_refuses_a_bad_one(tmp_path) -> None:
     )
     assert [f.answer for f in saved_facts] == ["Odile", "Quay Street"]
     assert saved_facts[0].test == ("Name the mayor.", "Mayor?")
+
+
+def test_the_form_keeps_a_hand_written_file_as_written_and_goes_through_the_same_checks(tmp_path) -> None:
+    path = tmp_path / "my_facts.yaml"
+    path.write_text(GOOD.replace("Odile Marrant", "no").replace("Name the mayor.", "12:30"))
+    saved = facts.add_fact(path, {"question": "Where is the town hall?", "answer": "0755", "test": "Town hall?"})
+    assert [(f.answer, f.test) for f in saved] == [("no", ("12:30",)), ("0755", ("Town hall?",))]
+    assert "False" not in path.read_text() and "750" not in path.read_text()
+    kept = path.read_text()
+    typed = {"question": ["Who?", "Who is it?"], "answer": "Ben", "test": "Who is he?"}
+    with pytest.raises(data.DataError, match=r"new fact 3: the question is list \['Who\?', 'Who is it\?'\], not text"):
+        facts.add_fact(path, typed)
+    with pytest.raises(data.DataError, match=r"new fact 3: the answer is int 1712, not text: .* quotes.*\"1712\""):
+        facts.add_fact(path, {"question": "When was it founded?", "answer": 1712, "test": "Founded when?"})
+    assert path.read_text() == kept
+    path.write_text(
+        kept.replace(
+            "  test:\n  - Town hall?", "  reply: Quay Street.\n  reply: At Quay Street.\n  test:\n  - Town hall?"
+        )
+    )
+    with pytest.raises(data.DataError, match=r"my_facts.yaml: line \d+: 'reply:' is given twice"):
+        facts.add_fact(path, {"question": "When was it founded?", "answer": "1712", "test": "Founded when?"})
+    path.write_text(kept + "# padding\n" * 120_000)
+    before = path.read_bytes()
+    with pytest.raises(data.DataError, match=r"at most 1 MB"):
+        facts.add_fact(path, {"question": "When was it founded?", "answer": "1712", "test": "Founded when?"})
+    assert path.read_bytes() == before

@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .files import atomic_write_text
 from .paths import course_root
@@ -27,6 +27,9 @@ FACT_FIELDS = {
 REQUIRED_FIELDS = ("question", "answer", "test")
 MAX_ANSWER_WORDS = 12
 CSV_SEPARATOR = "|"  # several phrasings in one CSV cell: "How old is it? | What is its age?"
+MAX_FILE_BYTES = 1_000_000  # 1 MB: thousands of facts; the example's dozen is 4 kB
+TEXT_FIELDS = ("question", "answer", "reply")  # one text each
+LIST_FIELDS = ("test", "train")  # one text, or a list of texts
 
 # Wrappers around a learner's own question: cheap extra training phrasings (``facts_templates``).
 # They change the words around the question, never the question's own wording.
@@ -92,22 +95,132 @@ def _decode(raw: bytes, name: str) -> str:
         ) from None
 
 
-def _phrasings(value: Any) -> list[str]:
+def _check_size(size: int, name: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise DataError(
+            f"{name}: {size:,} bytes; a facts file may be at most 1 MB ({MAX_FILE_BYTES:,} bytes). A facts file holds "
+            "a few dozen short facts (the example's twelve are 4 kB): keep the ones to teach, or split the file."
+        )
+
+
+def _not_text(where: str, key: str, value: Any) -> DataError:
+    """The error for a field that is not text (a number or list typed in Python, a list or mapping in YAML)."""
+    if key in LIST_FIELDS:
+        fix = f"write '{key}' as one text or a list of texts, each phrasing a sentence of its own"
+    else:
+        fix = f'write the {key} as text, in quotes where it looks like a number or a list: "{value}"'
+    return DataError(f"{where}: the {key} is {type(value).__name__} {value!r}, not text: {fix}.")
+
+
+def _text(item: dict[str, Any], key: str, where: str) -> str:
+    """A field as written, spaces collapsed; a missing or None field is empty text."""
+    value = item.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _not_text(where, key, value)
+    return " ".join(value.split())
+
+
+def _phrasings(value: Any, key: str = "test", where: str = "your fact") -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
         return [part.strip() for part in value.split(CSV_SEPARATOR) if part.strip()]
     if isinstance(value, list | tuple):
-        return [str(item).strip() for item in value if item is not None and str(item).strip()]
-    return [str(value).strip()]
+        if any(item is not None and not isinstance(item, str) for item in value):
+            raise _not_text(where, key, value)
+        return [item.strip() for item in value if item is not None and item.strip()]
+    raise _not_text(where, key, value)
+
+
+def _tag_as_written(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def _facts_loader(name: str) -> type:
+    """A YAML loader for facts files: every scalar is the text as written (no YAML 1.1 typing: ``no``,
+    ``12:30``, ``0755``, ``1.50`` stay those strings), and tags, anchors, aliases and repeated keys are refused
+    with the line and the fix."""
+    import yaml
+
+    class FactsLoader(yaml.SafeLoader):
+        yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {}  # no implicit types: every plain scalar is str
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                mark = f"*{event.anchor}" if isinstance(event, yaml.AliasEvent) else f"&{event.anchor}"
+                raise DataError(
+                    f"{name}: line {line}: '{mark}' is a YAML anchor or alias, which a facts file does not allow (a "
+                    "few of them can make a small file expand to megabytes). Write the text out in full where it "
+                    "is needed."
+                )
+            tag = getattr(event, "tag", None)
+            if tag is not None:
+                raise DataError(
+                    f"{name}: line {line}: the tag '{_tag_as_written(tag)}' is not allowed in a facts file: every "
+                    f"value is read as the text you wrote. Remove '{_tag_as_written(tag)}' (put the value in quotes "
+                    "if it holds ':' or '#')."
+                )
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, str) and key in first:
+                    hint = (
+                        " — several phrasings go in a list under 'train' or 'test', and each fact starts with its "
+                        "own '- question:'"
+                        if key in FACT_FIELDS
+                        else ""
+                    )
+                    raise DataError(
+                        f"{name}: line {line}: '{key}:' is given twice in one place (first on line {first[key]}), "
+                        f"and only one would be kept. Keep one '{key}:'{hint}."
+                    )
+                if isinstance(key, str):
+                    first[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return FactsLoader
+
+
+def _check_fact_node(node: Any, name: str) -> None:
+    """Refuse a list or mapping where a fact's field must be text, naming its line."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return  # make_fact says what a fact must be
+    for key_node, value in node.value:
+        key = key_node.value
+        if key in TEXT_FIELDS and not isinstance(value, yaml.ScalarNode):
+            kind = "a list" if isinstance(value, yaml.SequenceNode) else "a mapping"
+            raise DataError(
+                f"{name}: line {value.start_mark.line + 1}: the {key} is {kind}, not text. Write one {key} as text "
+                f"on the line of '{key}:' (in quotes if it holds ':' or '#'); more phrasings of a question go under "
+                "'train' or 'test'."
+            )
+        if key in LIST_FIELDS:
+            items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for part in items:
+                if not isinstance(part, yaml.ScalarNode):
+                    raise DataError(
+                        f"{name}: line {part.start_mark.line + 1}: a phrasing under '{key}' is a list or a mapping, "
+                        f"not text. Write one phrasing per line as '- phrasing' (in quotes if it holds ':' or '#')."
+                    )
 
 
 def _yaml_entries(text: str, name: str) -> list[tuple[str, Any]]:
     import yaml
 
+    loader = _facts_loader(name)(text)
     try:
-        loaded = yaml.safe_load(text)
-        root = yaml.compose(text)
+        root = loader.get_single_node()
+        loaded = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -116,6 +229,8 @@ def _yaml_entries(text: str, name: str) -> list[tuple[str, Any]]:
             "examples/my_facts.yaml: each fact starts with '- question:', its keys line up under it, and a list "
             "has one phrasing per line ('- Name the mayor.'); in [brackets], quote phrasings with '?' or ':'."
         ) from None
+    finally:
+        loader.dispose()
     nodes: list[Any] = []
     if isinstance(loaded, dict) and "facts" in loaded:
         items = loaded["facts"]
@@ -129,6 +244,8 @@ def _yaml_entries(text: str, name: str) -> list[tuple[str, Any]]:
     entries = []
     for number, item in enumerate(items, start=1):
         line = f" (line {nodes[number - 1].start_mark.line + 1})" if number <= len(nodes) else ""
+        if number <= len(nodes):
+            _check_fact_node(nodes[number - 1], name)
         entries.append((f"{name}, fact {number}{line}", item))
     return entries
 
@@ -139,6 +256,12 @@ def _csv_entries(text: str, name: str) -> list[tuple[str, Any]]:
 
     reader = csv.DictReader(io.StringIO(text))
     header = [column.strip() for column in reader.fieldnames or []]
+    twice = next((column for number, column in enumerate(header) if column and column in header[:number]), None)
+    if twice:
+        raise DataError(
+            f"{name}: line 1 names the column {twice!r} twice; only one would be kept. Keep one {twice!r} column: "
+            f"several phrasings go in one cell separated by '{CSV_SEPARATOR}'."
+        )
     missing = [column for column in REQUIRED_FIELDS if column not in header]
     if missing:
         raise DataError(
@@ -151,6 +274,12 @@ def _csv_entries(text: str, name: str) -> list[tuple[str, Any]]:
         raise DataError(f"{name}: unknown column {unknown[0]!r}; the columns are {', '.join(FACT_FIELDS)}.")
     entries = []
     for record in reader:
+        if None in record:  # DictReader puts the cells past the header's columns under None
+            raise DataError(
+                f"{name}, line {reader.line_num}: more cells than the first line has columns ({len(header)}). Put "
+                f"several phrasings in one cell separated by '{CSV_SEPARATOR}', and quote a cell that holds a comma: "
+                '"About 8,400".'
+            )
         values = {(k or "").strip(): v for k, v in record.items()}
         if not any((v or "").strip() for v in values.values() if isinstance(v, str)):
             continue  # a blank line
@@ -168,8 +297,7 @@ def make_fact(item: Any, where: str = "your fact") -> MyFact:
     for key in REQUIRED_FIELDS:
         if key not in item:
             raise DataError(f"{where}: no '{key}'. Add '{key}:' — {FACT_FIELDS[key]}.")
-    question = " ".join(str(item["question"] or "").split())
-    answer = " ".join(str(item["answer"] if item["answer"] is not None else "").split())
+    question, answer = _text(item, "question", where), _text(item, "answer", where)
     if not question:
         raise DataError(f"{where}: the question is empty. Write the question as someone would ask it.")
     if not answer:
@@ -180,16 +308,16 @@ def make_fact(item: Any, where: str = "your fact") -> MyFact:
             f"answer word for word, so keep it short (at most {MAX_ANSWER_WORDS} words) and put the full sentence "
             "in 'reply'."
         )
-    reply = " ".join(str(item.get("reply") or "").split()) or _default_reply(answer)
+    reply = _text(item, "reply", where) or _default_reply(answer)
     if _normal(answer) not in _normal(reply):
         raise DataError(
             f"{where}: the reply {reply!r} does not contain the answer {answer!r}, so it could never count as "
             "right. Put the answer in the reply word for word (or leave 'reply' out)."
         )
-    test = _phrasings(item["test"])
+    test = _phrasings(item["test"], "test", where)
     if not test:
         raise DataError(f"{where}: no test phrasing for {question!r}. Add under 'test' {FACT_FIELDS['test']}.")
-    return MyFact(question, answer, reply, tuple(test), tuple(_phrasings(item.get("train"))), where)
+    return MyFact(question, answer, reply, tuple(test), tuple(_phrasings(item.get("train"), "train", where)), where)
 
 
 def _place(fact: MyFact) -> str:
@@ -230,6 +358,7 @@ def check_facts(facts: Sequence[MyFact]) -> list[MyFact]:
 
 def parse_facts(text: str | bytes, name: str = "my_facts.yaml") -> list[MyFact]:
     """Facts from YAML or CSV text (``name``'s suffix says which); errors name the fact and the fix."""
+    _check_size(len(text) if isinstance(text, bytes) else len(text.encode("utf-8")), name)
     if isinstance(text, bytes):
         text = _decode(text, name)
     suffix = Path(name).suffix.lower()
@@ -252,7 +381,10 @@ def read_facts(path: str | os.PathLike[str]) -> list[MyFact]:
     target = Path(path)
     if not target.is_file():
         raise DataError(f"{target}: no such file. Copy examples/my_facts.yaml and point facts_file at your copy.")
-    return parse_facts(target.read_bytes(), str(target))
+    with target.open("rb") as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)  # never more than the limit, however large the file
+    _check_size(max(len(raw), target.stat().st_size), str(target))
+    return parse_facts(raw, str(target))
 
 
 def facts_yaml(facts: Sequence[MyFact], about: str = "") -> str:
