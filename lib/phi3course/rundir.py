@@ -92,6 +92,7 @@ class RunDir:
             else:
                 summary[key] = value
         write_json(self.summary_path, summary)
+        share_with_group(self.summary_path)
 
     def record_stage(self, name: str, seconds: float, ok: bool, **extra: Any) -> None:
         entry = {"seconds": round(seconds, 2), "ok": ok, **extra}
@@ -119,6 +120,32 @@ class RunDir:
     def new_secret(self, name: str, nbytes: int = 32) -> Path:
         """Make a random URL-safe secret, store it, and return its path (never the value)."""
         return self.write_secret(name, secrets.token_urlsafe(nbytes))
+
+
+def share_with_group(path: Path) -> None:
+    """Make ``path`` readable by the group named in ``COURSE_SHARE_GROUP`` (chgrp, 0640), for ``classroom collect``.
+
+    Only ``summary.json`` is shared this way (it holds no secrets); without the variable it stays 0600. A group
+    that does not exist, or that the learner is not in, leaves the file private and warns how to fix it.
+    """
+    group = os.environ.get("COURSE_SHARE_GROUP", "").strip()
+    if not group:
+        return
+    try:
+        import grp
+
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o640)
+    except (ImportError, KeyError, OSError) as error:
+        import warnings
+
+        reason = "no such group" if isinstance(error, KeyError) else str(error)
+        warnings.warn(
+            f"COURSE_SHARE_GROUP={group!r}: {path} stays readable by you only ({reason}). Set it to a group you "
+            "are in (see 'id -Gn'), the one your educator's account is in, or unset it.",
+            stacklevel=2,
+        )
 
 
 def mask(secret: str, shown: int = 4) -> str:

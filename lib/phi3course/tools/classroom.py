@@ -2,12 +2,17 @@
 
     python -m phi3course.tools.classroom run --learners ana ben cleo --profile smoke [--to 02] [--notebooks-root DIR]
     python -m phi3course.tools.classroom collect runs/class [/home/*/phi3-course/runs/local ...] [--csv class.csv]
+        [--since 2025-05-01T09:00]
 
 ``run`` executes the course once per learner with papermill (one after the other: the notebooks use fixed
 ports and one Prompt flow connection name), each into ``runs/class/<learner>/``; with ``--notebooks-root``
 it runs each learner's own copy of the notebooks from ``DIR/<learner>/``. A learner whose run fails does not
 stop the others. ``collect`` accepts run directories, ``summary.json`` files or folders holding either, and
-prints one row per learner: how far they got, where they are stuck, and what their model achieved.
+prints one row per learner: how far they got, where they are stuck, and what their model achieved. A summary
+from a run that started before the class run (or ``--since``) is marked stale: that learner's newest run was
+skipped or failed before it began, so its numbers are not theirs now. Learners' runs on other accounts can be
+read when they set ``COURSE_SHARE_GROUP`` (see :func:`phi3course.rundir.share_with_group`). The CSV is escaped
+against spreadsheet formulas: a text starting with ``=``, ``+``, ``-``, ``@``, a tab or a CR gets a leading ``'``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ import pandas as pd
 
 from .. import profiles
 from ..paths import runs_dir
+from ..rundir import now
 
 LEARNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -43,6 +50,11 @@ COLUMNS = [
     "chat answer",
     "exercises",
 ]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may take for a formula
+UNREADABLE_HINT = (
+    "the learner's run is not readable by you: have them set COURSE_SHARE_GROUP=<a group you are in> before "
+    "they run the course (docs/workshop.md)"
+)
 
 
 def find_summaries(paths: Iterable[str | Path]) -> list[Path]:
@@ -137,14 +149,50 @@ def row(learner: str, summary: dict[str, Any], expected_notebooks: int) -> dict[
     }
 
 
-def collect(paths: Iterable[str | Path], expected_notebooks: int | None = None) -> pd.DataFrame:
+def parse_time(text: str | datetime, what: str = "--since") -> datetime:
+    """An ISO 8601 time (``2025-05-01T09:00``, local time unless it names its zone) as an aware datetime."""
+    try:
+        when = text if isinstance(text, datetime) else datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{what}: {text!r} is not a time; write it as 2025-05-01T09:00 (local time)") from None
+    return when if when.tzinfo is not None else when.astimezone()
+
+
+def stale_row(learner: str, summary: dict[str, Any], since: datetime, expected_notebooks: int) -> dict[str, Any] | None:
+    """The row of a summary older than ``since`` (its run started before it), or None when it is current.
+
+    Such a summary is left from an earlier run: the newest one was skipped or failed before it wrote. Only who
+    and when are shown; its results are not this learner's now, so none are.
+    """
+    started = summary.get("started")
+    try:
+        if started and parse_time(started) >= since:
+            return None
+    except ValueError:
+        pass
+    when = f"started {started}" if started else "with no start time"
+    return {
+        "learner": learner,
+        "profile": summary.get("profile", ""),
+        "model": summary.get("model", ""),
+        "notebooks ok": f"0/{expected_notebooks}",
+        "stuck at": f"stale: this summary is from a run {when}, before {since.isoformat()}; the newest run did not "
+        "write one (skipped, or failed before it began)",
+    }
+
+
+def collect(
+    paths: Iterable[str | Path], expected_notebooks: int | None = None, since: str | datetime | None = None
+) -> pd.DataFrame:
     """The class table: one row per run directory found under ``paths``.
 
-    A summary that cannot be read becomes a row that says so, instead of stopping the collection.
+    A summary that cannot be read becomes a row that says so, instead of stopping the collection. With
+    ``since``, a summary whose run started before that time is marked stale (see :func:`stale_row`).
     """
     from .runner import course_notebooks
 
     expected = expected_notebooks or len(course_notebooks())
+    cutoff = parse_time(since) if since is not None else None
     summaries = find_summaries(paths)
     rows = []
     for name, path in zip(learner_names(summaries), summaries, strict=True):
@@ -153,9 +201,13 @@ def collect(paths: Iterable[str | Path], expected_notebooks: int | None = None) 
             if not isinstance(summary, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as error:
-            rows.append({"learner": name, "notebooks ok": f"0/{expected}", "stuck at": f"unreadable {path}: {error}"})
+            hint = f" — {UNREADABLE_HINT}" if isinstance(error, PermissionError) else ""
+            rows.append(
+                {"learner": name, "notebooks ok": f"0/{expected}", "stuck at": f"unreadable {path}: {error}{hint}"}
+            )
             continue
-        rows.append(row(name, summary, expected))
+        stale = stale_row(name, summary, cutoff, expected) if cutoff is not None else None
+        rows.append(stale or row(name, summary, expected))
     return pd.DataFrame(rows, columns=COLUMNS).fillna("").set_index("learner")
 
 
@@ -176,6 +228,7 @@ def run_class(
         raise ValueError("name at least one learner (--learners ana ben …)")
     profiles.parameters(profile)  # an unknown profile fails before anything runs
     out = out or runs_dir() / "class"
+    started = now()  # a summary whose run started before this is left from an earlier run: stale
     for learner in learners:
         notebooks = None
         if notebooks_root is not None:
@@ -190,7 +243,19 @@ def run_class(
     ran = [out / learner for learner in learners if (out / learner / "summary.json").is_file()]
     if not ran:
         raise ValueError(f"no learner's run produced a summary in {out}")
-    return collect(ran, expected_notebooks=len(select(course_notebooks(), None, stop)))
+    return collect(ran, expected_notebooks=len(select(course_notebooks(), None, stop)), since=started)
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first) with a leading ``'``."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def write_csv(frame: pd.DataFrame, csv: str | Path) -> None:
+    """The class table as CSV, every text (learner names too) escaped with :func:`spreadsheet_safe`."""
+    safe = frame.map(spreadsheet_safe)
+    safe.index = safe.index.map(spreadsheet_safe)
+    safe.to_csv(csv, lineterminator="\r\n")  # RFC 4180; and a CR inside a text is quoted, not a new row
 
 
 def _show(frame: pd.DataFrame, csv: str | None) -> None:
@@ -199,7 +264,7 @@ def _show(frame: pd.DataFrame, csv: str | None) -> None:
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
         print(filled.to_string())
     if csv:
-        frame.to_csv(csv)
+        write_csv(frame, csv)
         print(f"\nwritten to {csv}")
 
 
@@ -209,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     collect_cmd = commands.add_parser("collect", help="one table from many learners' summary.json files")
     collect_cmd.add_argument("paths", nargs="+", help="run directories, summary.json files, or folders holding them")
     collect_cmd.add_argument("--csv", help="also write the table to this CSV file")
+    collect_cmd.add_argument(
+        "--since", help="mark summaries of runs started before this time stale (e.g. 2025-05-01T09:00, local time)"
+    )
     run_cmd = commands.add_parser("run", help="run the course headless for each learner, then collect")
     run_cmd.add_argument("--learners", nargs="+", required=True, help="names; each gets runs/class/<name>/")
     run_cmd.add_argument("--profile", default="smoke", help="smoke (default), local or azureml")
@@ -219,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "collect":
-            frame = collect(args.paths)
+            frame = collect(args.paths, since=args.since)
         else:
             frame = run_class(args.learners, args.profile, args.out, args.notebooks_root, args.stop)
     except (FileNotFoundError, ValueError, profiles.ProfileError) as error:
