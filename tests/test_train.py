@@ -219,17 +219,14 @@ def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "phi3course.train",
-        "--train-file",
-        str(tmp_path / "none.jsonl"),
-        "--output-dir",
-        str(tmp_path / "out"),
-    ]
+    job = train.settings_from_profile(profiles.parameters("smoke"), train_file="", output_dir=str(tmp_path / "out"))
+    flags = train.job_arguments(job, {"train_file": str(tmp_path / "none.jsonl"), "output_dir": str(tmp_path / "out")})
+    command = [sys.executable, "-m", "phi3course.train", *shlex.split(flags)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "error: train_file" in done.stderr and "Traceback" not in done.stderr
+    missing = [sys.executable, "-m", "phi3course.train", "--train-file", str(tmp_path / "none.jsonl")]
+    done = subprocess.run(missing, capture_output=True, text=True, timeout=120)  # a recipe setting left out
+    assert done.returncode == 2 and "--lora-r" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_precision_follows_the_hardware_and_refuses_bf16_on_a_v100(monkeypatch: pytest.MonkeyPatch) -> None:
