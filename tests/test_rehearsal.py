@@ -98,6 +98,51 @@ def test_compute_quota_and_retired_sizes(ws) -> None:
     assert marked, "canned quota must say it is the rehearsal's"
 
 
+def test_quota_set_to_zero_stops_the_setup_naming_the_family_and_the_cores_to_request(ws, monkeypatch) -> None:
+    """A new subscription's A100 quota is 0: 00_setup must stop there, not let the job queue for ever."""
+    rows = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location, serving_size=azure.SERVING_SIZE)
+    azure.require_quota(rows, ws.location)  # the canned quota lets the course run
+    monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "standardNCADSA100v4Family=0")
+    rows = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location, serving_size=azure.SERVING_SIZE)
+    family = next(row for row in rows if row.family == "standardNCADSA100v4Family")
+    assert (family.limit, family.short) == (0, True)
+    assert [u for u in ws.compute.list_usage() if "set by COURSE_REHEARSAL_QUOTA" in str(u.name)]
+    with pytest.raises(azure.QuotaError) as stopped:
+        azure.require_quota(rows, ws.location)
+    message = str(stopped.value)
+    assert "standardNCADSA100v4Family in eastus2" in message and "at least 24 vCPUs" in message
+    assert "Azure ML studio → Quota" in message and "standardESv3Family" not in message
+    monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "standardesv3family=4, total=100")  # serving: 8 with the reserve
+    with pytest.raises(azure.QuotaError, match=r"standardESv3Family.*Standard_E4s_v3 needs 8 vCPUs.*at least 8"):
+        azure.require_quota(azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, serving_size=azure.SERVING_SIZE))
+    monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "A100=0")
+    with pytest.raises(rehearsal.RehearsalError, match=r"standardNCADSA100v4Family.*e\.g\. COURSE_REHEARSAL_QUOTA="):
+        ws.compute.list_usage()
+
+
+def test_the_catalog_refuses_a_retired_model_with_its_date_and_the_alternative(ws, capsys) -> None:
+    """The registry's records carry the real assets' retirement tags: Phi-3-mini-4k-instruct retired on 2025-08-30."""
+    from datetime import date
+
+    offline = azure.check_catalog_model(ws, "smollm2-135m-instruct")  # what the dry run trains from
+    assert offline.uri == "azureml://registries/rehearsal/models/smollm2-135m-instruct/versions/1"
+    assert "catalog: azureml://registries/rehearsal/" in capsys.readouterr().out
+    with pytest.raises(azure.CatalogError) as refused:
+        azure.check_catalog_model(ws, "phi-3-mini-4k-instruct", today=date(2026, 1, 5))
+    message = str(refused.value)
+    assert "Phi-3-mini-4k-instruct" in message and "version 15" in message and "2025-08-30" in message
+    assert "Phi-4-mini-instruct" in message and "fine-tuning" in message
+    with pytest.raises(azure.CatalogError, match="2025-08-30"):
+        azure.check_catalog_model(ws, "phi-3.5-mini-instruct", today=date(2026, 1, 5))
+    before = azure.check_catalog_model(ws, "phi-3-mini-4k-instruct", today=date(2025, 7, 1))  # deprecated, not gone
+    assert before.version == "15" and before.tags["FinetuneRetirementDate"] == "2025-08-30"
+    assert "deprecated" in capsys.readouterr().out
+    found = ws.registry("azureml").models.get("Phi-3-mini-4k-instruct", label="latest")
+    assert "canned copy" in found.tags["rehearsal"]  # says it is the stand-in's record, not Azure's answer
+    with pytest.raises(ResourceNotFoundError, match="knows: Phi-3-mini-4k-instruct"):
+        ws.registry("azureml").models.get("Phi-2", label="latest")
+
+
 def test_catalog_models_resolve_as_azure_lays_them_out_only_for_offline_presets(ws) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
