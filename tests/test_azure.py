@@ -182,6 +182,90 @@ def test_quota_comes_from_azure_ml_compute_usage_with_the_family_and_cores_the_s
         assert not [line for line in lines if line.strip().startswith("az vm list-usage")], f"{path} checks VM quota"
 
 
+class _WithServing(_Sizes):
+    """The fake above with the serving size too, and quota chosen per family."""
+
+    def __init__(self, a100: int, esv3: int, esv3_used: int = 0) -> None:
+        from azure.ai.ml._restclient.arm_ml_service.models import Usage as RestUsage
+        from azure.ai.ml._restclient.arm_ml_service.models import UsageName, VirtualMachineSize
+        from azure.ai.ml.entities import Usage, VmSize
+
+        super().__init__(limit=a100, used=0)
+        self.sizes.append(
+            VmSize._from_rest_object(VirtualMachineSize(name="Standard_E4s_v3", family="standardESv3Family", v_cp_us=4))
+        )
+        self.usages.append(
+            Usage._from_rest_object(
+                RestUsage(current_value=esv3_used, limit=esv3, name=UsageName(value="standardESv3Family"))
+            )
+        )
+
+
+def test_quota_stops_the_setup_when_a_family_has_fewer_cores_than_one_node_needs() -> None:
+    """Quota 0 made the job wait in the queue for ever: require_quota raises, naming the family, the limit to request
+    and where; the serving size is checked too, with the 20 % Azure keeps for upgrades."""
+    assert [azure.serving_cores(4, n) for n in (1, 2, 5, 10)] == [8, 12, 24, 48]  # ceil(1.2 × n) × vCPUs
+    rows = azure.quota_rows(_WithServing(24, 8), azure.GPU_CLUSTER_SIZE, "eastus2", serving_size=azure.SERVING_SIZE)
+    assert [(r.purpose, r.family, r.needed) for r in rows] == [
+        ("training", "standardNCADSA100v4Family", 24),
+        ("training", azure.TOTAL_QUOTA, 24),
+        ("serving", "standardESv3Family", 8),
+        ("serving", azure.TOTAL_QUOTA, 8),
+    ]
+    azure.require_quota(rows, "eastus2")  # enough everywhere: nothing raised
+    rows = azure.quota_rows(_WithServing(0, 8, esv3_used=4), azure.GPU_CLUSTER_SIZE, serving_size=azure.SERVING_SIZE)
+    with pytest.raises(azure.QuotaError) as stopped:
+        azure.require_quota(rows, "eastus2")
+    message = str(stopped.value)
+    assert "standardNCADSA100v4Family in eastus2" in message and "needs 24 vCPUs" in message
+    assert "Request a limit of at least 24 vCPUs for standardNCADSA100v4Family" in message
+    assert "Request a limit of at least 12 vCPUs for standardESv3Family" in message  # 4 in use + 8
+    assert "queue" in message and "Azure ML studio → Quota" in message
+    unread = [azure.QuotaRow("someFamily", 24, None, None, "someFamily")]
+    azure.require_quota(unread)  # a quota the workspace did not list is unknown, not short
+    assert "unknown" in azure.quota_report(unread) and "TOO LOW" not in azure.quota_report(unread)
+
+
+class _Registry:
+    """A registry client's models.get, answering with azure-ai-ml's Model as the catalog does."""
+
+    def __init__(self, tags: dict[str, str] | None, asked: list) -> None:
+        self.tags, self.asked, self.models = tags, asked, self
+
+    def get(self, name: str, version: str | None = None, label: str | None = None):
+        from azure.ai.ml.entities import Model
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self.asked.append((name, version, label))
+        if self.tags is None:
+            raise ResourceNotFoundError("not found")
+        return Model(name=name, version="15", type="mlflow_model", tags=self.tags)
+
+
+def test_the_preflight_refuses_a_model_the_catalog_retired(monkeypatch, capsys) -> None:
+    from datetime import date
+
+    asked: list = []
+    retiring = {"FinetuneRetirementDate": "2025-08-30", "InferenceRetirementDate": "2025-08-30"}
+    monkeypatch.setattr(azure, "registry_client", lambda client, registry: _Registry(retiring, asked))
+    with pytest.raises(azure.CatalogError) as refused:
+        azure.check_catalog_model(object(), "phi-3-mini-4k-instruct", today=date(2025, 8, 30))
+    assert asked == [("Phi-3-mini-4k-instruct", None, "latest")]  # looked up as the job's URI names it
+    message = str(refused.value)
+    assert "retired for fine-tuning on 2025-08-30 and for inference on 2025-08-30" in message
+    assert "Phi-4-mini-instruct" in message
+    found = azure.check_catalog_model(object(), "phi-3-mini-4k-instruct", today=date(2025, 8, 29))
+    assert found.uri == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
+    assert "retires for fine-tuning on 2025-08-30" in capsys.readouterr().out
+    monkeypatch.setattr(azure, "registry_client", lambda client, registry: _Registry(None, asked))
+    with pytest.raises(azure.CatalogError, match="not in the 'azureml' registry"):
+        azure.check_catalog_model(object(), "phi-3-mini-4k-instruct")
+    monkeypatch.setattr(azure, "registry_client", lambda client, registry: _Registry({"Finetune": "x"}, asked))
+    assert azure.check_catalog_model(object(), "phi-3.5-mini-instruct").version == "15"  # no date: nothing to refuse
+    with pytest.raises(ValueError, match="no catalog entry"):
+        azure.check_catalog_model(object(), "gpt-2")
+
+
 def test_acr_pull_is_assigned_only_once_the_registry_exists() -> None:
     """The workspace's registry appears with its first image build; AcrPull comes last, guarded."""
     commands = azure.role_assignment_commands(azure.validate(GOOD))
@@ -341,6 +425,10 @@ def test_a_dry_runs_summary_note_names_what_it_cannot_check() -> None:
     note = azure.rehearsal_note()
     assert note["rehearsal"] is True and note["cannot_check"] == list(azure.REHEARSAL_LIMITS)
     assert any("quota" in line for line in note["cannot_check"])
+    assert any("COURSE_REHEARSAL_QUOTA" in line for line in note["cannot_check"])  # says how to rehearse quota 0
+    assert any("catalog" in line for line in note["cannot_check"]) and any(
+        "logged" in line for line in azure.REHEARSAL_LIMITS
+    )
 
 
 # --- serving in the dtype the hardware computes ----------------------------------------------

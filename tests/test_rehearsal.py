@@ -98,6 +98,51 @@ def test_compute_quota_and_retired_sizes(ws) -> None:
     assert marked, "canned quota must say it is the rehearsal's"
 
 
+def test_quota_set_to_zero_stops_the_setup_naming_the_family_and_the_cores_to_request(ws, monkeypatch) -> None:
+    """A new subscription's A100 quota is 0: 00_setup must stop there, not let the job queue for ever."""
+    rows = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location, serving_size=azure.SERVING_SIZE)
+    azure.require_quota(rows, ws.location)  # the canned quota lets the course run
+    monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "standardNCADSA100v4Family=0")
+    rows = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location, serving_size=azure.SERVING_SIZE)
+    family = next(row for row in rows if row.family == "standardNCADSA100v4Family")
+    assert (family.limit, family.short) == (0, True)
+    assert [u for u in ws.compute.list_usage() if "set by COURSE_REHEARSAL_QUOTA" in str(u.name)]
+    with pytest.raises(azure.QuotaError) as stopped:
+        azure.require_quota(rows, ws.location)
+    message = str(stopped.value)
+    assert "standardNCADSA100v4Family in eastus2" in message and "at least 24 vCPUs" in message
+    assert "Azure ML studio → Quota" in message and "standardESv3Family" not in message
+    monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "standardesv3family=4, total=100")  # serving: 8 with the reserve
+    with pytest.raises(azure.QuotaError, match=r"standardESv3Family.*Standard_E4s_v3 needs 8 vCPUs.*at least 8"):
+        azure.require_quota(azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, serving_size=azure.SERVING_SIZE))
+    monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "A100=0")
+    with pytest.raises(rehearsal.RehearsalError, match=r"standardNCADSA100v4Family.*e\.g\. COURSE_REHEARSAL_QUOTA="):
+        ws.compute.list_usage()
+
+
+def test_the_catalog_refuses_a_retired_model_with_its_date_and_the_alternative(ws, capsys) -> None:
+    """The registry's records carry the real assets' retirement tags: Phi-3-mini-4k-instruct retired on 2025-08-30."""
+    from datetime import date
+
+    offline = azure.check_catalog_model(ws, "smollm2-135m-instruct")  # what the dry run trains from
+    assert offline.uri == "azureml://registries/rehearsal/models/smollm2-135m-instruct/versions/1"
+    assert "catalog: azureml://registries/rehearsal/" in capsys.readouterr().out
+    with pytest.raises(azure.CatalogError) as refused:
+        azure.check_catalog_model(ws, "phi-3-mini-4k-instruct", today=date(2026, 1, 5))
+    message = str(refused.value)
+    assert "Phi-3-mini-4k-instruct" in message and "version 15" in message and "2025-08-30" in message
+    assert "Phi-4-mini-instruct" in message and "fine-tuning" in message
+    with pytest.raises(azure.CatalogError, match="2025-08-30"):
+        azure.check_catalog_model(ws, "phi-3.5-mini-instruct", today=date(2026, 1, 5))
+    before = azure.check_catalog_model(ws, "phi-3-mini-4k-instruct", today=date(2025, 7, 1))  # deprecated, not gone
+    assert before.version == "15" and before.tags["FinetuneRetirementDate"] == "2025-08-30"
+    assert "deprecated" in capsys.readouterr().out
+    found = ws.registry("azureml").models.get("Phi-3-mini-4k-instruct", label="latest")
+    assert "canned copy" in found.tags["rehearsal"]  # says it is the stand-in's record, not Azure's answer
+    with pytest.raises(ResourceNotFoundError, match="knows: Phi-3-mini-4k-instruct"):
+        ws.registry("azureml").models.get("Phi-2", label="latest")
+
+
 def test_catalog_models_resolve_as_azure_lays_them_out_only_for_offline_presets(ws) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -180,7 +225,7 @@ def test_a_command_job_runs_its_exact_command_as_azure_ml_lays_it_out(ws, code, 
     ws.jobs.download(submitted.name, download_path=tmp_path, output_name="result")
     seen = json.loads((tmp_path / "named-outputs" / "result" / "seen.json").read_text())
     assert seen["AZUREML_RUN_ID"] == submitted.name and seen["GREETING"] == "hi"
-    assert seen["MLFLOW_TRACKING_URI"] == ws.mlflow_uri and seen["MLFLOW_RUN_ID"]  # the workspace's MLflow
+    assert seen["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:") and seen["MLFLOW_RUN_ID"]  # a tracking server
     assert seen["args"]["--n"] == "3" and seen["train"] == '{"text": "one"}\n'
     assert Path(seen["cwd"]) == ws.root / "jobs" / submitted.name / "code"  # a snapshot, not the source folder
     assert (Path(seen["cwd"]) / "job.py").read_text() == JOB_SCRIPT
@@ -226,6 +271,63 @@ def test_mlflow_in_a_job_needs_azureml_mlflow_as_on_azure(ws, tmp_path, capsys) 
         filter_string=f"tags.`azureml.runid` = '{name}'",
     )
     assert runs and runs[0].data.metrics == {"loss": 0.5}
+
+
+@pytest.fixture
+def azure_like_mlflow(tmp_path):
+    """The workspace's tracking server as a job reaches it, in its own process (as under a job's supervisor)."""
+    import subprocess
+    import sys
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "phi3course.rehearsal", "tracking-server", store, (tmp_path / "art").as_uri()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        uri = server.stdout.readline().strip()
+        assert uri.startswith("http://127.0.0.1:"), server.stderr.read()
+        yield uri, store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_workspace_mlflow_refuses_logged_models_and_the_job_logs_its_model_all_the_same(
+    azure_like_mlflow, tmp_path, monkeypatch
+) -> None:
+    """Azure ML's tracking server answers MLflow 3's logged-models route with 404: log_model fails there after
+    training; the job's save_model + log_artifacts does not."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from phi3course import models, tracking, train
+
+    uri, store = azure_like_mlflow
+    answer = requests.post(f"{uri}/api/2.0/mlflow/logged-models", json={"experiment_id": "0"}, timeout=30)
+    assert (answer.status_code, answer.text) == (404, "")  # Azure's answer: 404, empty body
+    assert requests.post(f"{uri}/api/2.0/mlflow/experiments/create", json={"name": "x"}, timeout=30).ok
+
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    model.save_pretrained(tmp_path / "tuned")
+    tokenizer.save_pretrained(tmp_path / "tuned")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run() as run:
+            mlflow.log_metric("loss", 0.5)  # as the job does while it trains
+            train.log_model_to_workspace(str(tmp_path / "tuned"), "phi-3-tiny")
+        logged = {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id, "model")}
+        assert {"model/MLmodel", "model/model", "model/components"} <= logged
+        flavor = Path(mlflow.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://")) / "model" / "MLmodel"
+        assert "transformers" in flavor.read_text() and "max_new_tokens" in flavor.read_text()  # the signature too
+        with pytest.raises(MlflowException, match=r"logged-models failed with error code 404"), mlflow.start_run():
+            tracking.log_model(str(tmp_path / "tuned"), None)  # what the job did before: fails as on Azure
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def test_pytorch_distribution_starts_a_process_per_rank(ws, code, train_asset) -> None:
@@ -302,6 +404,15 @@ def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
     ws.jobs.stream(name)
     base = ws.root / "jobs" / name / "inputs" / "base_model" / "phi-3-tiny" / "mlflow_model_folder"
     assert (base / "model" / "config.json").is_file() and (base / "components" / "tokenizer").is_dir()
+    from mlflow.tracking import MlflowClient
+
+    store = MlflowClient(ws.mlflow_uri)  # through a tracking server that refuses logged models, as Azure's does
+    (run,) = store.search_runs(
+        [e.experiment_id for e in store.search_experiments()], filter_string=f"tags.`azureml.runid` = '{name}'"
+    )
+    assert "model/MLmodel" in {a.path for a in store.list_artifacts(run.info.run_id, "model")}
+    job_log = (ws.root / "jobs" / name / "user_logs" / "std_log.txt").read_text()
+    assert "loss" in run.data.metrics and "logged-models" not in job_log
 
     model = ws.models.create_or_update(
         Model(name="phi3-course-tiny", path=f"azureml://jobs/{name}/outputs/model/paths/model/", type="custom_model")

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -403,6 +404,23 @@ def vm_size_table() -> list[dict[str, Any]]:
 
 
 # --- quota -----------------------------------------------------------------------------------------
+# 03_deploy's default deployment size (its `instance_type`): a managed online deployment draws on the same Azure ML
+# quota as the training cluster, so 00 checks both families before anything bills.
+SERVING_SIZE = "Standard_E4s_v3"
+# Managed online deployments reserve 20 % extra cores for upgrades: an instance count n needs ceil(1.2 × n) VMs' cores.
+SERVING_UPGRADE_RESERVE_PERCENT = 20
+TOTAL_QUOTA = "Total Cluster Dedicated Regional vCPUs"
+QUOTA_WHERE = (
+    "Azure ML studio → Quota (or the Azure portal: your Machine Learning workspace → Usage + quotas), select the "
+    "subscription and region, tick the family, Request quota"
+)
+
+
+class QuotaError(RuntimeError):
+    """A quota the course needs is below what one node (or deployment) takes; the message names the family, the
+    limit to request and where."""
+
+
 @dataclass
 class QuotaRow:
     """One quota the chosen size draws on: what it needs against what the region allows."""
@@ -411,6 +429,9 @@ class QuotaRow:
     needed: int
     used: int | None
     limit: int | None
+    family: str = ""  # the quota's name as list_usage gives it (the VM family, or the regional total)
+    purpose: str = "training"  # training (the cluster's node) or serving (the online deployment)
+    size: str = ""
 
     @property
     def free(self) -> int | None:
@@ -420,8 +441,13 @@ class QuotaRow:
     def ok(self) -> bool:
         return self.free is not None and self.free >= self.needed
 
+    @property
+    def short(self) -> bool:
+        """Known to be too low (an unread quota is not short: it is unknown)."""
+        return self.free is not None and self.free < self.needed
 
-def _family_key(text: str) -> str:
+
+def family_key(text: str) -> str:
     """'standardNCADSA100v4Family' and 'Standard NCADSA100v4 Family Cluster Dedicated vCPUs' → one key."""
     key = re.sub(r"[^a-z0-9]", "", text.lower())
     return key.removesuffix("clusterdedicatedvcpus")
@@ -451,30 +477,47 @@ def _field(entity: Any, *names: str) -> Any:
     return None
 
 
-def quota_rows(client: Any, size: str, location: str | None = None, instances: int = 1) -> list[QuotaRow]:
-    """The Azure ML compute quota the training cluster needs, read with the SDK (not ``az vm list-usage``,
-    which shows VM quota: Azure ML compute has its own).
+def serving_cores(vcpus: int, instances: int = 1) -> int:
+    """The cores a managed online deployment of ``instances`` VMs of ``vcpus`` cores needs free: Azure reserves
+    20 % more instances (rounded up) for upgrades."""
+    return -(-instances * (100 + SERVING_UPGRADE_RESERVE_PERCENT) // 100) * vcpus  # ceil, in integers
 
-    ``client.compute.list_sizes(location=…)`` gives the size's family and cores (``VmSize.family``,
-    ``VmSize.v_cp_us``); ``client.compute.list_usage(location=…)`` the family's and the region's
-    dedicated-core limits and use. Raises :class:`SizeError` if the region does not offer the size.
+
+def quota_rows(
+    client: Any,
+    size: str,
+    location: str | None = None,
+    instances: int = 1,
+    serving_size: str | None = None,
+    serving_instances: int = 1,
+) -> list[QuotaRow]:
+    """The Azure ML compute quota the training cluster (and, with ``serving_size``, the online deployment) needs,
+    read with the SDK (not ``az vm list-usage``, which shows VM quota: Azure ML compute has its own).
+
+    ``client.compute.list_sizes(location=…)`` gives each size's family and cores (``VmSize.family``,
+    ``VmSize.v_cp_us``); ``client.compute.list_usage(location=…)`` the family's and the region's dedicated-core
+    limits and use. Rows: the training family and the regional total for ``instances`` nodes; then the same two for
+    the serving size, whose need includes the 20 % upgrade reserve. Raises :class:`SizeError` if the region does not
+    offer a size.
     """
     sizes = {str(s.name).lower(): s for s in client.compute.list_sizes(location=location)}
-    found = sizes.get(size.lower())
-    if found is None:
-        raise SizeError(f"{size} is not offered for Azure ML compute in {location or 'the workspace region'}.")
-    cores = int(_field(found, "v_cp_us", "vCPUs") or 0) * instances
     usages = list(client.compute.list_usage(location=location))
-    family = _family_key(str(found.family))
+    wanted = [(size, "training", instances)] + ([(serving_size, "serving", serving_instances)] if serving_size else [])
     rows = []
-    for wanted, label in (
-        (family, f"{found.family} (the family of {size})"),
-        (_family_key("Total Cluster Dedicated Regional vCPUs"), "Total Cluster Dedicated Regional vCPUs"),
-    ):
-        match = next((u for u in usages if _family_key(_usage_name(u)) == wanted), None)
-        used = None if match is None else int(_field(match, "current_value", "currentValue") or 0)
-        limit = None if match is None else int(_field(match, "limit") or 0)
-        rows.append(QuotaRow(label, cores, used, limit))
+    for name, purpose, count in wanted:
+        found = sizes.get(name.lower())
+        if found is None:
+            raise SizeError(f"{name} is not offered for Azure ML compute in {location or 'the workspace region'}.")
+        vcpus = int(_field(found, "v_cp_us", "vCPUs") or 0)
+        cores = vcpus * count if purpose == "training" else serving_cores(vcpus, count)
+        for quota, label in (
+            (str(found.family), f"{found.family} (the family of {name}, {purpose})"),
+            (TOTAL_QUOTA, f"{TOTAL_QUOTA} ({purpose})"),
+        ):
+            match = next((u for u in usages if family_key(_usage_name(u)) == family_key(quota)), None)
+            used = None if match is None else int(_field(match, "current_value", "currentValue") or 0)
+            limit = None if match is None else int(_field(match, "limit") or 0)
+            rows.append(QuotaRow(label, cores, used, limit, quota, purpose, name))
     return rows
 
 
@@ -482,14 +525,43 @@ def quota_report(rows: list[QuotaRow]) -> str:
     """A line per quota and what to do when one is short."""
     lines = []
     for row in rows:
-        state = "ok" if row.ok else "TOO LOW"
+        state = "ok" if row.ok else ("TOO LOW" if row.short else "unknown (not in the workspace's usage list)")
         lines.append(f"{row.quota}: need {row.needed} vCPUs, {row.used} of {row.limit} in use → {state}")
-    if not all(row.ok for row in rows):
+    if any(row.short for row in rows):
         lines.append(
             "Request more in Azure ML studio → Quota (or the portal's 'Usage + quotas' for Machine Learning), "
             "or choose the other size (azure.VM_SIZES)."
         )
     return "\n".join(lines)
+
+
+def require_quota(rows: list[QuotaRow], location: str | None = None) -> None:
+    """Raise :class:`QuotaError` when a quota has fewer free cores than the size needs, naming the family, the
+    limit to request and where. Without it a training job waits in the queue for ever (``jobs.stream`` never
+    returns) and a deployment fails after minutes of provisioning."""
+    short = [row for row in rows if row.short]
+    if not short:
+        return
+    where = f" in {location}" if location else ""
+    effect = {
+        "training": "a job on this cluster would wait in the queue for ever",
+        "serving": "03_deploy's deployment would fail (Azure keeps 20 % extra cores for upgrades)",
+    }
+    lines = []
+    for row in short:
+        assert row.used is not None and row.limit is not None
+        what = "one node" if row.purpose == "training" else "one instance and the upgrade reserve"
+        lines.append(
+            f"{row.family}{where}: {row.purpose} on {row.size} needs {row.needed} vCPUs ({what}), "
+            f"{row.limit - row.used} are free ({row.used} of {row.limit} in use) — {effect[row.purpose]}. "
+            f"Request a limit of at least {row.used + row.needed} vCPUs for {row.family}."
+        )
+    raise QuotaError(
+        "Not enough Azure ML quota for the course:\n"
+        + "\n".join(f"  - {line}" for line in lines)
+        + f"\nWhere: {QUOTA_WHERE}. Approval can take from minutes to days; re-run this notebook after it, or choose "
+        "another size (compute_size; azure.VM_SIZES lists what each fits)."
+    )
 
 
 # --- names -----------------------------------------------------------------------------------------
@@ -511,10 +583,15 @@ def endpoint_name(base: str = "phi3-course", suffix: str | None = None) -> str:
 
 # --- the rehearsal: what a dry run cannot check ------------------------------------------------------
 REHEARSAL_LIMITS = (
-    "quota and regional capacity (GPU sizes are often out of stock or at 0 cores on new subscriptions)",
+    "your real quota and regional capacity: the stand-in's quota is canned (COURSE_REHEARSAL_QUOTA="
+    "<family>=<vCPUs>,… sets it), and GPU sizes are often out of stock or at 0 cores on new subscriptions",
     "the environment image build (conda/pip resolution on Azure's builder, the CUDA torch wheel)",
     "the GPU itself (the job runs on this machine's CPU or GPU), role assignments and network access",
     "real latency and cost (the endpoint runs on this machine, behind no gateway)",
+    "the model catalog beyond the records the stand-in holds (canned copies of the real assets' tags, retirement "
+    "dates included; no weights of Azure's models: a job trains from an offline preset)",
+    "Azure ML's tracking server beyond what it lacks (404 on MLflow 3's logged models): the stand-in serves MLflow's "
+    "own server, whose other answers may differ from Azure's",
 )
 
 
@@ -562,6 +639,110 @@ def catalog_model_uri(preset_name: str, label: str = "latest", version: str | No
 def rehearsal_only(uri: str) -> bool:
     """Whether a model URI exists only in the rehearsal (an offline preset), not in Azure's catalog."""
     return uri.startswith(f"azureml://registries/{REHEARSAL_REGISTRY}/")
+
+
+# --- the pre-flight: is the base model still in the catalog? ------------------------------------------------
+# The catalog's model assets carry their own retirement dates as tags (Azure/azureml-assets, spec.yaml of each model);
+# after them a model is no longer offered for fine-tuning or inference.
+RETIREMENT_TAGS = {"FinetuneRetirementDate": "fine-tuning", "InferenceRetirementDate": "inference"}
+DEPRECATION_TAGS = {"FinetuneDeprecationDate": "fine-tuning", "InferenceDeprecationDate": "inference"}
+# What Azure's current fine-tuning samples use in place of the retired Phi-3 models: Phi-4-mini-instruct, the same
+# Phi3ForCausalLM architecture (32 layers × 3072, grouped-query attention, a ~200k vocabulary, 128k context).
+CATALOG_ALTERNATIVE = "Phi-4-mini-instruct"
+
+
+class CatalogError(RuntimeError):
+    """The job's base model is not usable from the catalog (retired or absent); the message says what to choose."""
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    """What the catalog says of the job's base model: its registry, name, the version ``labels/latest`` resolves
+    to, and the asset's tags (retirement dates among them)."""
+
+    registry: str
+    name: str
+    version: str
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        """The version pinned: ``azureml://registries/<registry>/models/<name>/versions/<version>``."""
+        return f"azureml://registries/{self.registry}/models/{self.name}/versions/{self.version}"
+
+
+def registry_client(client: Any, registry: str) -> Any:
+    """A client for registry ``registry`` with the workspace client's sign-in: ``MLClient(credential,
+    registry_name=…)`` on Azure, the stand-in's copy of the catalog in a rehearsal."""
+    if is_rehearsal(client):
+        return client.registry(registry)
+    from azure.ai.ml import MLClient
+
+    return MLClient(client._credential, registry_name=registry, enable_telemetry=False)
+
+
+def _dates(tags: dict[str, str], names: dict[str, str]) -> dict[str, date]:
+    found = {}
+    for tag, what in names.items():
+        value = str(tags.get(tag) or "").strip()
+        if value:
+            try:
+                found[what] = date.fromisoformat(value[:10])
+            except ValueError:
+                continue  # a tag that is no date says nothing about retirement
+    return found
+
+
+def _alternative() -> str:
+    preset = next((p for p, (_, name) in CATALOG_MODELS.items() if name == CATALOG_ALTERNATIVE), None)
+    choose = f"model={preset!r}" if preset else "in the azureml registry (no preset of this course names it yet)"
+    return (
+        f"Choose a model the catalog still offers: Azure's current fine-tuning samples use {CATALOG_ALTERNATIVE} "
+        f"(the same Phi3ForCausalLM architecture), {choose}. Or rehearse offline: target='rehearsal' with an offline "
+        "preset."
+    )
+
+
+def check_catalog_model(client: Any, preset_name: str, today: date | None = None) -> CatalogModel:
+    """The pre-flight before a job bills: look the base model up in its registry (``models.get(name,
+    label="latest")``) and refuse one the catalog has retired, with its date and what to choose instead.
+
+    Returns what the catalog answered (the version ``labels/latest`` resolves to today, and the asset's tags);
+    prints one line, and a warning when a deprecation date has passed. Raises :class:`CatalogError` when a
+    retirement date (``FinetuneRetirementDate``, ``InferenceRetirementDate``) is today or earlier, or when the
+    registry has no such model.
+    """
+    from azure.core.exceptions import ResourceNotFoundError
+
+    if preset_name not in CATALOG_MODELS:
+        raise ValueError(f"no catalog entry for {preset_name!r}: choose one of {', '.join(CATALOG_MODELS)}.")
+    registry, name = CATALOG_MODELS[preset_name]
+    today = today or date.today()
+    try:
+        found = registry_client(client, registry).models.get(name, label="latest")
+    except ResourceNotFoundError as error:
+        raise CatalogError(
+            f"{name} is not in the {registry!r} registry (retired models leave the catalog): {error}. {_alternative()}"
+        ) from error
+    model = CatalogModel(registry, name, str(found.version), {str(k): str(v) for k, v in (found.tags or {}).items()})
+    retired = {what: day for what, day in _dates(model.tags, RETIREMENT_TAGS).items() if day <= today}
+    if retired:
+        when = " and ".join(f"for {what} on {day.isoformat()}" for what, day in retired.items())
+        raise CatalogError(
+            f"{name} (registry {registry!r}, version {model.version}) was retired {when} — the dates its catalog "
+            f"entry carries (FinetuneRetirementDate/InferenceRetirementDate); a job or deployment that starts from it "
+            f"would fail or stop working. {_alternative()}"
+        )
+    deprecated = {what: day for what, day in _dates(model.tags, DEPRECATION_TAGS).items() if day <= today}
+    retiring = _dates(model.tags, RETIREMENT_TAGS)
+    line = f"catalog: {model.uri} (labels/latest today)"
+    if retiring:
+        line += "; retires " + ", ".join(f"for {what} on {day.isoformat()}" for what, day in retiring.items())
+    print(line)
+    if deprecated:
+        since = ", ".join(f"for {what} since {day.isoformat()}" for what, day in deprecated.items())
+        print(f"warning: {name} is deprecated {since}; it still runs until its retirement date. {_alternative()}")
+    return model
 
 
 # --- lean environments from one place ----------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """MLflow: where the course records its runs and registers its models.
 
 Locally the store is a sqlite file in the run directory (``mlflow ui --backend-store-uri …`` shows
-it); on Azure ML the workspace's own MLflow takes its place, with the same calls.
+it); on Azure ML the workspace's own MLflow takes its place. One call differs: Azure ML's tracking server has no
+MLflow 3 *logged models* (``POST /api/2.0/mlflow/logged-models`` answers 404), which every ``log_model`` starts
+with; a job logs its model with :func:`log_model_artifacts` (``save_model`` + ``log_artifacts``) instead.
 """
 
 from __future__ import annotations
@@ -64,25 +66,64 @@ def signature() -> Any:
     )
 
 
-def log_model(model_dir: str | os.PathLike[str], registered_name: str | None) -> Any:
-    """Log the fine-tuned model as an MLflow transformers text-generation model and register it."""
+PIP_REQUIREMENTS = ["transformers", "torch", "accelerate"]
+
+
+def _components(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The saved model and its tokenizer, as ``mlflow.transformers`` takes them."""
     import logging
 
-    import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # It looks for a model card and a licence on the hub: a local fine-tune has neither.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return {
+        "model": AutoModelForCausalLM.from_pretrained(model_dir),
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+    }
+
+
+def log_model(model_dir: str | os.PathLike[str], registered_name: str | None) -> Any:
+    """Log the fine-tuned model as an MLflow transformers text-generation model and register it (a local store).
+
+    Against Azure ML's tracking server this fails (its first call is MLflow 3's logged-models route, which Azure
+    answers with 404): in a job, use :func:`log_model_artifacts`.
+    """
+    import mlflow
+
     return mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tokenizer},
+        transformers_model=_components(model_dir),
         name="model",
         task="text-generation",
         signature=signature(),
         registered_model_name=registered_name,
-        pip_requirements=["transformers", "torch", "accelerate"],
+        pip_requirements=PIP_REQUIREMENTS,
     )
+
+
+def log_model_artifacts(model_dir: str | os.PathLike[str], artifact_path: str = "model") -> str:
+    """The fine-tuned model as an MLflow transformers folder among the active run's artifacts; returns its URI.
+
+    What Azure ML's tracking server accepts (Azure's own examples do the same since MLflow 3): the folder is written
+    locally with ``mlflow.transformers.save_model`` — signature and generation parameters as :func:`log_model`
+    records them — and uploaded with ``mlflow.log_artifacts``, which uses only MLflow 2's artifact routes.
+    Registering stays with the workspace (``ml_client.models.create_or_update`` in 02_fine_tune).
+    """
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / artifact_path
+        mlflow.transformers.save_model(
+            transformers_model=_components(model_dir),
+            path=str(local),
+            task="text-generation",
+            signature=signature(),
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+        mlflow.log_artifacts(str(local), artifact_path=artifact_path)
+    return f"{mlflow.get_artifact_uri()}/{artifact_path}"
 
 
 def registered_name(profile: str) -> str:

@@ -517,14 +517,21 @@ def job_arguments(settings: TrainSettings, paths: dict[str, str]) -> str:
 
 
 def log_model_to_workspace(model_dir: str, name: str) -> None:
-    """In an Azure ML job: the fine-tuned model as an MLflow model in the workspace's tracking store."""
+    """In an Azure ML job: the fine-tuned model as an MLflow model among the job's run artifacts (``model/``).
+
+    Azure ML's tracking server has no MLflow 3 logged models (``log_model`` fails there with 404), so the model is
+    saved as an MLflow folder and uploaded as artifacts; 02_fine_tune registers the job's output with the workspace.
+    """
     import mlflow
 
-    from .tracking import log_model
+    from .tracking import log_model_artifacts
 
-    with mlflow.start_run(nested=mlflow.active_run() is not None):
-        log_model(model_dir, None)
-    print(f"logged {name} as an MLflow model to {mlflow.get_tracking_uri().split('?')[0]}")
+    if mlflow.active_run() is not None:  # the job's run (MLFLOW_RUN_ID), active once the loss curve is logged
+        uri = log_model_artifacts(model_dir)
+    else:
+        with mlflow.start_run():  # resumes the job's run from MLFLOW_RUN_ID
+            uri = log_model_artifacts(model_dir)
+    print(f"logged {name} as an MLflow model: {uri.split('?')[0]}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,18 +5,20 @@
 same azure-ai-ml entity types, and does on this machine what Azure ML does with each entity:
 
 - every entity is validated by azure-ai-ml itself (schema validation, REST conversion, loader round trip);
-- a command job runs its exact command on a snapshot of its ``code`` folder (:mod:`.jobs`), under an import
-  guard (:mod:`.guard`) that allows only the standard library and the distributions the job's environment
+- a command job runs its exact command on a snapshot of its ``code`` folder (:mod:`.jobs`), with MLflow pointed at
+  a tracking server that answers as Azure ML's does (:mod:`.tracking`: 404 on MLflow 3's logged models), under an
+  import guard (:mod:`.guard`) that allows only the standard library and the distributions the job's environment
   installs (its conda pip list and what they require): an import the environment would not satisfy on Azure
   fails here too, naming the package and the fix;
-- data assets and registered models are copied into the workspace's datastore (:mod:`.assets`); clusters are
-  entities with canned sizes and quota (:mod:`.compute`);
+- data assets and registered models are copied into the workspace's datastore (:mod:`.assets`); the model
+  catalog answers for the models it knows, with the retirement tags the real assets carry (:mod:`.assets`);
+  clusters are entities with canned sizes and quota, which ``COURSE_REHEARSAL_QUOTA`` can set (:mod:`.compute`);
 - a deployment serves its ``code_configuration`` scoring script under the inference server (:mod:`.endpoints`),
   with ``AZUREML_MODEL_DIR`` laid out as Azure lays out the model, behind the endpoint's key.
 
-What it cannot check is ``azure.REHEARSAL_LIMITS``: quota, regional capacity, the image build, the GPU, real
-latency. ``python -m phi3course.rehearsal stop <folder>`` stops what a stand-in started; ``run-job <folder>`` is
-the supervisor a job runs under.
+What it cannot check is ``azure.REHEARSAL_LIMITS``: your real quota, regional capacity, the image build, the GPU,
+real latency. ``python -m phi3course.rehearsal stop <folder>`` stops what a stand-in started; ``run-job <folder>`` is
+the supervisor a job runs under; ``tracking-server <store> <artifacts>`` serves the workspace's MLflow alone.
 """
 
 from __future__ import annotations
@@ -45,8 +47,13 @@ __all__ = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m phi3course.rehearsal run-job <job folder> | stop <rehearsal folder>``."""
+    """``python -m phi3course.rehearsal run-job <job folder> | stop <rehearsal folder>
+    | tracking-server <store URI> <artifact root>``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 3 and args[0] == "tracking-server":
+        from .tracking import serve
+
+        return serve(args[1], args[2])
     if len(args) == 2 and args[0] == "run-job":
         with contextlib.suppress(KeyboardInterrupt):
             return run_job(Path(args[1]))
@@ -55,5 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         for what in stop(args[1]):
             print(f"stopped {what}")
         return 0
-    print("usage: python -m phi3course.rehearsal run-job <job folder> | stop <rehearsal folder>", file=sys.stderr)
+    print(
+        "usage: python -m phi3course.rehearsal run-job <job folder> | stop <rehearsal folder>"
+        " | tracking-server <store URI> <artifact root>",
+        file=sys.stderr,
+    )
     return 2

@@ -1,5 +1,5 @@
-"""Assets: data assets uploaded to the workspace's blob datastore, registered models, and the model catalog's
-offline presets laid out as Azure ML's catalog lays out its MLflow models."""
+"""Assets: data assets uploaded to the workspace's blob datastore, registered models, the model catalog's offline
+presets laid out as Azure ML's catalog lays out its MLflow models, and the registries' answers about their models."""
 
 from __future__ import annotations
 
@@ -179,3 +179,92 @@ class ModelOperations:
 
     def _path_of(self, name: str, version: str | None, label: str | None) -> str:
         return self.get(name, version=version, label=label).path
+
+
+# --- the model catalog (registries) ----------------------------------------------------------------------
+# What Azure's `azureml` registry says of the models the course names: canned, copied from the assets' spec.yaml in
+# Azure/azureml-assets (assets/models/system/phi-3-mini-4k-instruct and phi-3.5-mini-128k-instruct), the version
+# and the lifecycle tags (retirement dates among them). Metadata only: the stand-in has none of these weights.
+CANNED_CATALOG: dict[str, dict[str, dict[str, Any]]] = {
+    "azureml": {
+        "Phi-3-mini-4k-instruct": {
+            "version": "15",
+            "tags": {
+                "InferenceLegacyDate": "2025-06-09",
+                "InferenceDeprecationDate": "2025-06-30",
+                "InferenceRetirementDate": "2025-08-30",
+                "FinetuneDeprecationDate": "2025-06-30",
+                "FinetuneRetirementDate": "2025-08-30",
+                "displayName": "Phi-3-mini instruct (4k)",
+                "task": "chat-completion",
+                "license": "mit",
+                "author": "Microsoft",
+            },
+        },
+        "Phi-3.5-mini-instruct": {
+            "version": "6",
+            "tags": {
+                "InferenceLegacyDate": "2025-06-09",
+                "InferenceDeprecationDate": "2025-06-30",
+                "InferenceRetirementDate": "2025-08-30",
+                "FinetuneDeprecationDate": "2025-06-30",
+                "FinetuneRetirementDate": "2025-08-30",
+                "displayName": "Phi-3.5-mini instruct (128k)",
+                "task": "chat-completion",
+                "license": "mit",
+                "author": "Microsoft",
+            },
+        },
+    },
+}
+CANNED_NOTE = "rehearsal: a canned copy of this asset's catalog record (Azure/azureml-assets), not Azure's answer"
+
+
+class Registry:
+    """A registry as ``MLClient(credential, registry_name=…)`` reaches it: only ``models``."""
+
+    def __init__(self, name: str) -> None:
+        self.registry_name = name
+        self.models = RegistryModelOperations(name)
+
+
+class RegistryModelOperations:
+    """``models.get``/``models.list`` on a registry: the ``rehearsal`` registry holds the offline presets (version 1,
+    no retirement date); ``azureml`` answers from :data:`CANNED_CATALOG` and for nothing else."""
+
+    def __init__(self, registry: str) -> None:
+        self._registry = registry
+
+    def _records(self) -> dict[str, dict[str, Any]]:
+        from .. import models
+        from ..azure import CATALOG_MODELS
+
+        if self._registry == REHEARSAL_REGISTRY:
+            offline = [name for registry, name in CATALOG_MODELS.values() if registry == REHEARSAL_REGISTRY]
+            return {
+                name: {"version": "1", "tags": {"rehearsal": "an offline preset of the course, in no Azure registry"}}
+                for name in offline
+                if name in models.PRESETS
+            }
+        return {
+            name: {**record, "tags": {**record["tags"], "rehearsal": CANNED_NOTE}}
+            for name, record in CANNED_CATALOG.get(self._registry, {}).items()
+        }
+
+    def get(self, name: str, version: str | None = None, label: str | None = None) -> Any:
+        from azure.ai.ml.entities import Model
+
+        records = self._records()
+        record = records.get(name)
+        if record is None or (version is not None and str(version) != record["version"]):
+            known = ", ".join(records) or "none"
+            raise not_found(
+                f"model {name}:{version or label or 'latest'} in registry {self._registry!r} (the stand-in's copy "
+                f"of it knows: {known})"
+            )
+        chosen = record["version"]
+        uri = f"azureml://registries/{self._registry}/models/{name}/versions/{chosen}"
+        return Model(name=name, version=chosen, type="mlflow_model", path=uri, tags=dict(record["tags"]))
+
+    def list(self, name: str | None = None) -> list[Any]:
+        return [self.get(n) for n in ([name] if name else list(self._records()))]

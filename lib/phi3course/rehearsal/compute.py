@@ -1,10 +1,16 @@
-"""Compute: clusters as entities, the sizes the stand-in offers in every region, and canned quota."""
+"""Compute: clusters as entities, the sizes the stand-in offers in every region, and canned quota.
+
+The quota is canned, clearly marked as such, and high enough for the course; ``COURSE_REHEARSAL_QUOTA`` sets any of
+its limits, as a new subscription's may be: ``COURSE_REHEARSAL_QUOTA=standardNCADSA100v4Family=0`` rehearses a
+subscription with no A100 quota (00_setup must stop, naming the family and the cores to request).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
-from ..azure import RETIRED_SIZES
+from ..azure import RETIRED_SIZES, TOTAL_QUOTA, family_key
 from ..files import read_json, write_json
 from .common import Poller, RehearsalError, not_found
 
@@ -21,6 +27,32 @@ CANNED_SIZES = {
     "Standard_DS3_v2": ("standardDSv2Family", 4, 0, 14.0, 32),
 }
 CANNED_TOTAL_VCPUS = 100
+QUOTA_VARIABLE = "COURSE_REHEARSAL_QUOTA"
+
+
+def canned_quota() -> dict[str, tuple[int, bool]]:
+    """Each quota the stand-in lists: its limit, and whether ``COURSE_REHEARSAL_QUOTA`` set it.
+
+    The variable holds ``<quota>=<vCPUs>`` pairs separated by commas; a quota is a family as ``list_usage`` names
+    it (``standardNCADSA100v4Family``, spelled in any case) or ``total`` for the regional total. A name the stand-in
+    does not list, or a limit that is no whole number, raises :class:`RehearsalError` naming what it accepts.
+    """
+    limits = {TOTAL_QUOTA: (CANNED_TOTAL_VCPUS, False)}
+    for family, _, _, _, limit in CANNED_SIZES.values():
+        limits[family] = (limit, False)
+    setting = os.environ.get(QUOTA_VARIABLE, "").strip()
+    names = {family_key(name): name for name in limits} | {"total": TOTAL_QUOTA}
+    for pair in filter(None, (part.strip() for part in setting.split(","))):
+        name, _, value = pair.partition("=")
+        quota = names.get(family_key(name))
+        if quota is None or not value.strip().isdigit():
+            raise RehearsalError(
+                f"{QUOTA_VARIABLE}={setting!r}: {pair!r} is not <quota>=<vCPUs>. Quotas the stand-in lists: "
+                f"{', '.join(n for n in limits if n != TOTAL_QUOTA)} and total; vCPUs a whole number "
+                f"(e.g. {QUOTA_VARIABLE}=standardNCADSA100v4Family=0)."
+            )
+        limits[quota] = (int(value), True)
+    return limits
 
 
 class ComputeOperations:
@@ -69,18 +101,14 @@ class ComputeOperations:
         ]
 
     def list_usage(self, *, location: str | None = None) -> list[Any]:
-        """Canned quota: limits that let the course run, marked '(rehearsal: canned, not your quota)'."""
+        """Canned quota: limits that let the course run, marked '(rehearsal: canned, not your quota)', or set by
+        ``COURSE_REHEARSAL_QUOTA`` and marked so."""
         from azure.ai.ml._restclient.arm_ml_service.models import Usage as RestUsage
         from azure.ai.ml._restclient.arm_ml_service.models import UsageName
         from azure.ai.ml.entities import Usage
 
         region = location or self._ws.location
         used = sum(CANNED_SIZES[c.size][1] for c in self._computes_running())
-        rows = [("Total Cluster Dedicated Regional vCPUs", CANNED_TOTAL_VCPUS)]
-        families: dict[str, int] = {}
-        for family, _, _, _, limit in CANNED_SIZES.values():
-            families[family] = limit
-        rows += list(families.items())
         return [
             Usage._from_rest_object(
                 RestUsage(
@@ -89,12 +117,16 @@ class ComputeOperations:
                     aml_workspace_location=region,
                     type="Microsoft.MachineLearningServices/vmFamily/usages",
                     unit="Count",
-                    current_value=used if name.startswith("Total") else 0,
+                    current_value=used if name == TOTAL_QUOTA else 0,
                     limit=limit,
-                    name=UsageName(value=name, localized_value=f"{name} (rehearsal: canned, not your quota)"),
+                    name=UsageName(
+                        value=name,
+                        localized_value=f"{name} (rehearsal: "
+                        + (f"set by {QUOTA_VARIABLE})" if chosen else "canned, not your quota)"),
+                    ),
                 )
             )
-            for name, limit in rows
+            for name, (limit, chosen) in canned_quota().items()
         ]
 
     def _computes_running(self) -> list[Any]:

@@ -1,7 +1,8 @@
 """Jobs: a command job runs its exact command on a snapshot of its ``code`` folder, with its inputs and outputs
 laid out under ``jobs/<name>/`` and the environment variables set as Azure ML sets them (the job's own,
-``AZUREML_RUN_ID``, MLflow pointed at the workspace's tracking store, ``PyTorchDistribution``'s
-``RANK``/``WORLD_SIZE``…), under the job environment's import guard."""
+``AZUREML_RUN_ID``, MLflow pointed at the workspace's tracking server, ``PyTorchDistribution``'s
+``RANK``/``WORLD_SIZE``…), under the job environment's import guard. The tracking server answers as Azure ML's
+does (:mod:`.tracking`); the job's supervisor runs it for as long as the job runs."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ class JobOperations:
             return table[key]
 
         command = re.sub(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", substitute, command)
-        env = self._environment(job, name, folder, environment)
+        env, tracking = self._environment(job, name, folder, environment)
         distribution = job.distribution
         per_node = int(getattr(distribution, "process_count_per_instance", None) or 1)
         nodes = int(job.resources.instance_count if job.resources and job.resources.instance_count else 1)
@@ -129,13 +130,16 @@ class JobOperations:
             "processes": per_node * nodes,
             "per_node": per_node,
             "logs": str(folder / "user_logs"),
+            "tracking": tracking,
         }
         write_json(folder / "plan.json", plan)
         (folder / "user_logs").mkdir(exist_ok=True)
         supervisor = [sys.executable, "-m", "phi3course.rehearsal", "run-job", str(folder)]
+        own = base_env()
+        own["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # the stand-in's own code, not the job's
         with (folder / "supervisor.log").open("w") as log:
             process = subprocess.Popen(
-                supervisor, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=base_env()
+                supervisor, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=own
             )
         write_json(self._ws.state_file("jobs", name), {"name": name, "pid": process.pid})
         return self.get(name)
@@ -160,8 +164,11 @@ class JobOperations:
             inputs[input_name] = str(target)
         return inputs, set(inputs)
 
-    def _environment(self, job: Any, name: str, folder: Path, environment: Any) -> dict[str, str]:
-        """Variables as Azure ML sets them in a job's container, the job's own, and the import guard."""
+    def _environment(
+        self, job: Any, name: str, folder: Path, environment: Any
+    ) -> tuple[dict[str, str], dict[str, str] | None]:
+        """Variables as Azure ML sets them in a job's container, the job's own, and the import guard; and the
+        tracking server the supervisor starts (its store), or None when the job has no way to reach one."""
         pip = pip_requirements(environment)
         has_azureml_mlflow = any(normalise(re.split(r"[<>=!~\[; ]", p, maxsplit=1)[0]) == "azureml-mlflow" for p in pip)
         experiment = job.experiment_name or "Default"
@@ -178,9 +185,11 @@ class JobOperations:
             }
         )
         run_id, experiment_id = self._mlflow_run(experiment, name, job.display_name)
+        tracking = None
         if has_azureml_mlflow:
-            # azureml-mlflow would send this to the workspace's MLflow; the rehearsal's store stands in for it.
-            env["MLFLOW_TRACKING_URI"] = self._ws.mlflow_uri
+            # azureml-mlflow speaks MLflow's REST API to the workspace's tracking server; the supervisor serves one
+            # that answers as it does, on the workspace's store, and sets MLFLOW_TRACKING_URI to it.
+            tracking = {"store": self._ws.mlflow_uri, "artifacts": (self._ws.root / "mlartifacts").as_uri()}
         else:
             # What Azure ML sets: without azureml-mlflow installed, MLflow has no store for this scheme.
             (folder / "notes.txt").write_text(
@@ -200,7 +209,7 @@ class JobOperations:
             "the job environment",
             "list the package in [project.optional-dependencies] job in pyproject.toml (azure.job_environment())",
         )
-        return with_guard(env, guard, pythonpath)
+        return with_guard(env, guard, pythonpath), tracking
 
     def _mlflow_run(self, experiment: str, name: str, display_name: str | None) -> tuple[str, str]:
         """The job's MLflow run in the workspace's store (Azure ML makes one per job and passes MLFLOW_RUN_ID)."""
@@ -327,6 +336,36 @@ def run_job(folder: Path) -> int:
     """
     plan = read_json(folder / "plan.json")
     write_json(folder / "status.json", {"status": "Running", "started": time.time()})
+    try:
+        status = _run_with_tracking(plan) if plan.get("tracking") else _run_processes(plan)
+    except Exception as error:  # the stand-in's own failure: say so, never leave the job Running
+        status = {"status": "Failed", "error": f"the rehearsal could not run the job: {error!r}", "ended": time.time()}
+    write_json(folder / "status.json", status)
+    return 0
+
+
+def _run_with_tracking(plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan's processes with MLFLOW_TRACKING_URI at a tracking server that answers as Azure ML's does; what it
+    refused goes at the end of the job's log, where the learner reads the job's error."""
+    from .tracking import TrackingServer
+
+    tracking = plan["tracking"]
+    with TrackingServer(tracking["store"], tracking["artifacts"]) as server:
+        plan["env"]["MLFLOW_TRACKING_URI"] = server.uri
+        status = _run_processes(plan)
+        if server.refused:
+            with (Path(plan["logs"]) / "std_log.txt").open("a") as log:
+                for line in server.refused:
+                    log.write(
+                        f"\n(rehearsal) the workspace's MLflow answered {line} with 404, as Azure ML's tracking server "
+                        "does: it has no MLflow 3 logged models. Log a model with mlflow.<flavor>.save_model + "
+                        "mlflow.log_artifacts instead of log_model.\n"
+                    )
+    return status
+
+
+def _run_processes(plan: dict[str, Any]) -> dict[str, Any]:
+    """Start the plan's processes, wait for them all; the job's end as status.json records it."""
     world = int(plan["processes"])
     port = free_port()
     children = []
@@ -357,5 +396,4 @@ def run_job(folder: Path) -> int:
     status = {"status": "Completed" if ok else "Failed", "exit_codes": codes, "ended": time.time()}
     if not ok:
         status["error"] = f"exit codes {codes} (see user_logs/std_log.txt)"
-    write_json(folder / "status.json", status)
-    return 0
+    return status

@@ -15,7 +15,7 @@ from ..azure import EXAMPLE_SETTINGS, AzureSettings
 from ..files import read_json
 from ..processes import stop_group
 from . import guard
-from .assets import DATASTORE, DataOperations, ModelOperations, catalog_model
+from .assets import DATASTORE, DataOperations, ModelOperations, Registry, catalog_model
 from .common import RehearsalError, quiet_loggers
 from .compute import ComputeOperations
 from .endpoints import OnlineDeploymentOperations, OnlineEndpointOperations
@@ -73,6 +73,11 @@ class Workspace:
     @property
     def mlflow_uri(self) -> str:
         return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def registry(self, name: str) -> Registry:
+        """What ``MLClient(credential, registry_name=name)`` reaches: the stand-in's copy of that registry's models
+        (see :class:`.assets.RegistryModelOperations`)."""
+        return Registry(name)
 
     # resolving azureml:// URIs to files here ------------------------------------------------------
     def local_path(self, uri: str, kind: str = "") -> Path:
