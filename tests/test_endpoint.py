@@ -412,3 +412,15 @@ def test_no_control_token_id_inside_any_message(tokenizer, monkeypatch) -> None:
         )["input_ids"]
         assert [i for i in encoded["input_ids"] if i in control_ids] == [i for i in expected if i in control_ids]
     assert accepted > 100  # the fuzz reached the tokenizer, not only the refusal
+
+
+def test_control_tokens_are_found_in_the_text_the_tokenizer_matches_them_in(tokenizer_only) -> None:
+    """A tokenizer with a normalizer matches (normalized) added tokens after normalizing: so does the check."""
+    from tokenizers import normalizers
+
+    tokenizer = models.load_tokenizer(models.PRESETS["phi-3-tiny"])
+    tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
+    score.use_tokenizer(tokenizer)
+    status, said = post({"input_data": [[{"role": "user", "content": "hi <|END|> there"}]]})
+    assert status == 400 and said["error"].startswith("input_data[0][0].content holds '<|end|>'")
+    assert post({"input_data": ["<|end"]})[0] == 200

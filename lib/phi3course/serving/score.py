@@ -137,14 +137,14 @@ def check_text(field: str, text: str, controls: Sequence[str] = ()) -> None:
             f"{field} is not valid Unicode (a lone surrogate, {text[error.start]!r}, at character {error.start}): "
             "send text that encodes as UTF-8."
         ) from None
-    seen = _normalize(text) if controls else text
-    found = [(seen.find(token), token) for token in controls if token in seen]  # longest first at one place
-    if found:
-        token = min(found, key=lambda hit: hit[0])[1]
-        raise BadRequest(
-            f"{field} holds {token!r}, one of the model's control tokens: the model would read it as a turn "
-            "mark, not as text. Remove it (or write it with a space inside)."
-        )
+    for seen in dict.fromkeys([text, _normalize(text)]) if controls else ():  # as written, and as normalized
+        found = [(seen.find(token), token) for token in controls if token in seen]  # longest first at one place
+        if found:
+            token = min(found, key=lambda hit: hit[0])[1]
+            raise BadRequest(
+                f"{field} holds {token!r}, one of the model's control tokens: the model would read it as a turn "
+                "mark, not as text. Remove it (or write it with a space inside)."
+            )
 
 
 def _loads(body: bytes) -> Any:
