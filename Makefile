@@ -63,6 +63,8 @@ cleanup: $(STAMP)
 # cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote.
 # The notebooks with exercises also run with the reference solutions filled in, every check strict (02, 03 and 04
 # on the smoke run's state, after it).
+# Tests and notebooks keep their Prompt flow connections in a home of their own, never the learner's ~/.promptflow.
+test: export PF_HOME_DIRECTORY := $(CURDIR)/runs/promptflow-home
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
@@ -116,6 +118,11 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# First stop what the runs started (local endpoints, pf flow serve, the stand-in's processes), then delete them:
+# their records are what says which processes are the course's. Your typed facts (my_facts/) stay.
 clean:
-	for stand_in in runs/*/rehearsal; do [ -d "$$stand_in" ] && $(PY) -m phi3course.rehearsal stop "$$stand_in"; done; true
+	@if [ -d runs ] && [ -x $(PY) ]; then \
+	  $(PY) -m phi3course.flow stop runs || exit 1; \
+	  find runs -type d -name rehearsal -prune -exec $(PY) -m phi3course.rehearsal stop {} \; || exit 1; \
+	elif [ -d runs ]; then echo "no $(PY): nothing of runs/ can be stopped first (make setup installs it)"; fi
 	rm -rf runs .pytest_cache

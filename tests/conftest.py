@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# Before any library reads them at import time.
+# Before any library reads them at import time. Prompt flow keeps its connections (and their keys) in its home
+# (PF_HOME_DIRECTORY, else ~/.promptflow): the tests get one of their own, whatever the environment names, so they
+# never replace the learner's connection of the same name.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PF_HOME_DIRECTORY", tempfile.mkdtemp(prefix="pf-home-"))
+PF_HOME = tempfile.mkdtemp(prefix="pf-home-")
+os.environ["PF_HOME_DIRECTORY"] = PF_HOME
+atexit.register(shutil.rmtree, PF_HOME, ignore_errors=True)
 os.environ.pop("COURSE_PROFILE", None)
 os.environ.pop("COURSE_RUN_DIR", None)
 

@@ -319,3 +319,50 @@ def test_settings_from_a_profile_take_every_setting_it_names_and_alpha_twice_the
         named = {k: v for k, v in parameters.items() if k in train.TrainSettings.__dataclass_fields__ and k != "model"}
         assert named and {k: getattr(settings, k) for k in named} == named, name
         assert settings.lora_alpha == 2 * parameters["lora_r"] and settings.model == "phi-3-tiny"
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short", "a list", "no model_dir"])
+def test_a_damaged_result_json_is_said_and_trained_again(tiny_data, tmp_path, capsys, damage) -> None:
+    """A result.json cut short or edited (a crash, an editor) leads to a message naming it and a new result,
+    not a JSONDecodeError; the new one is a whole JSON file again."""
+    out = tmp_path / "out"
+    s = settings(tiny_data, out, max_steps=2, save_steps=2)
+    first = train.train(s)
+    whole = (out / "result.json").read_text()
+    text = {
+        "empty": "",
+        "cut short": whole[: len(whole) // 2],
+        "a list": "[]",
+        "no model_dir": json.dumps({"settings": train._settings_record(s)}),
+    }[damage]
+    (out / "result.json").write_text(text)
+    capsys.readouterr()
+    assert train.previous_result(s) is None
+    said = capsys.readouterr().out
+    assert f"{out / 'result.json'} is damaged" in said and "trained again" in said
+    again = train.train(s)
+    assert "Already trained" not in capsys.readouterr().out
+    assert again.steps == first.steps and Path(again.model_dir).is_dir()
+    assert json.loads((out / "result.json").read_text())["model_dir"] == again.model_dir
+    assert train.previous_result(s) == again
+
+
+def test_result_json_is_replaced_whole(tiny_data, tmp_path, monkeypatch) -> None:
+    """result.json is written to a temporary file and renamed over the old one: a write that fails midway
+    leaves the previous result as it was, and no half file."""
+    out = tmp_path / "out"
+    s = settings(tiny_data, out, max_steps=2, save_steps=2)
+    train.train(s)
+    before = (out / "result.json").read_bytes()
+    real_replace = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        if Path(target).name == "result.json":
+            raise OSError("disk full")
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        train.train(s, retrain=True)
+    assert (out / "result.json").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir() if "result" in p.name) == ["result.json"]

@@ -17,13 +17,14 @@ from typing import Any
 import requests
 
 from . import snapshot
-from .processes import ServerError, alive, launch, stop_group, wait_healthy
+from .processes import ServerError, alive, identify, launch, pid_of, stop_group, wait_healthy
 from .rundir import RunDir, mask
 from .tracking import store_uri
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
-# Deployments a run may have; each keeps <name>_scoring_uri, <name>_key_path, <name>_kind, <name>_pid in state.json.
+# Deployments a run may have; each keeps <name>_scoring_uri, <name>_key_path, <name>_kind, <name>_pid in state.json
+# (<name>_pid: what identifies the server process, processes.identify, so that only that process is ever signalled).
 TUNED = "tuned"  # the fine-tuned model (03_deploy)
 BASE = "base"  # the base model, served beside it in 04 for the comparison
 DEPLOYMENTS = (TUNED, BASE)
@@ -106,9 +107,9 @@ def record(run: RunDir, name: str, kind: str, scoring_uri: str, key_path: Path) 
 
 def stop(run: RunDir, name: str = TUNED) -> bool:
     """Stop local deployment ``name`` of this run, if it is still running. Returns whether one was stopped."""
-    pid = run.get(f"{name}_pid")
-    stopped = stop_group(pid)
-    if pid:
+    recorded = run.get(f"{name}_pid")
+    stopped = stop_group(recorded)
+    if recorded:
         run.remember(**{f"{name}_pid": None})
     return stopped
 
@@ -164,7 +165,7 @@ def start_local(
         "azureml_inference_server_http.server.entry:app",
     ]
     process = launch(command, log_path, environment, cwd=code)
-    run.remember(**{f"{name}_pid": process.pid})
+    run.remember(**{f"{name}_pid": identify(process.pid)})
     endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
     try:
         wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint")
@@ -178,11 +179,11 @@ def start_local(
 
 def attach(run: RunDir, name: str = TUNED) -> LocalEndpoint:
     """The run's running local deployment ``name``, or an error saying to run 03_deploy."""
-    pid = run.get(f"{name}_pid")
-    if run.get(f"{name}_kind") != "local" or not alive(pid):
+    recorded = run.get(f"{name}_pid")
+    if run.get(f"{name}_kind") != "local" or not alive(recorded):
         raise EndpointError("no local endpoint is running for this run: run notebook 03_deploy first.")
     return LocalEndpoint(
-        run.get(f"{name}_scoring_uri"), Path(run.get(f"{name}_key_path")), pid, run.path / f"{name}.log"
+        run.get(f"{name}_scoring_uri"), Path(run.get(f"{name}_key_path")), pid_of(recorded), run.path / f"{name}.log"
     )
 
 

@@ -38,8 +38,29 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
+class DamagedFileError(ValueError):
+    """A JSON file the course keeps is not what it wrote (cut short, edited, or not JSON): the message names the
+    file and what to do."""
+
+
+def read_json(path: str | os.PathLike[str], default: Any = None, expect: type | None = None, fix: str = "") -> Any:
+    """The JSON in ``path`` (``default`` if there is no such file).
+
+    A file that is not valid JSON (or, with ``expect``, not of that type) raises :class:`DamagedFileError`
+    naming the file, what is wrong and ``fix`` (what to do), instead of a bare parser error.
+    """
     target = Path(path)
     if not target.exists():
         return default
-    return json.loads(target.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(target.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        problem = f"not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+    except UnicodeDecodeError as error:
+        problem = f"not UTF-8 text (byte {error.start})"
+    else:
+        if expect is None or isinstance(data, expect):
+            return data
+        problem = f"a JSON {type(data).__name__}, not the {expect.__name__} it should hold"
+    action = fix or f"fix it in an editor, or move it aside (mv {target} {target}.damaged) and make it again"
+    raise DamagedFileError(f"{target} is damaged: {problem}. {action}.")

@@ -8,6 +8,7 @@ kept by Prompt flow's local store — never in code, YAML, notebook outputs or l
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -19,9 +20,10 @@ from typing import Any
 
 import requests
 
-from .endpoint import HOST, free_port
+from .endpoint import HOST, free_port, stop_all
+from .files import DamagedFileError
 from .paths import course_root
-from .processes import ServerError, launch, stop_group, wait_healthy
+from .processes import ServerError, identify, launch, stop_group, wait_healthy
 from .rundir import RunDir
 
 CONNECTION = "phi3-course-endpoint"  # the name flows/chat/flow.dag.yaml uses
@@ -67,24 +69,41 @@ def make_connection(name: str, scoring_uri: str, key_path: str | os.PathLike[str
     return name
 
 
-def flow_with_connection(connection: str) -> Path:
+_COPIES: dict[str, Path] = {}  # connection -> this process's private copy of the chat flow
+
+
+def _private_copy(connection: str) -> Path:
+    """A folder only this user can write, new for each Python process (a fixed name in the shared temporary
+    folder could be made first by someone else, with their code in it); removed when the process ends."""
+    if connection not in _COPIES or not _COPIES[connection].is_dir():
+        folder = Path(tempfile.mkdtemp(prefix=f"phi3course-flow-{connection}-"))  # mode 0700, an unguessable name
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _COPIES[connection] = folder
+    return _COPIES[connection] / "chat"
+
+
+def flow_with_connection(connection: str, run: RunDir | None = None) -> Path:
     """The chat flow bound to another connection: a copy whose node names ``connection``.
 
-    (``pf run`` can override a node's connection; ``pf flow test`` cannot.)
+    The copy is the run's own (``<run>/flow/chat-<connection>``) when ``run`` is given, otherwise a private
+    temporary folder of this process. (``pf run`` can override a node's connection; ``pf flow test`` cannot.)
     """
     if connection == CONNECTION:
         return chat_flow()
-    copy = Path(tempfile.gettempdir()) / f"phi3course-flow-{connection}"
+    copy = run.path / "flow" / f"chat-{connection}" if run is not None else _private_copy(connection)
     shutil.copytree(chat_flow(), copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".promptflow"))
     dag = copy / "flow.dag.yaml"
     dag.write_text(dag.read_text().replace(f"connection: {CONNECTION}", f"connection: {connection}"))
     return copy
 
 
-def test(question: str, chat_history: list | None = None, connection: str = CONNECTION) -> str:
+def test(
+    question: str, chat_history: list | None = None, connection: str = CONNECTION, run: RunDir | None = None
+) -> str:
     """``pf flow test`` through the SDK: one question, one answer."""
     result = client().test(
-        flow=str(flow_with_connection(connection)), inputs={"question": question, "chat_history": chat_history or []}
+        flow=str(flow_with_connection(connection, run)),
+        inputs={"question": question, "chat_history": chat_history or []},
     )
     return result["answer"]
 
@@ -108,9 +127,9 @@ class FlowServer:
 
 def stop_serving(run: RunDir) -> bool:
     """Stop the flow server this run started; returns whether one was running."""
-    pid = run.get("flow_pid")
-    stopped = stop_group(pid)
-    if pid:
+    recorded = run.get("flow_pid")
+    stopped = stop_group(recorded)
+    if recorded:
         run.remember(flow_pid=None)
     return stopped
 
@@ -137,7 +156,7 @@ def serve(run: RunDir, port: int = 8080, timeout_s: float = 120) -> FlowServer:
         "--skip-open-browser",
     ]
     process = launch(command, log_path, {**os.environ, "PF_DISABLE_TRACING": "true"})
-    run.remember(flow_pid=process.pid)
+    run.remember(flow_pid=identify(process.pid))  # what identifies it, so that only it is ever signalled
     server = FlowServer(f"http://{HOST}:{chosen}", process.pid, log_path, command)
     try:
         wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve")
@@ -157,6 +176,37 @@ def stop_pf_service() -> bool:
     pf = Path(sys.executable).with_name("pf")
     subprocess.run([str(pf), "service", "stop"], capture_output=True, timeout=60)
     return True
+
+
+def stop_run(run: RunDir) -> list[str]:
+    """Stop what ``run`` started on this machine (its flow server, its local deployments); returns what stopped.
+
+    Only a process that is still the one recorded gets a signal (see :mod:`phi3course.processes`).
+    """
+    stopped = ["pf flow serve"] if stop_serving(run) else []
+    return stopped + stop_all(run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m phi3course.flow stop FOLDER...``: stop what every run under the folders started (``make clean``
+    runs it before it deletes ``runs/``), then Prompt flow's local service."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[0] != "stop":
+        print("usage: python -m phi3course.flow stop FOLDER...  (the run folders, or a folder above them)")
+        return 2
+    states = sorted({state for folder in args[1:] for state in Path(folder).rglob("state.json")})
+    for state in states:
+        run = RunDir(state.parent)
+        try:
+            stopped = stop_run(run)
+        except DamagedFileError as error:
+            print(f"✗ nothing it recorded is stopped: {error}", file=sys.stderr)
+            continue
+        for what in stopped:
+            print(f"stopped {what} of {run.path}")
+    if stop_pf_service():
+        print("stopped Prompt flow's local service")
+    return 0
 
 
 # --- the held-out questions as flow inputs ------------------------------------------------------------
@@ -187,3 +237,7 @@ def questions_file(run: RunDir, general: bool = False) -> Path:
     if general and items:
         items += [item(question, " / ".join(keywords), "general") for question, keywords in PROBE]
     return write_jsonl(run.path / "flow" / ("questions_and_probe.jsonl" if general else "questions.jsonl"), items)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -46,9 +46,17 @@ class RunDir:
         return self.path / "summary.json"
 
     # state -----------------------------------------------------------------------------------
+    def _fix(self, path: Path, what: str) -> str:
+        """What to do about a damaged JSON file of this run (the message of :class:`DamagedFileError`)."""
+        return (
+            f"It records {what}. Fix it in an editor, or move it aside (mv {path} {path}.damaged) and run the "
+            f"notebooks again from 00_setup with the same profile and run_dir ({self.path})"
+        )
+
     @property
     def state(self) -> dict[str, Any]:
-        return read_json(self.state_path, default={})
+        fix = self._fix(self.state_path, "what later notebooks need (data paths, the model, the endpoint)")
+        return read_json(self.state_path, default={}, expect=dict, fix=fix)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.state.get(key, default)
@@ -78,7 +86,8 @@ class RunDir:
     # summary ---------------------------------------------------------------------------------
     @property
     def summary(self) -> dict[str, Any]:
-        data = read_json(self.summary_path, default={})
+        fix = self._fix(self.summary_path, "what each notebook did (times, data, training, evaluations)")
+        data = read_json(self.summary_path, default={}, expect=dict, fix=fix)
         for key in SUMMARY_KEYS:
             data.setdefault(key, {} if key == "stages" else None)
         return data

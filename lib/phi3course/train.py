@@ -327,29 +327,49 @@ def _settings_record(settings: TrainSettings) -> dict[str, Any]:
 
 
 def previous_result(settings: TrainSettings) -> TrainResult | None:
-    """The result of a finished run with the same settings in ``output_dir``, if there is one."""
+    """The result of a finished run with the same settings in ``output_dir``, if there is one.
+
+    A ``result.json`` that cannot be read back (cut short, edited) is said so and counts as none: the model
+    is trained again and the file rewritten.
+    """
+    from .files import DamagedFileError, read_json
+
     path = Path(settings.output_dir) / "result.json"
-    if not path.is_file():
-        return None
-    stored = json.loads(path.read_text())
-    if stored.pop("settings", None) != _settings_record(settings) or not Path(stored["model_dir"]).is_dir():
-        return None
-    return TrainResult(**stored)
+    try:
+        stored = read_json(path, expect=dict, fix="The model is trained again and the file rewritten")
+        if stored is None:
+            return None
+        if stored.pop("settings", None) != _settings_record(settings):
+            return None
+        if not Path(stored["model_dir"]).is_dir():
+            return None
+        return TrainResult(**stored)
+    except DamagedFileError as error:
+        print(error)
+    except (KeyError, TypeError, ValueError) as error:
+        what = f"not a training result ({error!r})"
+        print(f"{path} is damaged: {what}. The model is trained again and the file rewritten.")
+    return None
 
 
 def _prepare_output(settings: TrainSettings) -> None:
-    """Keep checkpoints only if they come from the same settings: a resume must continue the same run."""
+    """Keep checkpoints only if they come from the same settings and an unfinished run: a resume must continue
+    the same run. A finished run trained again (``retrain``, or a result.json that cannot be used) starts afresh."""
     import shutil
+
+    from .files import atomic_write_text
 
     folder = Path(settings.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / "settings.json"
     wanted = json.dumps(_settings_record(settings), sort_keys=True)
-    if record.is_file() and record.read_text() != wanted:
+    changed = record.is_file() and record.read_text(errors="replace") != wanted
+    if changed:
         print(f"Settings changed since the checkpoints in {folder} were made: starting afresh.")
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         (folder / "result.json").unlink(missing_ok=True)
-    record.write_text(wanted)
+    if changed or (folder / "result.json").exists():  # a finished run's checkpoints are past its last step
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    atomic_write_text(record, wanted)
 
 
 def base_model_folders(path: str) -> tuple[str, str]:
@@ -455,11 +475,13 @@ def train(
         resumed_from=last,
     )
     if trainer.is_world_process_zero():
+        from .files import atomic_write_text  # a crash mid-write leaves the old file, never half of one
+
         stored = {**result.to_json(), "settings": _settings_record(settings)}
-        (Path(settings.output_dir) / "result.json").write_text(json.dumps(stored, indent=2))
+        atomic_write_text(Path(settings.output_dir) / "result.json", json.dumps(stored, indent=2))
         if base_eval is not None:
             scores = {"base": base_eval, "tuned": recipe.held_out(final, tokenizer, test_rows, "tuned")}
-            (Path(settings.output_dir) / "eval.json").write_text(json.dumps(scores, indent=2))
+            atomic_write_text(Path(settings.output_dir) / "eval.json", json.dumps(scores, indent=2))
     return result
 
 

@@ -215,7 +215,7 @@ class OnlineDeploymentOperations:
 
         path = self._ws.state_file("deployments", endpoint_name, name)
         record = read_json(path, default={})
-        stopped = stop_group(record.get("pid"))
+        stopped = stop_group(record)
         if record:
             record["pid"] = None
             write_json(path, record)
@@ -252,7 +252,7 @@ class OnlineDeploymentOperations:
         inference server (gunicorn on 127.0.0.1), behind the endpoint's key and the serving environment's guard."""
         from azure.ai.ml.entities import Environment
 
-        from ..processes import ServerError, launch, wait_healthy
+        from ..processes import ServerError, identify, launch, wait_healthy
 
         if local:
             raise RehearsalError("local=True asks for Docker; the rehearsal is already local: leave local out.")
@@ -329,7 +329,7 @@ class OnlineDeploymentOperations:
         record = {
             "name": name,
             "endpoint_name": endpoint_name,
-            "pid": process.pid,
+            **identify(process.pid),  # pid, start time and command line: only that process is ever signalled
             "port": port,
             "log": str(log_path),
             "model": f"azureml:{model_name}:{version}",

@@ -141,7 +141,9 @@ class JobOperations:
             process = subprocess.Popen(
                 supervisor, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=own
             )
-        write_json(self._ws.state_file("jobs", name), {"name": name, "pid": process.pid})
+        from ..processes import identify
+
+        write_json(self._ws.state_file("jobs", name), {"name": name, **identify(process.pid)})
         return self.get(name)
 
     def _lay_out_inputs(self, job: Any, folder: Path) -> tuple[dict[str, str], set[str]]:
@@ -235,10 +237,10 @@ class JobOperations:
             return status
         from ..processes import alive
 
-        pid = read_json(self._ws.state_file("jobs", name), default={}).get("pid")
-        if not alive(pid) and not (folder / "status.json").is_file():
+        recorded = read_json(self._ws.state_file("jobs", name), default={})
+        if not alive(recorded) and not (folder / "status.json").is_file():
             return {"status": "Failed", "error": "the rehearsal's job supervisor is gone (machine restarted?)"}
-        if not alive(pid):  # finished between the two reads
+        if not alive(recorded):  # finished between the two reads
             return read_json(folder / "status.json", default={"status": "Failed"})
         return status or {"status": "Starting"}
 
@@ -291,8 +293,7 @@ class JobOperations:
     def begin_cancel(self, name: str) -> Poller:
         from ..processes import stop_group
 
-        pid = read_json(self._ws.state_file("jobs", name), default={}).get("pid")
-        stop_group(pid)
+        stop_group(read_json(self._ws.state_file("jobs", name), default={}))
         write_json(self._dir(name) / "status.json", {"status": "Canceled"})
         return Poller(None)
 

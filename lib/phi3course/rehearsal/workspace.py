@@ -130,6 +130,6 @@ def stop(root: str | os.PathLike[str]) -> list[str]:
     stopped = []
     for record in sorted(Path(root, "state").glob("*/**/*.json")):
         data = read_json(record, default={})
-        if isinstance(data, dict) and data.get("pid") and stop_group(data["pid"]):
+        if isinstance(data, dict) and data.get("pid") and stop_group(data):
             stopped.append(f"{record.parent.name}/{record.stem}")
     return stopped
