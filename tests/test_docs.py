@@ -13,8 +13,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from phi3course.paths import course_root
-from phi3course.tools.runner import course_notebooks
+from phi3course.paths import course_notebooks, course_root
 
 ROOT = course_root()
 NOTEBOOKS = course_notebooks(include_cleanup=True)

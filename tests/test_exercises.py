@@ -14,8 +14,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from phi3course import exercises
+from phi3course.paths import course_notebooks
 from phi3course.rundir import RunDir
-from phi3course.tools.runner import course_notebooks
 
 NOTEBOOKS = course_notebooks()
 ROOT = Path(__file__).resolve().parents[1]

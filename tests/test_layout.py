@@ -49,6 +49,25 @@ def test_no_part_imports_one_above_it() -> None:
     assert wrong == []
 
 
+def test_every_import_of_the_package_names_a_module_it_has() -> None:
+    """A module moved or renamed leaves no import behind that only fails when its function runs."""
+    import ast
+
+    files = snapshot.module_files()
+    packages = {name.rsplit(".", 1)[0] for name in files} | {snapshot.PACKAGE}
+    dangling = []
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for source, names in snapshot._imports(tree, module, path.name == "__init__.py"):
+            if source != snapshot.PACKAGE and not source.startswith(snapshot.PACKAGE + "."):
+                continue  # the standard library, third parties
+            if source not in files and source not in packages:
+                dangling.append(f"{module}: {source}")
+            elif source in packages and source not in files:  # a namespace without __init__: names are modules
+                dangling += [f"{module}: {source}.{name}" for name in names if f"{source}.{name}" not in files]
+    assert dangling == []
+
+
 def test_the_scoring_folder_imports_nothing_but_hardware_from_the_library() -> None:
     graph = snapshot.import_graph()
     served = snapshot.closure(["phi3course.serving.score"], graph)

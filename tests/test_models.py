@@ -90,7 +90,7 @@ def test_a_tokenizer_cached_with_an_old_chat_template_is_saved_again(tmp_path, m
 
 
 def test_warm_prepares_the_cache_once_for_a_room(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from phi3course import cli
+    from phi3course.tools import cli
 
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
     assert cli.main(["warm", "phi-3-tiny"]) == 0

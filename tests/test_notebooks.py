@@ -10,8 +10,8 @@ import papermill as pm
 import pytest
 
 from phi3course import profiles
+from phi3course.paths import course_notebooks
 from phi3course.tools import notebooks
-from phi3course.tools.runner import course_notebooks
 
 NOTEBOOKS = course_notebooks(include_cleanup=True)
 IDS = [nb.stem for nb in NOTEBOOKS]

@@ -6,6 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from phi3course.paths import course_notebooks
 from phi3course.tools import runner
 
 
@@ -34,19 +35,19 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_notebooks_in_order_and_cleanup_only_when_asked(folder: Path) -> None:
-    assert [p.stem for p in runner.course_notebooks(folder)] == ["00_ok", "01_bad", "02_after"]
-    assert runner.course_notebooks(folder, include_cleanup=True)[-1].stem == "99_cleanup"
-    assert [p.stem for p in runner.select(runner.course_notebooks(folder), "01")] == ["01_bad", "02_after"]
+    assert [p.stem for p in course_notebooks(folder)] == ["00_ok", "01_bad", "02_after"]
+    assert course_notebooks(folder, include_cleanup=True)[-1].stem == "99_cleanup"
+    assert [p.stem for p in runner.select(course_notebooks(folder), "01")] == ["01_bad", "02_after"]
     with pytest.raises(SystemExit, match="00_ok, 01_bad, 02_after"):
-        runner.select(runner.course_notebooks(folder), "07")
-    assert [p.stem for p in runner.select(runner.course_notebooks(folder), None, "01")] == ["00_ok", "01_bad"]
-    assert [p.stem for p in runner.select(runner.course_notebooks(folder), "01", "01_bad")] == ["01_bad"]
+        runner.select(course_notebooks(folder), "07")
+    assert [p.stem for p in runner.select(course_notebooks(folder), None, "01")] == ["00_ok", "01_bad"]
+    assert [p.stem for p in runner.select(course_notebooks(folder), "01", "01_bad")] == ["01_bad"]
     with pytest.raises(SystemExit, match="comes before"):
-        runner.select(runner.course_notebooks(folder), "02", "00")
+        runner.select(course_notebooks(folder), "02", "00")
 
 
 def test_first_failure_stops_the_run_and_names_notebook_and_cell(folder: Path, tmp_path: Path) -> None:
-    run, failure = runner.run_course("smoke", run_dir=str(tmp_path / "run"), notebooks=runner.course_notebooks(folder))
+    run, failure = runner.run_course("smoke", run_dir=str(tmp_path / "run"), notebooks=course_notebooks(folder))
     assert failure is not None
     assert failure.notebook == "01_bad"
     assert failure.cell == 2 and failure.code == "# the failing cell"
@@ -62,8 +63,8 @@ def test_first_failure_stops_the_run_and_names_notebook_and_cell(folder: Path, t
 def test_start_from_a_notebook_keeps_earlier_stages(folder: Path, tmp_path: Path) -> None:
     (folder / "01_bad.ipynb").unlink()
     run_dir = str(tmp_path / "run")
-    runner.run_course("smoke", run_dir=run_dir, notebooks=runner.course_notebooks(folder))
-    run, failure = runner.run_course("smoke", "02", run_dir=run_dir, notebooks=runner.course_notebooks(folder))
+    runner.run_course("smoke", run_dir=run_dir, notebooks=course_notebooks(folder))
+    run, failure = runner.run_course("smoke", "02", run_dir=run_dir, notebooks=course_notebooks(folder))
     assert failure is None
     summary = json.loads(run.summary_path.read_text())
     assert set(summary["stages"]) == {"00_ok", "02_after"} and summary["profile"] == "smoke"

@@ -272,7 +272,7 @@ def nbgrader_course(notebooks: Sequence[Path], out: Path, course_id: str = "phi3
 
 # --- command line -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from .runner import course_notebooks
+    from .paths import course_notebooks
 
     parser = argparse.ArgumentParser(prog="python -m phi3course.exercises", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["list", "solve", "nbgrader"])

@@ -50,3 +50,9 @@ def cache_dir() -> Path:
         path = base / "phi3course"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def course_notebooks(folder: Path | None = None, include_cleanup: bool = False) -> list[Path]:
+    """The numbered notebooks in order; ``99_*`` (cleanup) only when asked."""
+    found = sorted((folder or notebooks_dir()).glob("[0-9][0-9]_*.ipynb"))
+    return [nb for nb in found if include_cleanup or not nb.name.startswith("99_")]

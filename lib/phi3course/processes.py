@@ -122,12 +122,23 @@ def _reap(pid: int) -> bool:
 
 
 def _ended(pid: int, within_s: float) -> bool:
-    """Wait up to ``within_s`` for ``pid`` to end; a child of ours is reaped, so no zombie is left behind."""
+    """Wait up to ``within_s`` for ``pid`` to end; a child of ours is reaped, so no zombie is left behind.
+
+    A child that is exiting but not yet a zombie cannot be reaped yet: it counts as ended only once reaped."""
+    import psutil
+
     deadline = time.monotonic() + within_s
     while True:
-        if _reap(pid) or not _running(pid):
-            _reap(pid)
+        if _reap(pid):
             return True
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE and process.ppid() != os.getpid():
+                return True  # ended; its own parent reaps it
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:
+            pass  # exiting: look again
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)

@@ -189,7 +189,7 @@ def collect(
     A summary that cannot be read becomes a row that says so, instead of stopping the collection. With
     ``since``, a summary whose run started before that time is marked stale (see :func:`stale_row`).
     """
-    from .runner import course_notebooks
+    from ..paths import course_notebooks
 
     expected = expected_notebooks or len(course_notebooks())
     cutoff = parse_time(since) if since is not None else None
@@ -219,7 +219,8 @@ def run_class(
     stop: str | None = None,
 ) -> pd.DataFrame:
     """Run the course for each learner into ``out/<learner>`` and return the class table."""
-    from .runner import course_notebooks, run_course, select
+    from ..paths import course_notebooks
+    from .runner import run_course, select
 
     bad = [name for name in learners if not LEARNER_NAME.match(name)]
     if bad:

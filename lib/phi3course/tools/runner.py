@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import profiles
 from ..course import run_dir_for
-from ..paths import notebooks_dir
+from ..paths import course_notebooks
 from ..rundir import RunDir, now
 
 
@@ -34,12 +34,6 @@ class Failure:
     def __str__(self) -> str:
         where = f"cell {self.cell} ({self.code!r})" if self.cell is not None else "before any cell ran"
         return f"{self.notebook} failed in {where}: {self.error}\n  executed notebook: {self.output}"
-
-
-def course_notebooks(folder: Path | None = None, include_cleanup: bool = False) -> list[Path]:
-    """The numbered notebooks in order; ``99_*`` (cleanup) only when asked."""
-    found = sorted((folder or notebooks_dir()).glob("[0-9][0-9]_*.ipynb"))
-    return [nb for nb in found if include_cleanup or not nb.name.startswith("99_")]
 
 
 def _position(notebooks: list[Path], name: str, option: str) -> int:
