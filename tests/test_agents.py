@@ -147,10 +147,14 @@ def test_an_empty_answer_or_a_turn_the_contract_lacks_is_not_sent() -> None:
     answered nothing earlier, or a tool call in the agent's thread, must not break the next request."""
     history = [{"inputs": {"question": "Who leads it?"}, "outputs": {"answer": "  "}}]
     ours = [{"role": str(m.role), "content": m.text} for m in agents.to_messages(agents.ChatTurn("Where?", history))]
-    assert ours == flow_tool().to_messages("Where?", history) == [
-        {"role": "user", "content": "Who leads it?"},
-        {"role": "user", "content": "Where?"},
-    ]
+    assert (
+        ours
+        == flow_tool().to_messages("Where?", history)
+        == [
+            {"role": "user", "content": "Who leads it?"},
+            {"role": "user", "content": "Where?"},
+        ]
+    )
     client = agents.AzureMLScoringClient("http://127.0.0.1:1/score", "unused")
     sent = client.payload([Message("user", ["Hi"]), Message("tool", ["42"]), Message("assistant", [""])])
     assert sent["input_data"] == [[{"role": "user", "content": "Hi"}]]
