@@ -142,6 +142,24 @@ def test_the_workflow_sends_what_the_flows_tool_sends() -> None:
     assert ours == flow_tool().to_messages("Where is it?", history)
 
 
+def test_an_empty_answer_or_a_turn_the_contract_lacks_is_not_sent() -> None:
+    """The endpoint refuses empty messages and roles other than system, user and assistant (a 400): a model that
+    answered nothing earlier, or a tool call in the agent's thread, must not break the next request."""
+    history = [{"inputs": {"question": "Who leads it?"}, "outputs": {"answer": "  "}}]
+    ours = [{"role": str(m.role), "content": m.text} for m in agents.to_messages(agents.ChatTurn("Where?", history))]
+    assert (
+        ours
+        == flow_tool().to_messages("Where?", history)
+        == [
+            {"role": "user", "content": "Who leads it?"},
+            {"role": "user", "content": "Where?"},
+        ]
+    )
+    client = agents.AzureMLScoringClient("http://127.0.0.1:1/score", "unused")
+    sent = client.payload([Message("user", ["Hi"]), Message("tool", ["42"]), Message("assistant", [""])])
+    assert sent["input_data"] == [[{"role": "user", "content": "Hi"}]]
+
+
 def test_the_workflow_answers_like_the_endpoint(live, client) -> None:
     workflow = agents.chat_workflow(client, LIMIT)
     question = "Who leads the Quillmere Institute?"

@@ -60,10 +60,15 @@ class AzureMLScoringClient(BaseChatClient):
 
         return self._build_response_stream(one_update())
 
+    @staticmethod
+    def sendable(message: Message) -> bool:
+        """What the scoring contract takes: system, user and assistant turns with text (a tool call has none)."""
+        return str(message.role) in {"system", "user", "assistant"} and bool((message.text or "").strip())
+
     def payload(self, messages: Sequence[Message], max_new_tokens: int | None = None) -> dict[str, Any]:
         """The request body: one conversation, greedy decoding (the same answer every time)."""
         return {
-            "input_data": [[{"role": str(m.role), "content": m.text} for m in messages]],
+            "input_data": [[{"role": str(m.role), "content": m.text} for m in messages if self.sendable(m)]],
             "params": {
                 "max_new_tokens": max_new_tokens or self.max_new_tokens,
                 "do_sample": False,
@@ -111,9 +116,10 @@ class ChatTurn:
 def to_messages(turn: ChatTurn) -> list[Message]:
     """Prompt flow's chat history and the new question, as Agent Framework messages (as ask_endpoint.py does)."""
     messages = []
-    for past in turn.chat_history:
-        messages.append(Message("user", [str(past["inputs"]["question"])]))
-        messages.append(Message("assistant", [str(past["outputs"]["answer"])]))
+    for past in turn.chat_history:  # a turn whose answer is empty (a model may answer nothing) keeps its question
+        for role, text in (("user", past["inputs"]["question"]), ("assistant", past["outputs"]["answer"])):
+            if str(text).strip():  # the endpoint refuses empty messages
+                messages.append(Message(role, [str(text)]))
     messages.append(Message("user", [turn.question.strip()]))
     return messages
 
