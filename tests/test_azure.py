@@ -205,7 +205,7 @@ def test_quota_stops_the_setup_when_a_family_has_fewer_cores_than_one_node_needs
     """Quota 0 made the job wait in the queue for ever: require_quota raises, naming the family, the limit to request
     and where; the serving size is checked too, with the 20 % Azure keeps for upgrades."""
     assert [azure.serving_cores(4, n) for n in (1, 2, 5, 10)] == [8, 12, 24, 48]  # ceil(1.2 × n) × vCPUs
-    rows = azure.quota_rows(_WithServing(24, 8), azure.GPU_CLUSTER_SIZE, "eastus2", serving_size=azure.SERVING_SIZE)
+    rows = azure.quota_rows(_WithServing(24, 8), azure.GPU_CLUSTER_SIZE, "eastus2", serving_size="Standard_E4s_v3")
     assert [(r.purpose, r.family, r.needed) for r in rows] == [
         ("training", "standardNCADSA100v4Family", 24),
         ("training", azure.TOTAL_QUOTA, 24),
@@ -213,7 +213,7 @@ def test_quota_stops_the_setup_when_a_family_has_fewer_cores_than_one_node_needs
         ("serving", azure.TOTAL_QUOTA, 8),
     ]
     azure.require_quota(rows, "eastus2")  # enough everywhere: nothing raised
-    rows = azure.quota_rows(_WithServing(0, 8, esv3_used=4), azure.GPU_CLUSTER_SIZE, serving_size=azure.SERVING_SIZE)
+    rows = azure.quota_rows(_WithServing(0, 8, esv3_used=4), azure.GPU_CLUSTER_SIZE, serving_size="Standard_E4s_v3")
     with pytest.raises(azure.QuotaError) as stopped:
         azure.require_quota(rows, "eastus2")
     message = str(stopped.value)

@@ -100,10 +100,10 @@ def test_compute_quota_and_retired_sizes(ws) -> None:
 
 def test_quota_set_to_zero_stops_the_setup_naming_the_family_and_the_cores_to_request(ws, monkeypatch) -> None:
     """A new subscription's A100 quota is 0: 00_setup must stop there, not let the job queue for ever."""
-    rows = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location, serving_size=azure.SERVING_SIZE)
+    rows = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location, serving_size="Standard_E4s_v3")
     azure.require_quota(rows, ws.location)  # the canned quota lets the course run
     monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "standardNCADSA100v4Family=0")
-    rows = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location, serving_size=azure.SERVING_SIZE)
+    rows = azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, ws.location, serving_size="Standard_E4s_v3")
     family = next(row for row in rows if row.family == "standardNCADSA100v4Family")
     assert (family.limit, family.short) == (0, True)
     assert [u for u in ws.compute.list_usage() if "set by COURSE_REHEARSAL_QUOTA" in str(u.name)]
@@ -114,7 +114,7 @@ def test_quota_set_to_zero_stops_the_setup_naming_the_family_and_the_cores_to_re
     assert "Azure ML studio → Quota" in message and "standardESv3Family" not in message
     monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "standardesv3family=4, total=100")  # serving: 8 with the reserve
     with pytest.raises(azure.QuotaError, match=r"standardESv3Family.*Standard_E4s_v3 needs 8 vCPUs.*at least 8"):
-        azure.require_quota(azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, serving_size=azure.SERVING_SIZE))
+        azure.require_quota(azure.quota_rows(ws, azure.GPU_CLUSTER_SIZE, serving_size="Standard_E4s_v3"))
     monkeypatch.setenv("COURSE_REHEARSAL_QUOTA", "A100=0")
     with pytest.raises(rehearsal.RehearsalError, match=r"standardNCADSA100v4Family.*e\.g\. COURSE_REHEARSAL_QUOTA="):
         ws.compute.list_usage()

@@ -147,7 +147,9 @@ def test_the_jobs_parser_has_no_default_of_its_own_for_a_recipe_setting() -> Non
 def course_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The course's notebooks and profiles in a folder of their own, which the course then reads."""
     root = tmp_path / "course"
-    shutil.copytree(notebooks_dir(), root / "notebooks", ignore=shutil.ignore_patterns("solutions"))
+    shutil.copytree(notebooks_dir() / "profiles", root / "notebooks" / "profiles")
+    for notebook in notebooks_dir().glob("*.ipynb"):  # the notebooks alone: a running kernel leaves sockets here
+        shutil.copy2(notebook, root / "notebooks" / notebook.name)
     monkeypatch.setenv("COURSE_ROOT", str(root))
     for cached in (profiles.defaults, profiles._deltas, profiles._load):
         cached.cache_clear()

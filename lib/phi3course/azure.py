@@ -404,9 +404,6 @@ def vm_size_table() -> list[dict[str, Any]]:
 
 
 # --- quota -----------------------------------------------------------------------------------------
-# 03_deploy's default deployment size (its `instance_type`): a managed online deployment draws on the same Azure ML
-# quota as the training cluster, so 00 checks both families before anything bills.
-SERVING_SIZE = "Standard_E4s_v3"
 # Managed online deployments reserve 20 % extra cores for upgrades: an instance count n needs ceil(1.2 × n) VMs' cores.
 SERVING_UPGRADE_RESERVE_PERCENT = 20
 TOTAL_QUOTA = "Total Cluster Dedicated Regional vCPUs"
