@@ -67,7 +67,7 @@ cleanup: $(STAMP)
 test: export PF_HOME_DIRECTORY := $(CURDIR)/runs/promptflow-home
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest --durations=15 tests
 	rm -rf runs/nbval runs/solved
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -p tests.nbval_outputs \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
