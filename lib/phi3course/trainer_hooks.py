@@ -23,7 +23,7 @@ def history_callback(mlflow_run: bool) -> Any:
         def __init__(self) -> None:
             self.rows: list[dict[str, float]] = []
             self.bar: Any = None
-            self.tokens_at_start: int | None = None  # tokens seen before this session (a resumed run's)
+            self.tokens_at_start: int | None = None  # tokens seen before this run started or resumed
             self.first_step_began: float | None = None
             self.last_step_ended: float | None = None
 
@@ -36,9 +36,9 @@ def history_callback(mlflow_run: bool) -> Any:
             return self.last_step_ended - self.first_step_began
 
         def tokens_per_second(self, state: Any, seconds: float) -> float:
-            """The course's one throughput figure (02, the Azure ML job, the benchmarks): non-padding tokens this
-            session trained over :attr:`step_seconds` (``seconds``, the wall time of ``train()``, if no step ran).
-            A resumed run's earlier tokens are left out; so is the checkpoint saved after the last step."""
+            """Training throughput as 02 and the Azure ML job report it: non-padding tokens the run trained
+            since it started or resumed, over :attr:`step_seconds` (``seconds``, the wall time of ``train()``, if no
+            step ran). A resumed run's earlier tokens are left out; so is the checkpoint saved after the last step."""
             tokens = int(state.num_input_tokens_seen or 0) - (self.tokens_at_start or 0)
             spent = self.step_seconds or seconds
             return round(tokens / spent, 1) if spent else 0.0
