@@ -19,7 +19,6 @@ from ..files import atomic_write_text, read_json, write_json
 from ..paths import cache_dir
 from .common import HOST, Poller, RehearsalError, base_env, copy_tree, free_port, not_found, tail
 from .compute import CANNED_SIZES
-from .guard import with_guard
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -298,16 +297,14 @@ class OnlineDeploymentOperations:
                 "COURSE_ENDPOINT_KEY_FILE": str(self._ws.online_endpoints.key_file(endpoint_name)),
             }
         )
-        user = {k: str(v) for k, v in (deployment.environment_variables or {}).items()}
-        pythonpath = user.pop("PYTHONPATH", None)
-        env.update(user)
-        guard = self._ws.guard_env(
+        env = self._ws.guarded_env(
+            env,
+            deployment.environment_variables,
             folder,
             environment,
             "the serving environment",
             "list the package in [project.optional-dependencies] serve in pyproject.toml (azure.serving_environment())",
         )
-        env = with_guard(env, guard, pythonpath)
         command = [
             sys.executable,
             "-m",

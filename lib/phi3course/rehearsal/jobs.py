@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..azure import pip_requirements
 from ..files import read_json, write_json
 from .common import HOST, Poller, RehearsalError, base_env, copy_tree, free_port, not_found, tail
-from .guard import normalise, with_guard
+from .guard import normalise
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -202,16 +202,15 @@ class JobOperations:
         env.update(
             {"MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id, "MLFLOW_EXPERIMENT_NAME": experiment}
         )
-        user = {k: str(v) for k, v in (job.environment_variables or {}).items()}
-        pythonpath = user.pop("PYTHONPATH", None)
-        env.update(user)
-        guard = self._ws.guard_env(
+        env = self._ws.guarded_env(
+            env,
+            job.environment_variables,
             folder,
             environment,
             "the job environment",
             "list the package in [project.optional-dependencies] job in pyproject.toml (azure.job_environment())",
         )
-        return with_guard(env, guard, pythonpath), tracking
+        return env, tracking
 
     def _mlflow_run(self, experiment: str, name: str, display_name: str | None) -> tuple[str, str]:
         """The job's MLflow run in the workspace's store (Azure ML makes one per job and passes MLFLOW_RUN_ID)."""

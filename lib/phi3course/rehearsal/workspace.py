@@ -113,11 +113,18 @@ class Workspace:
         return Path(uri).expanduser().resolve()
 
     # the import guard -------------------------------------------------------------------------------
-    def guard_env(self, folder: Path, environment: Any, what: str, fix: str) -> dict[str, str]:
-        """Environment variables that put ``environment``'s import guard on a process; writes its config."""
+    def guarded_env(
+        self, env: dict[str, str], variables: dict[str, Any] | None, folder: Path, environment: Any, what: str, fix: str
+    ) -> dict[str, str]:
+        """``env`` with the entity's own ``environment_variables`` and ``environment``'s import guard on top (its
+        config written); the guard's folder comes first on ``PYTHONPATH``, before one the entity sets."""
         if self._owners is None:
             self._owners = guard.cached_owners(self.root)
-        return guard.guard_env(self.root, self._owners, folder, environment, what, fix)
+        user = {k: str(v) for k, v in (variables or {}).items()}
+        pythonpath = user.pop("PYTHONPATH", None)
+        env.update(user)
+        rules = guard.guard_env(self.root, self._owners, folder, environment, what, fix)
+        return guard.with_guard(env, rules, pythonpath)
 
     # processes -------------------------------------------------------------------------------------
     def stop_all(self) -> list[str]:
