@@ -343,12 +343,18 @@ def test_pytorch_distribution_starts_a_process_per_rank(ws, code, train_asset) -
     assert "hello from rank 1" in (ws.root / "jobs" / name / "user_logs" / "std_log_process_1.txt").read_text()
 
 
-def test_stop_all_ends_what_the_stand_in_started(ws, tmp_path) -> None:
-    (tmp_path / "wait.py").write_text("import time\ntime.sleep(300)\n")
-    job = command(code=str(tmp_path), command="python wait.py", environment=environment(), compute="gpu-cluster")
+def waiting_job(ws, folder: Path) -> tuple[str, object]:
+    """A job that sleeps for five minutes, running: its name and the process record the stand-in keeps."""
+    (folder / "wait.py").write_text("import time\ntime.sleep(300)\n")
+    job = command(code=str(folder), command="python wait.py", environment=environment(), compute="gpu-cluster")
     name = ws.jobs.create_or_update(job).name
     pid = json.loads(ws.state_file("jobs", name).read_text())["pid"]
     assert alive(pid)
+    return name, pid
+
+
+def test_stop_all_ends_what_the_stand_in_started(ws, tmp_path) -> None:
+    name, pid = waiting_job(ws, tmp_path)
     assert f"jobs/{name}" in ws.stop_all() and not alive(pid)
     assert ws.jobs.get(name).status == "Failed"
 
@@ -491,11 +497,7 @@ def test_the_cli_runs_as_a_module(ws, tmp_path) -> None:
     import subprocess
     import sys
 
-    (tmp_path / "wait.py").write_text("import time\ntime.sleep(300)\n")
-    job = command(code=str(tmp_path), command="python wait.py", environment=environment(), compute="gpu-cluster")
-    name = ws.jobs.create_or_update(job).name
-    pid = json.loads(ws.state_file("jobs", name).read_text())["pid"]
-    assert alive(pid)
+    name, pid = waiting_job(ws, tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "phi3course.rehearsal", "stop", str(ws.root)], capture_output=True, text=True
     )
