@@ -25,6 +25,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import hardware
 from .data import DataError, read_jsonl
 from .models import AUTO, PRESETS, ModelError, Preset, load_model, resolve
 from .system import GIB
@@ -111,7 +112,7 @@ class TrainSettings:
             )
         if not 0 <= self.warmup < 1:
             raise TrainError(f"warmup is a fraction of the steps, between 0 and 1; got {self.warmup}.")
-        if self.method == "qlora" and not _cuda():
+        if self.method == "qlora" and not hardware.cuda_available():
             raise TrainError("method='qlora' needs a CUDA GPU (bitsandbytes 4-bit); on a CPU use method='lora'.")
         for name in ("train_file", "test_file"):
             path = getattr(self, name)
@@ -129,12 +130,6 @@ def settings_from_profile(parameters: dict[str, Any], **fields: Any) -> TrainSet
     return TrainSettings(**{**values, **fields})
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def steady_attention() -> None:
     """On CUDA, leave cuDNN's attention kernels out of ``scaled_dot_product_attention`` (flash, memory-efficient
     and math remain). cuDNN builds a plan for every new sequence length, and here lengths change all the time
@@ -150,8 +145,6 @@ def steady_attention() -> None:
 # --- hardware-dependent choices ---------------------------------------------------------------------
 def pick_precision(requested: str = "auto") -> tuple[str, str]:
     """(precision, why). ``auto``: bf16 where the hardware computes it natively, else fp16 (GPU) or fp32."""
-    from . import hardware
-
     cuda = hardware.cuda_available()
     if requested == "bf16" and cuda and not hardware.gpu_native_bf16():
         raise TrainError(
@@ -202,7 +195,7 @@ def check_memory(
     a cluster GPU's memory (then the device is CUDA), default this machine's free memory."""
     from .memory import MemoryBudgetError, batch_tokens, check, mean_row_tokens
 
-    on_gpu = available_gib is not None or _cuda()
+    on_gpu = available_gib is not None or hardware.cuda_available()
     available = available_gib or settings.memory_gib or available_memory_gib()
     tokens = batch_tokens(settings.batch_size, mean_row_tokens(rows, tokenizer))
     try:
@@ -289,7 +282,7 @@ def model_kwargs(method: str, precision: str) -> dict[str, Any]:
     there too, not on the CPU before the trainer moves the model."""
     import torch
 
-    cuda = _cuda()
+    cuda = hardware.cuda_available()
     if cuda:
         steady_attention()  # padding-free batches change length every step: cuDNN's attention replans each time
     place = {"device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}} if cuda else {}
