@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -152,16 +149,6 @@ def test_nbgrader_source_releases_back_into_the_learners_notebook(path: Path) ->
         for cell in (answer, check):
             assert set(cell.metadata["nbgrader"]["grade_id"]) <= set("abcdefghijklmnopqrstuvwxyz0123456789_-")
         assert clear_solutions(answer.source) == nb.cells[exercise.cell].source
-
-
-def test_nbgrader_generate_assignment_gives_back_our_notebook(tmp_path) -> None:
-    pytest.importorskip("nbgrader", reason="nbgrader is the educator's tool, not a course dependency")
-    nbgrader = shutil.which("nbgrader", path=str(Path(sys.executable).parent))
-    exercises.nbgrader_course([NOTEBOOKS[1]], tmp_path)
-    subprocess.run([nbgrader, "generate_assignment", "01_data", "--force"], cwd=tmp_path, check=True)
-    released = nbformat.read(tmp_path / "release" / "01_data" / "01_data.ipynb", as_version=4)
-    ours = nbformat.read(NOTEBOOKS[1], as_version=4)
-    assert [c.source for c in released.cells] == [c.source for c in ours.cells]
 
 
 def run_01(tmp_path: Path, notebook: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> dict:
