@@ -60,7 +60,8 @@ cleanup: $(STAMP)
 	$(PY) -m phi3course.tools.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) --from 99 --cleanup
 
 # Unit tests, then nbval over every notebook in order under the smoke profile, then the Azure dry run (every Azure
-# cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote.
+# cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote,
+# and what a learner sees in 02–05 as tests/expected_outputs/<profile>/ expects it (tests/test_outputs.py).
 # The notebooks with exercises also run with the reference solutions filled in, every check strict (02, 03 and 04
 # on the smoke run's state, after it).
 # Tests and notebooks keep their Prompt flow connections in a home of their own, never the learner's ~/.promptflow.
@@ -71,6 +72,7 @@ test: $(STAMP)
 	rm -rf runs/nbval runs/solved
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -p tests.nbval_outputs \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
+	HF_HUB_OFFLINE=1 COURSE_OUTPUTS_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_outputs.py
 	COURSE_UNTOUCHED_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_exercises.py -k test_untouched_notebooks_pass_no_exercise
 	$(PY) -m phi3course.exercises solve --out runs/solved/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/solved COURSE_EXERCISES=solutions $(PY) -m pytest \
@@ -83,7 +85,8 @@ test: $(STAMP)
 	rm -rf runs/nbval-azureml && $(PY) -m phi3course.tools.notebooks unchecked runs/nbval-azureml/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=azureml-dryrun-smoke COURSE_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \
 	  -p no:cacheprovider -p tests.nbval_outputs --nbval-lax --nbval-cell-timeout 600 runs/nbval-azureml/notebooks
-	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval-azureml $(PY) -m pytest -p no:cacheprovider -q tests/test_secrets.py
+	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval-azureml COURSE_OUTPUTS_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \
+	  -p no:cacheprovider -q tests/test_secrets.py tests/test_outputs.py
 
 # Before a class: the models converted once into the cache (~/.cache/phi3course), ready to copy to a room.
 warm: $(STAMP)
