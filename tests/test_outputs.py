@@ -140,7 +140,7 @@ KEPT_LINES: list[tuple[re.Pattern[str], Callable[[str], str]]] = [
     (re.compile(r"→ 2\d\d\b"), lambda line: re.sub(r"^(.*→ 2\d\d ).*$", r"\1<reply>", line)),  # an answer: its shape
     (re.compile(r"^\d{3} \S"), lambda line: line),  # a status, then the question asked
     (QUESTION, lambda line: line),
-    (re.compile(r"held-out|general knowledge|exact-match"), _numbers),  # a score
+    (re.compile(r"held-out facts|general knowledge|exact-match"), _numbers),  # a score
     (re.compile(r"^the session holds \d+ messages"), _numbers),  # 05: the conversation the agent keeps
 ]
 
@@ -161,14 +161,14 @@ def printed_view(text: str) -> list[str]:
 
 # --- a notebook's view ------------------------------------------------------------------------------------------
 def output_view(output: dict[str, Any]) -> list[str]:
-    kind_ = output.get("output_type")
-    if kind_ == "stream" and output.get("name") == "stdout":
+    output_type = output.get("output_type")
+    if output_type == "stream" and output.get("name") == "stdout":
         return printed_view(output.get("text", ""))
-    if kind_ in {"execute_result", "display_data"}:
+    if output_type in {"execute_result", "display_data"}:
         html = output.get("data", {}).get("text/html", "")
         if 'class="dataframe"' in html:
             return table_view(html)
-    if kind_ == "error":
+    if output_type == "error":
         return [f"error: {output.get('ename')}"]
     return []
 
@@ -223,7 +223,8 @@ def write(run_paths: Iterable[Path]) -> list[Path]:
                 raise SystemExit(f"{run_path}/{FILE_NAME} has no outputs of {notebook}: did nbval run it there?")
             target = expected_path(profile, notebook)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("\n".join([*header(profile, notebook), *notebook_view(cells[notebook])]) + "\n")
+            lines = [*header(profile, notebook), *notebook_view(cells[notebook])]
+            target.write_text("\n".join(lines) + "\n", encoding="utf-8")
             written.append(target)
     return written
 
