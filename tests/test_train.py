@@ -366,3 +366,33 @@ def test_result_json_is_replaced_whole(tiny_data, tmp_path, monkeypatch) -> None
         train.train(s, retrain=True)
     assert (out / "result.json").read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if "result" in p.name) == ["result.json"]
+
+
+def test_after_qlora_the_adapters_are_merged_into_an_unquantised_base(tmp_path) -> None:
+    """merge_and_save after QLoRA: the base is loaded again in 16 bit, unquantised, and the trained adapters merged into
+    it, so the saved model has no quantization config (a CPU endpoint cannot load 4-bit weights) and equals the
+    adapters merged into the base. The stand-in for a 4-bit base is the tiny model marked as one."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    adapters = recipe.lora_config(SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_layers=1.0), 2)
+    model = get_peft_model(base, adapters)
+    with torch.no_grad():  # trained adapters: B is zero until training moves it
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    expected = copy.deepcopy(model).merge_and_unload().state_dict()
+    base.config.quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True}  # as a 4-bit base says
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(bf16=False), is_world_process_zero=lambda: True)
+    merged = recipe.merge_and_save(trainer, tokenizer, tmp_path / "model")
+    assert "quantization_config" not in json.loads((tmp_path / "model" / "config.json").read_text())
+    assert merged.dtype == torch.float16  # the run's 16-bit format (fp16 here: bf16=False)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
+    assert set(saved) == set(expected)
+    for name, weight in expected.items():
+        torch.testing.assert_close(saved[name].float(), weight.float(), atol=2e-3, rtol=1e-2)
