@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3course import data, evaluate, models, profiles, recipe, schema, train
+from phi3course import data, evaluate, hardware, models, profiles, recipe, schema, sizes, train
 from phi3course.trainer_hooks import score_answers_only
 
 
@@ -396,3 +396,46 @@ def test_after_qlora_the_adapters_are_merged_into_an_unquantised_base(tmp_path) 
     assert set(saved) == set(expected)
     for name, weight in expected.items():
         torch.testing.assert_close(saved[name].float(), weight.float(), atol=2e-3, rtol=1e-2)
+
+
+CPU_LAPTOP = hardware.Machine(cpu_bf16=False)  # no GPU, an AVX2 CPU
+
+
+def test_a_job_is_validated_against_its_clusters_gpu_not_this_machine(tiny_data, tmp_path, monkeypatch) -> None:
+    """From a CPU laptop, QLoRA is refused for training here and accepted for a job on a T4 cluster; bf16 is refused
+    on the T4 (no native bf16) and accepted on the A100; fp16 is refused where no GPU trains."""
+    monkeypatch.setattr(hardware, "this_machine", lambda: CPU_LAPTOP)
+    with pytest.raises(train.TrainError, match="this machine has none"):
+        settings(tiny_data, tmp_path, method="qlora").validate()
+    settings(tiny_data, tmp_path, method="qlora", cluster_size="Standard_NC4as_T4_v3").validate()
+    settings(tiny_data, tmp_path, method="qlora", precision="fp16", cluster_size="Standard_NC4as_T4_v3").validate()
+    with pytest.raises(train.TrainError, match=r"T4 16GB \(the cluster's Standard_NC4as_T4_v3.*no native bf16"):
+        settings(tiny_data, tmp_path, precision="bf16", cluster_size="Standard_NC4as_T4_v3").validate()
+    settings(tiny_data, tmp_path, precision="bf16", cluster_size="Standard_NC24ads_A100_v4").validate()
+    with pytest.raises(train.TrainError, match="precision='fp16' needs a CUDA GPU and this machine has none"):
+        settings(tiny_data, tmp_path, precision="fp16").validate()
+    with pytest.raises(train.TrainError, match=r"cluster_size: Standard_NC6s_v3: NCv3 .* retired"):
+        settings(tiny_data, tmp_path, cluster_size="Standard_NC6s_v3").validate()
+
+
+@pytest.mark.parametrize(
+    ("size", "precision"),
+    [("Standard_NC4as_T4_v3", "fp16"), ("Standard_NC24ads_A100_v4", "bf16")],
+)
+def test_auto_precision_on_a_cluster_follows_its_gpu(size, precision) -> None:
+    chosen, why = train.pick_precision("auto", sizes.vm_size(size).machine)
+    assert chosen == precision == sizes.vm_size(size).precision and sizes.vm_size(size).gpu in why
+
+
+def test_a_job_that_sees_no_gpu_on_a_gpu_cluster_stops_saying_why(tiny_data, tmp_path, monkeypatch, capsys) -> None:
+    """A CPU torch wheel on a T4 node would train in fp32 on the CPU for hours: the job stops first, naming the
+    torch build and the fix. A stand-in running the job on its own machine (the rehearsal) says so and goes on."""
+    monkeypatch.delenv(train.STAND_IN_NODE, raising=False)
+    job = settings(tiny_data, tmp_path, cluster_size="Standard_NC4as_T4_v3")
+    with pytest.raises(train.TrainError, match=r"T4 16GB\), but torch sees no CUDA GPU \(torch .*job_environment"):
+        train.check_cluster_gpu(job, CPU_LAPTOP)
+    train.check_cluster_gpu(job, hardware.Machine(gpu="Tesla T4"))  # the node's GPU is there
+    train.check_cluster_gpu(settings(tiny_data, tmp_path), CPU_LAPTOP)  # training here: nothing to expect
+    monkeypatch.setenv(train.STAND_IN_NODE, "1")
+    train.check_cluster_gpu(job, CPU_LAPTOP)
+    assert "a stand-in runs the job on its own machine" in capsys.readouterr().out
