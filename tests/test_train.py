@@ -205,7 +205,8 @@ def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path
     out = tmp_path / "ddp"
     job = settings(tiny_data, out, test_file="", max_steps=4, batch_size=4)
     # every setting as a flag, as the Azure ML job's command passes them
-    flags = shlex.split(train.job_arguments(job, {"train_file": str(tiny_data.train_path), "output_dir": str(out)}))
+    paths = {"train_file": str(tiny_data.train_path), "output_dir": str(out), "report_dir": str(tmp_path / "report")}
+    flags = shlex.split(train.job_arguments(job, paths))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "phi3course.train", *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -213,6 +214,9 @@ def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 4 and (out / "model" / "config.json").is_file()
+    # the job's small output: the result alone, which 02 downloads instead of the model and its checkpoints
+    assert [p.name for p in (tmp_path / "report").iterdir()] == ["result.json"]
+    assert json.loads((tmp_path / "report" / "result.json").read_text()) == result
     lengths = data.token_lengths(tiny_data.train, models.load_tokenizer(models.PRESETS["phi-3-tiny"]))
     expected = 4 * (2 * 4) * sum(lengths) / len(lengths)  # steps × (two processes × batch 4) × mean row length
     assert 0.75 * expected < result["tokens"] < 1.25 * expected  # both processes' tokens are counted
@@ -409,7 +413,7 @@ def test_a_job_is_validated_against_its_clusters_gpu_not_this_machine(tiny_data,
         settings(tiny_data, tmp_path, method="qlora").validate()
     settings(tiny_data, tmp_path, method="qlora", cluster_size="Standard_NC4as_T4_v3").validate()
     settings(tiny_data, tmp_path, method="qlora", precision="fp16", cluster_size="Standard_NC4as_T4_v3").validate()
-    with pytest.raises(train.TrainError, match=r"T4 16GB \(the cluster's Standard_NC4as_T4_v3.*no native bf16"):
+    with pytest.raises(train.TrainError, match=r"T4 16GB has no native bf16 \(on the cluster's Standard_NC4as_T4_v3"):
         settings(tiny_data, tmp_path, precision="bf16", cluster_size="Standard_NC4as_T4_v3").validate()
     settings(tiny_data, tmp_path, precision="bf16", cluster_size="Standard_NC24ads_A100_v4").validate()
     with pytest.raises(train.TrainError, match="precision='fp16' needs a CUDA GPU and this machine has none"):

@@ -172,7 +172,7 @@ def pick_precision(
     machine = hardware.this_machine() if machine is None else machine
     if requested == "bf16" and machine.cuda and not machine.gpu_bf16:
         raise TrainError(
-            f"precision='bf16' but {machine.gpu} ({where}) has no native bf16 (a T4, a V100 or older; the original "
+            f"precision='bf16' but {machine.gpu} has no native bf16 (on {where}: a T4, a V100 or older; the original "
             "tutorial asks bf16 of a V100): use precision='auto' (fp16 mixed precision there) or 'fp16'."
         )
     if requested == "fp16" and not machine.cuda:
@@ -271,6 +271,38 @@ def check_memory(
         )
     except MemoryBudgetError as error:
         raise TrainError(str(error)) from None
+
+
+def method_options(
+    settings: TrainSettings, preset: Preset, precision: str, rows: list[dict[str, Any]], available_gib: float
+) -> list[dict[str, Any]]:
+    """Each fine-tuning method on a GPU of ``available_gib`` (the cluster's) in ``precision``: the memory it needs for
+    ``rows`` with these settings (``phi3course.memory``) and whether it fits; ``chosen`` marks ``settings.method``."""
+    from .memory import batch_tokens, estimate, mean_row_tokens
+
+    tokens = batch_tokens(settings.batch_size, mean_row_tokens(rows))
+    options = []
+    for method in ("lora", "qlora", "full"):
+        found = estimate(
+            preset,
+            method,
+            precision,
+            tokens,
+            available_gib,
+            lora_r=settings.lora_r,
+            device="cuda",
+            gradient_checkpointing=settings.gradient_checkpointing,
+        )
+        options.append(
+            {
+                "method": method,
+                "precision": precision,
+                "GiB needed": round(found.total_gib, 1),
+                "fits": found.fits,
+                "chosen": method == settings.method,
+            }
+        )
+    return options
 
 
 # --- data -------------------------------------------------------------------------------------------
