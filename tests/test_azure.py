@@ -509,3 +509,13 @@ def test_score_serves_in_the_format_the_serving_size_computes(size, dtype) -> No
 
     assert score.serving_dtype(azure.serving_size(size).machine) == getattr(torch, dtype)
     assert score.serving_dtype(hardware.Machine(gpu="NVIDIA A100 80GB PCIe", gpu_bf16=True)) == torch.bfloat16
+
+
+def test_the_stand_in_offers_every_size_the_course_offers_as_the_course_records_it() -> None:
+    """The rehearsal's canned sizes (Azure's answer to list_sizes) agree with the course's records: family, cores,
+    GPUs; so 00's quota check rehearses the families the course names, the T4 serving size among them."""
+    from phi3course.rehearsal.compute import CANNED_SIZES
+
+    for size in [*azure.VM_SIZES.values(), *azure.SERVING_SIZES.values()]:
+        family, vcpus, gpus, _, _ = CANNED_SIZES[size.name]
+        assert (family, vcpus, gpus) == (size.family, size.vcpus, size.gpus), size.name
