@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,6 @@ GOOD = {
     "AZURE_ML_WORKSPACE_NAME": "phi3-ws",
     "AZURE_LOCATION": "eastus2",
     "AZURE_UAI_NAME": "phi3-identity",
-    "AZURE_UAI_CLIENT_ID": "87654321-4321-4321-4321-cba987654321",
 }
 
 
@@ -48,7 +48,7 @@ def test_the_seed_placeholders_give_one_problem_per_value(clean_azure_env) -> No
         ("AZURE_RESOURCE_GROUP", "", "is empty"),
         ("AZURE_ML_WORKSPACE_NAME", "my workspace!", "malformed"),
         ("AZURE_LOCATION", "East US 2", "lower case"),
-        ("AZURE_UAI_CLIENT_ID", "   ", "is empty"),
+        ("AZURE_UAI_NAME", "   ", "is empty"),
     ],
 )
 def test_each_bad_value_is_named_with_where_to_find_it(key: str, value: str, words: str) -> None:
@@ -84,14 +84,26 @@ def test_check_for_azureml_lists_every_problem(tmp_path, clean_azure_env, capsys
     assert out.count(" is empty.") == len(azure.FIELDS) and "will skip" in out
 
 
-def test_role_commands_cover_the_three_roles_with_real_scopes() -> None:
+def test_role_commands_give_the_identity_what_its_nodes_and_deployment_need_and_no_more() -> None:
+    """The identity pulls images and reads blobs (AcrPull, Storage Blob Data Reader on the workspace's resources);
+    it creates nothing, so no Contributor, and no role on the whole resource group or subscription."""
     commands = azure.role_assignment_commands(azure.validate(GOOD))
     text = "\n".join(commands)
-    for role in ("Contributor", "Storage Blob Data Reader", "AcrPull"):
-        assert f'--role "{role}"' in text
-    assert "--scope /subscriptions/12345678-1234-1234-1234-123456789abc/resourceGroups/rg-phi3-course" in text
+    roles = re.findall(r'--role "([^"]+)"', text)
+    assert sorted(roles) == ["AcrPull", "Storage Blob Data Reader"]
+    assert "Contributor" not in text and "--scope /subscriptions/" not in text
+    assert "--query storage_account" in text and "--query container_registry" in text
     assert "az identity create -g rg-phi3-course -n phi3-identity -l eastus2" in commands[0]
     assert "<" not in text
+
+
+def test_the_identity_client_id_is_no_setting_of_the_course() -> None:
+    """Nothing uses the identity's client id (the resource id names it), so .env does not ask for it."""
+    from conftest import ROOT
+
+    assert "AZURE_UAI_CLIENT_ID" not in {field.env for field in azure.FIELDS}
+    assert "AZURE_UAI_CLIENT_ID" not in (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert azure.validate(GOOD).uai_resource_id.endswith("/userAssignedIdentities/phi3-identity")
 
 
 # --- the Azure offering the course builds on ---------------------------------------------------------------
@@ -119,9 +131,9 @@ def test_sizes_say_what_fits_which() -> None:
         "lora",
         "bf16",
     )
-    assert (small.name, small.bf16, small.method, small.precision) == ("Standard_NC4as_T4_v3", False, "qlora", "fp16")
+    assert (small.name, small.bf16, small.method, small.precision) == ("Standard_NC4as_T4_v3", False, "lora", "fp16")
+    assert small.capability == (7, 5) and default.capability == (8, 0)  # bf16 follows from the compute capability
     assert small.gpu_gib <= 16 and default.gpu_gib >= 80
-    assert {row["size"] for row in azure.vm_size_table()} == set(azure.VM_SIZES)
     with pytest.raises(azure.SizeError, match="retired on 2025-09-30"):
         azure.vm_size(RETIRED)
 
@@ -306,6 +318,33 @@ def test_job_environment_has_what_the_job_needs_and_cuda_torch() -> None:
     assert "cuda12" in environment.image
 
 
+def test_the_size_table_covers_the_training_and_the_serving_sizes() -> None:
+    """00's table: each training size and each serving size (CPU and T4), with its quota family and number format."""
+    rows = azure.vm_size_table()
+    assert [(r["size"], r["for"]) for r in rows] == [(n, "training") for n in azure.VM_SIZES] + [
+        (n, "serving") for n in azure.SERVING_SIZES
+    ]
+    serving = {r["size"]: r for r in rows if r["for"] == "serving"}
+    assert serving["Standard_E4s_v3"]["quota family"] == "standardESv3Family"
+    assert serving["Standard_E4s_v3"]["Phi-3-mini"] == "serves in fp32"
+    assert serving["Standard_NC4as_T4_v3"]["quota family"] == "standardNCASv3_T4Family"
+    assert serving["Standard_NC4as_T4_v3"]["Phi-3-mini"] == "serves in fp16"
+    with pytest.raises(azure.SizeError, match=r"Standard_E4s_v3 .*Standard_NC4as_T4_v3"):
+        azure.serving_size("Standard_E2s_v3")
+
+
+def test_a_gpu_serving_size_gets_cuda_torch_and_the_gpu_image() -> None:
+    """The T4 deployment: the same lean serve group, torch from the CUDA index, Azure's GPU inference image."""
+    environment = azure.serving_environment("Standard_NC4as_T4_v3")
+    names = _names(azure.pip_requirements(environment))
+    assert {"azureml-inference-server-http", "torch", "transformers"} <= names
+    assert not names & {"jupyterlab", "papermill", "promptflow", "trl", "peft", "bitsandbytes"}
+    lines = environment.conda_file["dependencies"][-1]["pip"]
+    assert any(line.startswith("--extra-index-url https://download.pytorch.org/whl/cu12") for line in lines)
+    assert not any(line.endswith("/whl/cpu") for line in lines)
+    assert "gpu-inference" in environment.image and environment.name != azure.serving_environment().name
+
+
 def test_serving_environment_is_lean_with_cpu_torch() -> None:
     """The deployment's CPU image gets the serve group only: no CUDA torch, no JupyterLab/papermill/promptflow."""
     environment = azure.serving_environment()
@@ -458,3 +497,25 @@ def test_score_loads_a_bf16_checkpoint_in_the_dtype_this_hardware_computes(tmp_p
     assert score._model.dtype == torch.float32
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
     assert score.serving_dtype() == torch.bfloat16
+
+
+@pytest.mark.parametrize(("size", "dtype"), [("Standard_E4s_v3", "float32"), ("Standard_NC4as_T4_v3", "float16")])
+def test_score_serves_in_the_format_the_serving_size_computes(size, dtype) -> None:
+    """The serving hardware's facts decide: fp16 on the T4 (no native bf16), fp32 on the CPU size (AVX2 cores)."""
+    import torch
+
+    from phi3course import hardware
+    from phi3course.serving import score
+
+    assert score.serving_dtype(azure.serving_size(size).machine) == getattr(torch, dtype)
+    assert score.serving_dtype(hardware.Machine(gpu="NVIDIA A100 80GB PCIe", gpu_bf16=True)) == torch.bfloat16
+
+
+def test_the_stand_in_offers_every_size_the_course_offers_as_the_course_records_it() -> None:
+    """The rehearsal's canned sizes (Azure's answer to list_sizes) agree with the course's records: family, cores,
+    GPUs; so 00's quota check rehearses the families the course names, the T4 serving size among them."""
+    from phi3course.rehearsal.compute import CANNED_SIZES
+
+    for size in [*azure.VM_SIZES.values(), *azure.SERVING_SIZES.values()]:
+        family, vcpus, gpus, _, _ = CANNED_SIZES[size.name]
+        assert (family, vcpus, gpus) == (size.family, size.vcpus, size.gpus), size.name

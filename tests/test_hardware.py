@@ -41,6 +41,7 @@ def gpu(monkeypatch: pytest.MonkeyPatch):
     def make(major: int | None) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: major is not None)
         monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=0: f"a GPU of compute capability {major}.x")
         # torch's own rule: native from Ampere (8.x) on; with emulation counted, older GPUs say yes too
         monkeypatch.setattr(
             torch.cuda,
@@ -122,3 +123,23 @@ def test_the_module_stands_alone() -> None:
     assert not relative, "no phi3course imports"
     lazily = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert lazily - top <= {"torch"}
+
+
+@pytest.mark.parametrize(
+    ("machine", "precision"),
+    [
+        (hardware.Machine(gpu="NVIDIA A100 80GB PCIe", gpu_bf16=True), "bf16"),
+        (hardware.Machine(gpu="Tesla T4", gpu_bf16=False, cpu_bf16=True), "fp16"),  # the GPU computes, not the CPU
+        (hardware.Machine(cpu_bf16=True), "bf16"),  # a CPU with AVX512-BF16 or AMX
+        (hardware.Machine(), "fp32"),  # an AVX2-only CPU, as Azure's E4s_v3
+    ],
+)
+def test_the_choice_is_made_from_facts_of_any_machine(machine: hardware.Machine, precision: str) -> None:
+    """The facts passed in, not this machine's: training on a cluster and serving on a deployment size choose
+    with the same rule as a local run."""
+    assert hardware.native_precision(machine) == precision
+
+
+def test_bf16_is_native_from_ampere_on() -> None:
+    assert not hardware.capability_bf16((7, 5)) and not hardware.capability_bf16((7, 0))  # T4, V100
+    assert hardware.capability_bf16((8, 0)) and hardware.capability_bf16((9, 0))  # A100, H100

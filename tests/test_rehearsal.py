@@ -375,7 +375,7 @@ def test_endpoint_names_are_unique_per_region(tmp_path, monkeypatch) -> None:
 
 def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
     """Register data, train with phi3course.train as a job, register its model, deploy, score, delete."""
-    from phi3course import profiles, synthetic
+    from phi3course import hardware, profiles, synthetic
     from phi3course import train as train_module
 
     train_rows, _ = synthetic.splits(seed=0, subjects=2)
@@ -391,8 +391,13 @@ def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
         replay=0,
         train_file=str(source),
         output_dir=str(tmp_path / "unused"),
+        cluster_size=azure.GPU_CLUSTER_SIZE,  # a GPU cluster: the stand-in's node has none, and says so
     )
-    job_paths = {"train_file": "${{inputs.train}}", "output_dir": "${{outputs.model}}"}
+    job_paths = {
+        "train_file": "${{inputs.train}}",
+        "output_dir": "${{outputs.model}}",
+        "report_dir": "${{outputs.report}}",
+    }
     job = command(
         code=str(azure.job_code(tmp_path / "job-code")),
         command="python -m phi3course.train " + train_module.job_arguments(settings, job_paths),
@@ -400,7 +405,7 @@ def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
             "train": Input(type="uri_file", path=train.id),  # an asset's id, as 02 passes it
             "base_model": Input(type=azure.CATALOG_MODEL_TYPE, path=azure.catalog_model_uri("phi-3-tiny")),
         },
-        outputs={"model": Output(type="uri_folder")},
+        outputs={"model": Output(type="uri_folder"), "report": Output(type="uri_folder")},
         environment=azure.job_environment(),
         environment_variables={"PYTHONPATH": "."},
         compute="gpu-cluster",
@@ -419,6 +424,10 @@ def test_the_tiny_model_end_to_end(ws, tmp_path) -> None:
     assert "model/MLmodel" in {a.path for a in store.list_artifacts(run.info.run_id, "model")}
     job_log = (ws.root / "jobs" / name / "user_logs" / "std_log.txt").read_text()
     assert "loss" in run.data.metrics and "logged-models" not in job_log
+    if not hardware.cuda_available():  # no GPU here: the job says it trains without the cluster's, and goes on
+        assert "a stand-in runs the job on its own machine" in job_log
+    ws.jobs.download(name, output_name="report", download_path=tmp_path / "job")  # what 02 downloads: no weights
+    assert [p.name for p in (tmp_path / "job").rglob("*") if p.is_file()] == ["result.json"]
 
     model = ws.models.create_or_update(
         Model(name="phi3-course-tiny", path=f"azureml://jobs/{name}/outputs/model/paths/model/", type="custom_model")

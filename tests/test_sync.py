@@ -96,6 +96,7 @@ def test_the_job_command_carries_every_setting_back(files, tmp_path) -> None:
         test_file=str(files.test_path),
         output_dir=str(tmp_path),
         memory_gib=12.0,
+        cluster_size="Standard_NC4as_T4_v3",  # as 02's settings cell sets it when the job trains
     )
     settings = dataclasses.replace(settings, **changed)
     space: dict[str, Any] = {
@@ -123,12 +124,13 @@ def test_the_job_command_carries_every_setting_back(files, tmp_path) -> None:
         "test_file": "${{inputs.test}}",
         "output_dir": "${{outputs.model}}",
         "model_path": "${{inputs.base_model}}",
+        "report_dir": "${{outputs.report}}",
     }
     for name, reference in references.items():
         assert parsed.pop(name) == reference
     expected = {k: v for k, v in dataclasses.asdict(settings).items() if k not in references and k != "extra"}
-    assert parsed == expected
-    assert set(job.inputs) == {"train", "test", "base_model"} and set(job.outputs) == {"model"}
+    assert parsed == expected and parsed["cluster_size"] == "Standard_NC4as_T4_v3"  # the job checks its GPU
+    assert set(job.inputs) == {"train", "test", "base_model"} and set(job.outputs) == {"model", "report"}
     uploaded = azure.code_files(job.code)
     assert "phi3course/recipe.py" in uploaded and "phi3course/train.py" in uploaded
     assert not any(name.startswith("phi3course/rehearsal") or "serving" in name for name in uploaded)

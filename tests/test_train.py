@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3course import data, evaluate, models, profiles, recipe, schema, train
+from phi3course import data, evaluate, hardware, models, profiles, recipe, schema, sizes, train
 from phi3course.trainer_hooks import score_answers_only
 
 
@@ -205,7 +205,8 @@ def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path
     out = tmp_path / "ddp"
     job = settings(tiny_data, out, test_file="", max_steps=4, batch_size=4)
     # every setting as a flag, as the Azure ML job's command passes them
-    flags = shlex.split(train.job_arguments(job, {"train_file": str(tiny_data.train_path), "output_dir": str(out)}))
+    paths = {"train_file": str(tiny_data.train_path), "output_dir": str(out), "report_dir": str(tmp_path / "report")}
+    flags = shlex.split(train.job_arguments(job, paths))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "phi3course.train", *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -213,6 +214,9 @@ def test_the_module_runs_under_torchrun_on_two_cpu_processes(tiny_data, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 4 and (out / "model" / "config.json").is_file()
+    # the job's small output: the result alone, which 02 downloads instead of the model and its checkpoints
+    assert [p.name for p in (tmp_path / "report").iterdir()] == ["result.json"]
+    assert json.loads((tmp_path / "report" / "result.json").read_text()) == result
     lengths = data.token_lengths(tiny_data.train, models.load_tokenizer(models.PRESETS["phi-3-tiny"]))
     expected = 4 * (2 * 4) * sum(lengths) / len(lengths)  # steps × (two processes × batch 4) × mean row length
     assert 0.75 * expected < result["tokens"] < 1.25 * expected  # both processes' tokens are counted
@@ -366,3 +370,76 @@ def test_result_json_is_replaced_whole(tiny_data, tmp_path, monkeypatch) -> None
         train.train(s, retrain=True)
     assert (out / "result.json").read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if "result" in p.name) == ["result.json"]
+
+
+def test_after_qlora_the_adapters_are_merged_into_an_unquantised_base(tmp_path) -> None:
+    """merge_and_save after QLoRA: the base is loaded again in 16 bit, unquantised, and the trained adapters merged into
+    it, so the saved model has no quantization config (a CPU endpoint cannot load 4-bit weights) and equals the
+    adapters merged into the base. The stand-in for a 4-bit base is the tiny model marked as one."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    adapters = recipe.lora_config(SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_layers=1.0), 2)
+    model = get_peft_model(base, adapters)
+    with torch.no_grad():  # trained adapters: B is zero until training moves it
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    expected = copy.deepcopy(model).merge_and_unload().state_dict()
+    base.config.quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True}  # as a 4-bit base says
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(bf16=False), is_world_process_zero=lambda: True)
+    merged = recipe.merge_and_save(trainer, tokenizer, tmp_path / "model")
+    assert "quantization_config" not in json.loads((tmp_path / "model" / "config.json").read_text())
+    assert merged.dtype == torch.float16  # the run's 16-bit format (fp16 here: bf16=False)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
+    assert set(saved) == set(expected)
+    for name, weight in expected.items():
+        torch.testing.assert_close(saved[name].float(), weight.float(), atol=2e-3, rtol=1e-2)
+
+
+CPU_LAPTOP = hardware.Machine(cpu_bf16=False)  # no GPU, an AVX2 CPU
+
+
+def test_a_job_is_validated_against_its_clusters_gpu_not_this_machine(tiny_data, tmp_path, monkeypatch) -> None:
+    """From a CPU laptop, QLoRA is refused for training here and accepted for a job on a T4 cluster; bf16 is refused
+    on the T4 (no native bf16) and accepted on the A100; fp16 is refused where no GPU trains."""
+    monkeypatch.setattr(hardware, "this_machine", lambda: CPU_LAPTOP)
+    with pytest.raises(train.TrainError, match="this machine has none"):
+        settings(tiny_data, tmp_path, method="qlora").validate()
+    settings(tiny_data, tmp_path, method="qlora", cluster_size="Standard_NC4as_T4_v3").validate()
+    settings(tiny_data, tmp_path, method="qlora", precision="fp16", cluster_size="Standard_NC4as_T4_v3").validate()
+    with pytest.raises(train.TrainError, match=r"T4 16GB has no native bf16 \(on the cluster's Standard_NC4as_T4_v3"):
+        settings(tiny_data, tmp_path, precision="bf16", cluster_size="Standard_NC4as_T4_v3").validate()
+    settings(tiny_data, tmp_path, precision="bf16", cluster_size="Standard_NC24ads_A100_v4").validate()
+    with pytest.raises(train.TrainError, match="precision='fp16' needs a CUDA GPU and this machine has none"):
+        settings(tiny_data, tmp_path, precision="fp16").validate()
+    with pytest.raises(train.TrainError, match=r"cluster_size: Standard_NC6s_v3: NCv3 .* retired"):
+        settings(tiny_data, tmp_path, cluster_size="Standard_NC6s_v3").validate()
+
+
+@pytest.mark.parametrize(
+    ("size", "precision"),
+    [("Standard_NC4as_T4_v3", "fp16"), ("Standard_NC24ads_A100_v4", "bf16")],
+)
+def test_auto_precision_on_a_cluster_follows_its_gpu(size, precision) -> None:
+    chosen, why = train.pick_precision("auto", sizes.vm_size(size).machine)
+    assert chosen == precision == sizes.vm_size(size).precision and sizes.vm_size(size).gpu in why
+
+
+def test_a_job_that_sees_no_gpu_on_a_gpu_cluster_stops_saying_why(tiny_data, tmp_path, monkeypatch, capsys) -> None:
+    """A CPU torch wheel on a T4 node would train in fp32 on the CPU for hours: the job stops first, naming the
+    torch build and the fix. A stand-in running the job on its own machine (the rehearsal) says so and goes on."""
+    monkeypatch.delenv(train.STAND_IN_NODE, raising=False)
+    job = settings(tiny_data, tmp_path, cluster_size="Standard_NC4as_T4_v3")
+    with pytest.raises(train.TrainError, match=r"T4 16GB\), but torch sees no CUDA GPU \(torch .*job_environment"):
+        train.check_cluster_gpu(job, CPU_LAPTOP)
+    train.check_cluster_gpu(job, hardware.Machine(gpu="Tesla T4"))  # the node's GPU is there
+    train.check_cluster_gpu(settings(tiny_data, tmp_path), CPU_LAPTOP)  # training here: nothing to expect
+    monkeypatch.setenv(train.STAND_IN_NODE, "1")
+    train.check_cluster_gpu(job, CPU_LAPTOP)
+    assert "a stand-in runs the job on its own machine" in capsys.readouterr().out

@@ -21,17 +21,26 @@ from dotenv import dotenv_values
 
 from . import snapshot
 from .paths import course_root
+from .sizes import GPU_CLUSTER_SIZE as GPU_CLUSTER_SIZE
+from .sizes import GPU_SERVING_SIZE as GPU_SERVING_SIZE
+from .sizes import RETIRED_SIZES as RETIRED_SIZES
+from .sizes import SERVING_SIZE as SERVING_SIZE
+from .sizes import SERVING_SIZES as SERVING_SIZES
+from .sizes import SMALL_GPU_CLUSTER_SIZE as SMALL_GPU_CLUSTER_SIZE
+from .sizes import TORCH_CPU_INDEX as TORCH_CPU_INDEX
+from .sizes import TORCH_CUDA_INDEX as TORCH_CUDA_INDEX
+from .sizes import VM_SIZES as VM_SIZES
+from .sizes import SizeError as SizeError
+from .sizes import VmSize as VmSize
+from .sizes import serving_size as serving_size
+from .sizes import vm_size as vm_size
+from .sizes import vm_size_table as vm_size_table
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 PLACEHOLDER = re.compile(r"^(your[_\- ].*|<.*>|\{.*\}|x{3,}.*|.*changeme.*|.*placeholder.*|todo|tbd|\.\.\.)$", re.I)
-# The training cluster's size. The original tutorial's V100 size (NCv3) was retired on 2025-09-30;
-# its maintainers moved to the A100 size below. VM_SIZES says what each offered size fits.
-GPU_CLUSTER_SIZE = "Standard_NC24ads_A100_v4"
-SMALL_GPU_CLUSTER_SIZE = "Standard_NC4as_T4_v3"
-
 ARM_SCOPE = "https://management.azure.com/.default"
 
 
@@ -80,13 +89,6 @@ FIELDS = (
         "3–128 letters, digits, '-' or '_'",
         "Azure portal → Managed Identities, or `az identity list -g <group> -o table`",
     ),
-    Field(
-        "AZURE_UAI_CLIENT_ID",
-        "user-assigned identity client id",
-        GUID,
-        "a GUID",
-        "`az identity show -g <group> -n <identity name> --query clientId -o tsv`",
-    ),
 )
 # Names the original tutorial used that mean one of ours: a helpful hint, never a silent alias.
 RENAMED = {"AZURE_WORKSPACE_NAME": "AZURE_ML_WORKSPACE_NAME", "AZURE_ML_WORKSPACE": "AZURE_ML_WORKSPACE_NAME"}
@@ -109,7 +111,6 @@ class AzureSettings:
     workspace_name: str
     location: str
     uai_name: str
-    uai_client_id: str
 
     @property
     def uai_resource_id(self) -> str:
@@ -117,10 +118,6 @@ class AzureSettings:
             f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
             f"/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{self.uai_name}"
         )
-
-    @property
-    def group_scope(self) -> str:
-        return f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
 
 
 # The rehearsal's settings when .env has none: valid in shape, fake in value (no such subscription exists).
@@ -130,7 +127,6 @@ EXAMPLE_SETTINGS = AzureSettings(
     workspace_name="rehearsal-workspace",
     location="eastus2",
     uai_name="rehearsal-identity",
-    uai_client_id="00000000-0000-0000-0000-000000000001",
 )
 
 
@@ -270,14 +266,17 @@ def to_yaml(entity: Any) -> str:
 
 
 def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
-    """The `az` commands that give the identity what the course needs, in an order that works.
+    """The `az` commands that give the identity what the course needs, and no more, in an order that works.
 
-    Contributor on the resource group (jobs and endpoints) and Storage Blob Data Reader on the workspace's
-    storage account (data and models) can run at once. AcrPull goes on the workspace's container registry,
-    which Azure ML creates lazily, on the workspace's first image build (the first job of 02_fine_tune):
-    right after `az ml workspace create` the registry does not exist and the assignment has no scope.
-    The last command therefore looks the registry up and assigns AcrPull only when it exists, saying
-    otherwise to run it again after the first job has started. Lines starting with '#' explain.
+    The identity runs the training cluster's nodes and the online deployment's container. Both pull the
+    workspace's environment images (AcrPull on its container registry) and read from its storage account: the
+    deployment its model, the nodes their inputs (Storage Blob Data Reader). Creating jobs, models and endpoints is
+    done by you, signed in, not by the identity: it needs no Contributor role anywhere.
+
+    AcrPull goes on the workspace's container registry, which Azure ML creates lazily, on the workspace's first image
+    build (the first job of 02_fine_tune): right after `az ml workspace create` the registry does not exist and the
+    assignment has no scope. The last command therefore looks the registry up and assigns AcrPull only when it
+    exists, saying otherwise to run it again after the first job has started. Lines starting with '#' explain.
     With no settings, placeholders show the shape.
     """
     s = settings
@@ -285,16 +284,16 @@ def role_assignment_commands(settings: AzureSettings | None) -> list[str]:
     workspace = s.workspace_name if s else "<workspace>"
     identity = s.uai_name if s else "<identity-name>"
     location = s.location if s else "<region>"
-    scope = s.group_scope if s else "/subscriptions/<subscription-id>/resourceGroups/<resource-group>"
     principal = f"$(az identity show -g {group} -n {identity} --query principalId -o tsv)"
     show_ws = f"az ml workspace show -g {group} -n {workspace}"
     assign = f"az role assignment create --assignee-object-id {principal} --assignee-principal-type ServicePrincipal"
     return [
         f"az identity create -g {group} -n {identity} -l {location}",
-        f'{assign} --role "Contributor" --scope {scope}',
+        "# Storage Blob Data Reader: the deployment reads its model, the cluster's nodes their inputs.",
         f'{assign} --role "Storage Blob Data Reader" --scope $({show_ws} --query storage_account -o tsv)',
-        "# AcrPull: the workspace's container registry appears with its first image build (the first job of"
-        " 02_fine_tune). Run the next line after that job has started; until then it only says so.",
+        "# AcrPull: the nodes and the deployment pull the environment images. The workspace's container registry"
+        " appears with its first image build (the first job of 02_fine_tune): run the next line after that job has"
+        " started; until then it only says so.",
         f"ACR=$({show_ws} --query container_registry -o tsv); "
         f'if [ -n "$ACR" ]; then {assign} --role "AcrPull" --scope "$ACR"; '
         'else echo "No container registry yet: run this again once the first job of 02_fine_tune has started."; fi',
@@ -314,93 +313,6 @@ def quiet_sdk() -> None:
 
 # === the Azure offering the course builds on ===================================================
 # What the notebooks build their inline entities from: sizes, quota, names, the catalog, environments.
-
-
-@dataclass(frozen=True)
-class VmSize:
-    """A training VM size the course offers, and what fits on it (see :data:`VM_SIZES`)."""
-
-    name: str
-    gpu: str
-    gpu_gib: float  # memory of one GPU as torch reports it (an "80 GB" A100 has 80 GiB, a "16 GB" T4 ~15 GiB)
-    gpus: int
-    vcpus: int  # cores the quota counts per node
-    family: str  # the quota family, as ml_client.compute.list_usage() and list_sizes() name it
-    bf16: bool  # native bf16 (Ampere and newer)
-    method: str  # the fine-tuning method that fits Phi-3-mini on it
-    precision: str
-    torch_index: str  # the PyTorch wheel index with kernels for this GPU
-
-    def row(self) -> dict[str, Any]:
-        """One row for a table in a notebook."""
-        return {
-            "size": self.name,
-            "GPU": f"{self.gpus} × {self.gpu}",
-            "GPU GiB": self.gpu_gib,
-            "vCPUs": self.vcpus,
-            "quota family": self.family,
-            "bf16": "yes" if self.bf16 else "no (fp16)",
-            "Phi-3-mini fits as": f"{self.method}, {self.precision}",
-        }
-
-
-TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"  # CUDA 12.8 wheels: kernels for T4 (sm75) to H100
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-VM_SIZES: dict[str, VmSize] = {
-    v.name: v
-    for v in (
-        VmSize(
-            "Standard_NC24ads_A100_v4",
-            "A100 80GB PCIe",
-            80.0,
-            1,
-            24,
-            "standardNCADSA100v4Family",
-            True,
-            "lora",
-            "bf16",
-            TORCH_CUDA_INDEX,
-        ),
-        VmSize(
-            "Standard_NC4as_T4_v3",
-            "T4 16GB",
-            15.0,
-            1,
-            4,
-            "standardNCASv3_T4Family",
-            False,
-            "qlora",
-            "fp16",
-            TORCH_CUDA_INDEX,
-        ),
-    )
-}
-# Sizes the original tutorial or older guides name that Azure no longer offers, with what to use instead.
-RETIRED_SIZES = {
-    "Standard_NC6s_v3": "NCv3 (V100) sizes were retired on 2025-09-30",
-    "Standard_NC12s_v3": "NCv3 (V100) sizes were retired on 2025-09-30",
-    "Standard_NC24s_v3": "NCv3 (V100) sizes were retired on 2025-09-30",
-    "Standard_NC6": "NC (K80) sizes were retired on 2023-09-06",
-}
-
-
-class SizeError(ValueError):
-    """A VM size the course cannot use, with the sizes it offers."""
-
-
-def vm_size(name: str) -> VmSize:
-    """The course's record of training size ``name``; a retired or unknown size raises :class:`SizeError`."""
-    offered = ", ".join(f"{v.name} ({v.gpu}: {v.method}, {v.precision})" for v in VM_SIZES.values())
-    if name in RETIRED_SIZES:
-        raise SizeError(f"{name}: {RETIRED_SIZES[name]}. Use one of: {offered}.")
-    if name not in VM_SIZES:
-        raise SizeError(f"{name} is not a training size this course has sized; use one of: {offered}.")
-    return VM_SIZES[name]
-
-
-def vm_size_table() -> list[dict[str, Any]]:
-    """The offered training sizes as rows (``pandas.DataFrame(azure.vm_size_table())`` in a notebook)."""
-    return [v.row() for v in VM_SIZES.values()]
 
 
 # --- quota -----------------------------------------------------------------------------------------
@@ -745,6 +657,9 @@ def check_catalog_model(client: Any, preset_name: str, today: date | None = None
 # --- lean environments from one place ----------------------------------------------------------------------
 JOB_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:latest"
 SERVE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
+# The GPU flavour of the same inference image. torch's CUDA wheels bring their own CUDA libraries: the image's CUDA
+# version does not bind them, the node's driver does.
+SERVE_GPU_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cuda11.8-gpu-inference:latest"
 
 
 def _project() -> dict[str, Any]:
@@ -797,17 +712,21 @@ def job_environment(size: str = GPU_CLUSTER_SIZE) -> Any:
     )
 
 
-def serving_environment() -> Any:
-    """The deployment's environment on Azure's CPU inference image: the ``serve`` group, CPU torch, nothing else
-    (no JupyterLab, papermill or promptflow)."""
+def serving_environment(size: str = SERVING_SIZE) -> Any:
+    """The deployment's environment for serving size ``size`` (``sizes.SERVING_SIZES``): the ``serve`` group and
+    nothing else (no JupyterLab, papermill or promptflow), on Azure's inference image — CPU torch on a CPU size,
+    torch's CUDA wheel and the GPU image on a GPU size. An unknown size raises ``SizeError`` naming the offered ones."""
     from azure.ai.ml.entities import Environment
 
-    conda = conda_spec("phi3-course-serve", requirements("serve"), [f"--extra-index-url {TORCH_CPU_INDEX}"])
+    record = serving_size(size)
+    kind = "CUDA" if record.gpus else "CPU"
+    name = "phi3-course-serve-gpu" if record.gpus else "phi3-course-serve"
+    conda = conda_spec(name, requirements("serve"), [f"--extra-index-url {record.torch_index}"])
     return Environment(
-        name="phi3-course-serve",
-        image=SERVE_IMAGE,
+        name=name,
+        image=SERVE_GPU_IMAGE if record.gpus else SERVE_IMAGE,
         conda_file=conda,
-        description="Online deployment: pyproject.toml [serve], CPU torch.",
+        description=f"Online deployment on {record.name}: pyproject.toml [serve], {kind} torch.",
     )
 
 

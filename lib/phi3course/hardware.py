@@ -10,10 +10,32 @@ scoring script is deployed with a copy of this file beside it and nothing more.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # the CPU flags (as Linux names them) of native bf16 matmuls
+BF16_CAPABILITY = (8, 0)  # the CUDA compute capability from which NVIDIA GPUs multiply in bf16 (Ampere: A100, A10)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The facts that decide a number format: the GPU (its name; empty without one), whether it computes bf16
+    natively, and whether the CPU does. :func:`this_machine` reads them here; an Azure VM size states its own
+    (``sizes.VmSize.machine``), so a choice can be made, and tested, for hardware this process does not run on."""
+
+    gpu: str = ""
+    gpu_bf16: bool = False
+    cpu_bf16: bool = False
+
+    @property
+    def cuda(self) -> bool:
+        return bool(self.gpu)
+
+
+def capability_bf16(capability: tuple[int, int]) -> bool:
+    """Whether an NVIDIA GPU of CUDA compute ``capability`` (a T4 is (7, 5), an A100 (8, 0)) has native bf16."""
+    return tuple(capability) >= BF16_CAPABILITY
 
 
 def _cpuinfo_value(key: str) -> str | None:
@@ -82,13 +104,24 @@ def gpu_native_bf16(device: int | None = None) -> bool:
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
-def native_bf16() -> bool:
-    """Whether the device that computes — the GPU where CUDA is available, else the CPU — has native bf16."""
-    return gpu_native_bf16() if cuda_available() else cpu_native_bf16()
+def this_machine() -> Machine:
+    """The facts of the machine this process runs on."""
+    if cuda_available():
+        return Machine(gpu=gpu_name(), gpu_bf16=gpu_native_bf16(), cpu_bf16=cpu_native_bf16())
+    return Machine(cpu_bf16=cpu_native_bf16())
 
 
-def native_precision() -> str:
-    """The fastest float the computing device has: ``bf16`` where native, else ``fp16`` on a GPU, ``fp32`` on a CPU."""
-    if native_bf16():
+def native_bf16(machine: Machine | None = None) -> bool:
+    """Whether the device that computes — the GPU where there is one, else the CPU — has native bf16 (on
+    ``machine``, this one when None)."""
+    machine = this_machine() if machine is None else machine
+    return machine.gpu_bf16 if machine.cuda else machine.cpu_bf16
+
+
+def native_precision(machine: Machine | None = None) -> str:
+    """The fastest float the computing device of ``machine`` (this one when None) has: ``bf16`` where native, else
+    ``fp16`` on a GPU, ``fp32`` on a CPU. Training (``precision='auto'``) and serving both choose with it."""
+    machine = this_machine() if machine is None else machine
+    if native_bf16(machine):
         return "bf16"
-    return "fp16" if cuda_available() else "fp32"
+    return "fp16" if machine.cuda else "fp32"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig
-from transformers import set_seed
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import AutoModelForCausalLM, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from phi3course.evaluate import answer_budget, contains_answer, generate, perplexity
@@ -123,8 +123,19 @@ def make_trainer(model, tokenizer, rows, settings, args, peft_config, callbacks=
 
 
 def merge_and_save(trainer, tokenizer, folder):
-    """The trained model with LoRA's adapters merged into its weights, saved with its tokenizer to ``folder``."""
+    """The trained model with LoRA's adapters merged into its weights, saved with its tokenizer to ``folder``.
+
+    After QLoRA the base is 4-bit: merged into it, the adapters would give 4-bit weights that only bitsandbytes on a
+    GPU loads, and no CPU endpoint serves. So the base is loaded again, unquantised, in the run's 16-bit format, and
+    the trained adapters are merged into that."""
     trained = trainer.model
+    if getattr(trained.config, "quantization_config", None) is not None:  # a 4-bit base: QLoRA
+        adapters = get_peft_model_state_dict(trained)  # the trained adapters' weights
+        config = trained.peft_config["default"]  # the adapters' shape, and the base model's folder
+        dtype = torch.bfloat16 if trainer.args.bf16 else torch.float16
+        base = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path, dtype=dtype).to(trained.device)
+        trained = get_peft_model(base, config)
+        set_peft_model_state_dict(trained, adapters)
     merged = trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
     if trainer.is_world_process_zero():  # one process writes, when several train
         merged.save_pretrained(folder)

@@ -8,7 +8,8 @@ Choices, each measured on the course's machines (see ``make bench``):
 - batches are padding-free: a batch's rows are flattened into one sequence, so every token computed is
   a real token, and transformers builds a block-diagonal attention mask from the position ids;
 - bf16 only where the hardware has it (Ampere GPUs, CPUs with AVX512-BF16 or AMX), fp16 on older
-  GPUs such as the V100 the original tutorial asks bf16 of, fp32 otherwise;
+  GPUs such as the T4, or the V100 the original tutorial asks bf16 of, fp32 otherwise — decided for the machine
+  that trains: this one, or the Azure ML cluster's size when a job trains (``cluster_size``);
 - no gradient checkpointing unless memory asks for it: it recomputes the forward pass.
 """
 
@@ -25,7 +26,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import hardware
+from . import hardware, sizes
 from .data import DataError, read_jsonl
 from .models import AUTO, PRESETS, ModelError, Preset, load_model, resolve
 from .system import GIB
@@ -71,6 +72,8 @@ class TrainSettings:
     # where the run reads and writes: no recipe, so defaults of their own
     test_file: str = ""
     model_path: str = ""  # a folder holding the base model (the Azure ML job's catalog input); "" loads the preset
+    report_dir: str = ""  # a folder that gets result.json and eval.json too (the job's small output); "": none
+    cluster_size: str = ""  # the VM size of the Azure ML cluster when a job trains (sizes.VM_SIZES); "": this machine
     memory_gib: float = 0.0  # 0: this machine's (GPU memory on CUDA, RAM otherwise)
     extra: dict[str, Any] = field(default_factory=dict)  # more SFTConfig keywords (the benchmarks)
 
@@ -79,8 +82,20 @@ class TrainSettings:
         """LoRA's scale numerator: the update is scaled by alpha / r, and the course keeps alpha = 2 × r."""
         return 2 * self.lora_r
 
+    def trains_on(self) -> tuple[hardware.Machine, str]:
+        """The facts of the machine that trains, and its name: the cluster's size (as ``sizes`` states it) when a
+        job trains, else this machine. Raises :class:`TrainError` for a size the course does not offer."""
+        if not self.cluster_size:
+            return hardware.this_machine(), "this machine"
+        try:
+            size = sizes.vm_size(self.cluster_size)
+        except sizes.SizeError as error:
+            raise TrainError(f"cluster_size: {error}") from None
+        return size.machine, f"the cluster's {size.name} ({size.gpu})"
+
     def validate(self) -> Preset:
-        """Check everything cheap to check; return the preset. Raises :class:`TrainError`."""
+        """Check everything cheap to check, against the machine that trains (:meth:`trains_on`); return the preset.
+        Raises :class:`TrainError`."""
         try:
             preset = resolve(self.model) if self.model != AUTO else PRESETS["smollm2-135m-instruct"]
         except ModelError as error:
@@ -112,8 +127,13 @@ class TrainSettings:
             )
         if not 0 <= self.warmup < 1:
             raise TrainError(f"warmup is a fraction of the steps, between 0 and 1; got {self.warmup}.")
-        if self.method == "qlora" and not hardware.cuda_available():
-            raise TrainError("method='qlora' needs a CUDA GPU (bitsandbytes 4-bit); on a CPU use method='lora'.")
+        machine, where = self.trains_on()
+        if self.method == "qlora" and not machine.cuda:
+            raise TrainError(
+                f"method='qlora' needs a CUDA GPU (bitsandbytes 4-bit) and {where} has none: use method='lora', or "
+                "let an Azure ML job train on a GPU cluster (target='azureml', compute_size)."
+            )
+        pick_precision(self.precision, machine, where)  # bf16 asked of a GPU without it, fp16 of a CPU
         for name in ("train_file", "test_file"):
             path = getattr(self, name)
             if name == "train_file" and not path:
@@ -143,25 +163,64 @@ def steady_attention() -> None:
 
 
 # --- hardware-dependent choices ---------------------------------------------------------------------
-def pick_precision(requested: str = "auto") -> tuple[str, str]:
-    """(precision, why). ``auto``: bf16 where the hardware computes it natively, else fp16 (GPU) or fp32."""
-    cuda = hardware.cuda_available()
-    if requested == "bf16" and cuda and not hardware.gpu_native_bf16():
+def pick_precision(
+    requested: str = "auto", machine: hardware.Machine | None = None, where: str = "this machine"
+) -> tuple[str, str]:
+    """(precision, why) on ``machine`` (this one when None; ``TrainSettings.trains_on`` gives the cluster's). ``auto``:
+    bf16 where the hardware computes it natively, else fp16 (GPU) or fp32 (``hardware.native_precision``)."""
+    here = machine is None
+    machine = hardware.this_machine() if machine is None else machine
+    if requested == "bf16" and machine.cuda and not machine.gpu_bf16:
         raise TrainError(
-            f"precision='bf16' but {hardware.gpu_name()} has no native bf16 (a V100 or older; the "
-            "original tutorial asks bf16 of a V100): use precision='auto' (fp16 mixed precision there) or 'fp16'."
+            f"precision='bf16' but {machine.gpu} has no native bf16 (on {where}: a T4, a V100 or older; the original "
+            "tutorial asks bf16 of a V100): use precision='auto' (fp16 mixed precision there) or 'fp16'."
         )
-    if requested == "fp16" and not cuda:
-        raise TrainError("precision='fp16' needs a CUDA GPU; on a CPU use precision='auto' (bf16 or fp32).")
+    if requested == "fp16" and not machine.cuda:
+        raise TrainError(
+            f"precision='fp16' needs a CUDA GPU and {where} has none: use precision='auto' (bf16 or fp32 on a CPU)."
+        )
     if requested != "auto":
         return requested, "asked for"
-    if cuda:
-        if hardware.gpu_native_bf16():
-            return "bf16", f"{hardware.gpu_name()} computes bf16 natively"
-        return "fp16", f"{hardware.gpu_name()} has no native bf16 (a V100 or older): fp16 mixed precision instead"
-    if flags := hardware.cpu_bf16_flags():
-        return "bf16", f"this CPU has {', '.join(flags)}: bf16 matmuls"
+    precision = hardware.native_precision(machine)
+    if machine.cuda:
+        if precision == "bf16":
+            return "bf16", f"{machine.gpu} computes bf16 natively"
+        return "fp16", f"{machine.gpu} has no native bf16 (a T4, a V100 or older): fp16 mixed precision instead"
+    if precision == "bf16":
+        flags = ", ".join(hardware.cpu_bf16_flags()) if here else "native bf16"
+        return "bf16", f"this CPU has {flags}: bf16 matmuls"
     return "fp32", "this CPU has no native bf16 (AVX2 only): bf16 would be emulated and many times slower"
+
+
+# Set in a job's environment by a stand-in that runs the job on a machine other than the cluster's node (the
+# rehearsal, phi3course.rehearsal): the job then says that it lacks the cluster's GPU instead of stopping.
+STAND_IN_NODE = "COURSE_STAND_IN_NODE"
+
+
+def check_cluster_gpu(settings: TrainSettings, machine: hardware.Machine | None = None) -> None:
+    """In a job on a GPU cluster (``cluster_size``), stop before any work unless this node (``machine``; this one when
+    None) has a CUDA GPU: without it, training would run in fp32 on the node's CPU for hours, or never end. The usual
+    cause is a CPU-only torch wheel in the job's environment."""
+    if not settings.cluster_size:
+        return
+    size = sizes.vm_size(settings.cluster_size)
+    here = hardware.this_machine() if machine is None else machine
+    if not size.gpus or here.cuda:
+        return
+    import torch
+
+    build = f"torch {torch.__version__}, " + (
+        "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+    )
+    problem = f"this job's cluster is {size.name} ({size.gpus} × {size.gpu}), but torch sees no CUDA GPU ({build})"
+    if os.environ.get(STAND_IN_NODE):
+        print(f"{problem}: a stand-in runs the job on its own machine, so it trains here, without the GPU.")
+        return
+    raise TrainError(
+        f"{problem}. Training on the node's CPU would take hours. Check that the job's environment installs torch "
+        "from a CUDA index (azure.job_environment, its --extra-index-url) and that the job runs on the GPU cluster "
+        "(compute=…)."
+    )
 
 
 def weight_dtype(method: str, precision: str, cuda: bool) -> str:
@@ -212,6 +271,38 @@ def check_memory(
         )
     except MemoryBudgetError as error:
         raise TrainError(str(error)) from None
+
+
+def method_options(
+    settings: TrainSettings, preset: Preset, precision: str, rows: list[dict[str, Any]], available_gib: float
+) -> list[dict[str, Any]]:
+    """Each fine-tuning method on a GPU of ``available_gib`` (the cluster's) in ``precision``: the memory it needs for
+    ``rows`` with these settings (``phi3course.memory``) and whether it fits; ``chosen`` marks ``settings.method``."""
+    from .memory import batch_tokens, estimate, mean_row_tokens
+
+    tokens = batch_tokens(settings.batch_size, mean_row_tokens(rows))
+    options = []
+    for method in ("lora", "qlora", "full"):
+        found = estimate(
+            preset,
+            method,
+            precision,
+            tokens,
+            available_gib,
+            lora_r=settings.lora_r,
+            device="cuda",
+            gradient_checkpointing=settings.gradient_checkpointing,
+        )
+        options.append(
+            {
+                "method": method,
+                "precision": precision,
+                "GiB needed": round(found.total_gib, 1),
+                "fits": found.fits,
+                "chosen": method == settings.method,
+            }
+        )
+    return options
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -313,7 +404,7 @@ def _settings_record(settings: TrainSettings) -> dict[str, Any]:
     """The settings a finished run is recognised by, with the training data's content (new facts, same path)."""
     import hashlib
 
-    record = {k: v for k, v in asdict(settings).items() if k not in {"output_dir", "extra"}}
+    record = {k: v for k, v in asdict(settings).items() if k not in {"output_dir", "report_dir", "extra"}}
     data = Path(settings.train_file)
     record["train_sha256"] = hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else None
     return record
@@ -417,10 +508,12 @@ def train(
     from .trainer_hooks import history_callback
 
     preset = settings.validate()
-    precision, why = pick_precision(settings.precision)
+    check_cluster_gpu(settings)  # a job that sees no GPU on a GPU cluster stops here, saying why
+    precision, why = pick_precision(settings.precision)  # on the machine this process runs on
     check_memory(settings, preset, precision, load_rows(settings.train_file))  # where it trains: here, or the job's GPU
     if not retrain and (done := previous_result(settings)) is not None:
         print(f"Already trained with these settings: {done.model_dir} (retrain=True trains again).")
+        copy_report(settings)
         return done
     _prepare_output(settings)
     train_rows = to_training_rows(load_rows(settings.train_file))
@@ -475,12 +568,30 @@ def train(
         if base_eval is not None:
             scores = {"base": base_eval, "tuned": recipe.held_out(final, tokenizer, test_rows, "tuned")}
             atomic_write_text(Path(settings.output_dir) / "eval.json", json.dumps(scores, indent=2))
+        copy_report(settings)
     return result
 
 
+REPORT_FILES = ("result.json", "eval.json")  # what job_outcome reads back
+
+
+def copy_report(settings: TrainSettings) -> None:
+    """result.json and eval.json (those that exist) into ``report_dir``: the job's small output, which 02 downloads
+    instead of the model and its checkpoints."""
+    import shutil
+
+    if not settings.report_dir:
+        return
+    Path(settings.report_dir).mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        if (Path(settings.output_dir) / name).is_file():
+            shutil.copy2(Path(settings.output_dir) / name, Path(settings.report_dir) / name)
+
+
 def job_outcome(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """What a finished job wrote (downloaded to ``folder``): ``result`` (result.json) and ``eval`` (eval.json)."""
-    found = {name: sorted(Path(folder).rglob(f"{name}.json")) for name in ("result", "eval")}
+    """What a finished job wrote (its ``report`` output, downloaded to ``folder``): ``result`` (result.json) and
+    ``eval`` (eval.json)."""
+    found = {Path(name).stem: sorted(Path(folder).rglob(name)) for name in REPORT_FILES}
     missing = [f"{name}.json" for name, paths in found.items() if not paths]
     if missing:
         what = " or ".join(missing)
@@ -510,7 +621,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-PATH_FIELDS = ("train_file", "test_file", "output_dir", "model_path")
+PATH_FIELDS = ("train_file", "test_file", "output_dir", "model_path", "report_dir")
 
 
 def job_arguments(settings: TrainSettings, paths: dict[str, str]) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..azure import pip_requirements
 from ..files import read_json, write_json
+from ..train import STAND_IN_NODE
 from .common import HOST, Poller, RehearsalError, base_env, copy_tree, free_port, not_found, tail
 from .guard import normalise
 
@@ -184,6 +185,7 @@ class JobOperations:
                 "AZUREML_ARM_PROJECT_NAME": experiment,
                 "COURSE_CACHE": str(folder / "cache"),  # a fresh node: no course cache from the learner's machine
                 "REHEARSAL_WORKSPACE": str(self._ws.root),
+                STAND_IN_NODE: "1",  # this machine stands in for the cluster's node, GPU or not
             }
         )
         run_id, experiment_id = self._mlflow_run(experiment, name, job.display_name)

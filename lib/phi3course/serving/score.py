@@ -388,15 +388,14 @@ def generate(prompts: list[str], params: dict[str, Any]) -> list[str]:
     return [text.strip() for text in texts]
 
 
-def serving_dtype() -> Any:
-    """The dtype the serving hardware computes in: bf16 where native (Ampere+ GPUs, AVX512-BF16/AMX CPUs),
-    fp16 on older GPUs, fp32 on other CPUs. transformers 5 would otherwise keep the checkpoint's saved dtype,
-    so a bf16 fine-tune would generate in emulated bf16 on a CPU instance, many times slower."""
+def serving_dtype(machine: hardware.Machine | None = None) -> Any:
+    """The dtype the serving hardware (``machine``; this one when None) computes in: ``hardware.native_precision``,
+    the choice training makes too — bf16 where native (Ampere+ GPUs, AVX512-BF16/AMX CPUs), fp16 on older GPUs such
+    as the T4, fp32 on other CPUs. transformers 5 would otherwise keep the checkpoint's saved dtype, so a bf16
+    fine-tune would generate in emulated bf16 on a CPU instance, many times slower."""
     import torch
 
-    if hardware.cuda_available():
-        return torch.bfloat16 if hardware.gpu_native_bf16() else torch.float16
-    return torch.bfloat16 if hardware.cpu_native_bf16() else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[hardware.native_precision(machine)]
 
 
 def steady_attention() -> None:
