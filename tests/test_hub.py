@@ -1,0 +1,321 @@
+"""The course's JupyterHub (hub/, `make hub`), for real and slow (a minute or two): the hub on 127.0.0.1 with its npm
+proxy, two learners logged in through its login form, a server each, 00 and 01 (smoke) run by a kernel in each
+learner's own server, the two runs checked apart, then everything stopped and nothing left running.
+
+As root the hub gives each learner a system account (created here, removed afterwards); otherwise one-account mode.
+Skipped, with the reason, where JupyterHub or the proxy is not installed (`make hub-setup` installs both);
+COURSE_REQUIRE_HUB=1 (CI) turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from phi3course.paths import cache_dir, course_root
+
+HUB_DIR = course_root() / "hub"
+sys.path.insert(0, str(HUB_DIR))
+import course_hub  # noqa: E402
+
+ROOT = os.geteuid() == 0
+
+
+def _missing() -> str | None:
+    try:
+        import jupyterhub  # noqa: F401
+        import jupyterhub_idle_culler  # noqa: F401
+    except ImportError as error:
+        return f"JupyterHub is not installed ({error}); `make hub-setup` installs it"
+    try:
+        course_hub.proxy_command()
+    except course_hub.HubSettingError as error:
+        return str(error)
+    return None
+
+
+MISSING = _missing()
+if MISSING and os.environ.get("COURSE_REQUIRE_HUB") != "1":
+    pytest.skip(MISSING, allow_module_level=True)
+
+
+def three_free_ports() -> int:
+    """A port with the two after it free too (the hub's proxy API and the hub's own API use them)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port < 65000 and all(_free(port + offset) for offset in range(3)):
+            return port
+    raise RuntimeError("no three consecutive free ports on 127.0.0.1")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Hub:
+    url: str
+    password: str
+    process: subprocess.Popen
+    log: Path
+    state: Path
+    system_accounts: bool  # one system account per learner; otherwise all servers run as this test's account
+
+    def post_login(self, name: str, password: str) -> tuple[requests.Session, requests.Response]:
+        """The hub's login form, filled in as a browser does (its _xsrf field included)."""
+        session = requests.Session()
+        session.get(f"{self.url}/hub/login", timeout=30).raise_for_status()
+        form = {"username": name, "password": password, "_xsrf": session.cookies["_xsrf"]}
+        return session, session.post(f"{self.url}/hub/login", data=form, timeout=60, allow_redirects=False)
+
+    def login(self, name: str) -> str:
+        """Log in through the hub's form, then ask the hub for an API token of this learner."""
+        session, answer = self.post_login(name, self.password)
+        assert answer.status_code == 302, f"login of {name}: HTTP {answer.status_code}"
+        session.get(f"{self.url}/hub/home", timeout=30).raise_for_status()  # a logged-in session's own _xsrf
+        xsrf = [cookie.value for cookie in session.cookies if cookie.name == "_xsrf"][-1]
+        made = session.post(
+            f"{self.url}/hub/api/users/{name}/tokens",
+            json={"note": "test_hub", "expires_in": 900},
+            headers={"X-XSRFToken": xsrf},
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        return made.json()["token"]
+
+    def api(self, method: str, path: str, token: str, **kwargs) -> requests.Response:
+        return requests.request(
+            method, f"{self.url}{path}", headers={"Authorization": f"token {token}"}, timeout=60, **kwargs
+        )
+
+    def spawn(self, name: str, token: str) -> None:
+        started = self.api("POST", f"/hub/api/users/{name}/server", token)
+        assert started.status_code in (201, 202), started.text
+
+    def wait_ready(self, name: str, token: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            server = self.api("GET", f"/hub/api/users/{name}", token).json()["servers"].get("", {})
+            if server.get("ready"):
+                return
+            time.sleep(1)
+        raise AssertionError(f"{name}'s server not ready after {timeout_s:.0f} s; hub log: {self.log}")
+
+
+def execute(hub: Hub, name: str, token: str, code: str, timeout_s: float = 240) -> str:
+    """Run ``code`` in a new kernel of ``name``'s server (its REST API and kernel websocket); returns its stdout."""
+    kernel = hub.api("POST", f"/user/{name}/api/kernels", token, json={"name": "python3", "path": "notebooks"})
+    assert kernel.status_code == 201, kernel.text
+    kernel_id = kernel.json()["id"]
+    try:
+        return asyncio.run(_execute(hub.url.replace("http", "ws", 1), name, token, kernel_id, code, timeout_s))
+    finally:
+        hub.api("DELETE", f"/user/{name}/api/kernels/{kernel_id}", token)
+
+
+async def _execute(ws_url: str, name: str, token: str, kernel_id: str, code: str, timeout_s: float) -> str:
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    request = HTTPRequest(
+        f"{ws_url}/user/{name}/api/kernels/{kernel_id}/channels",
+        headers={"Authorization": f"token {token}"},
+    )
+    socket_ = await websocket_connect(request)
+    msg_id = uuid.uuid4().hex
+    socket_.write_message(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id, "msg_type": "execute_request", "session": uuid.uuid4().hex,
+                    "username": name, "version": "5.3", "date": "",
+                },
+                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                "content": {"code": code, "silent": False, "store_history": False, "allow_stdin": False},
+            }  # fmt: skip
+        )
+    )
+    out: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        raw = await asyncio.wait_for(socket_.read_message(), max(1.0, deadline - time.monotonic()))
+        assert raw is not None, "the kernel's websocket closed"
+        message = json.loads(raw)
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind = message["msg_type"]
+        if kind == "stream":
+            out.append(message["content"]["text"])
+        elif kind == "error":
+            raise AssertionError("\n".join(message["content"]["traceback"]))
+        elif kind == "execute_reply":
+            socket_.close()
+            return "".join(out)
+
+
+# What each learner's kernel runs: the runner, as a learner would in a terminal, then where things went.
+IN_THE_KERNEL = """
+import json, os, subprocess, sys
+done = subprocess.run([sys.executable, "-m", "phi3course.tools.runner", "--profile", "smoke", "--to", "01"],
+                      capture_output=True, text=True)
+from phi3course import course
+print(json.dumps({"rc": done.returncode, "tail": (done.stdout + done.stderr)[-3000:], "uid": os.getuid(),
+                  "home": os.environ["HOME"], "run": str(course.run_dir_for("smoke").path),
+                  "pf_home": os.environ["PF_HOME_DIRECTORY"], "cwd": os.getcwd()}))
+"""
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[tuple[Hub, list[str]]]:
+    learners = [f"ana{secrets.token_hex(2)}", f"ben{secrets.token_hex(2)}"]
+    port = three_free_ports()
+    state = tmp_path / "state"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HUB_", "PF_", "COURSE_"))}
+    cache = None
+    if ROOT:  # the learners' accounts read a copy of the smoke model that every account can read
+        cache = Path(tempfile.mkdtemp(prefix="hub-cache-"))
+        shutil.copytree(cache_dir() / "phi-3-tiny", cache / "phi-3-tiny")
+        for path in (cache, *cache.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    # As root, accounts of their own, unless they could not run this environment (a .venv under /root): then, and
+    # when not root, one-account mode.
+    system = ROOT and course_hub.unreadable_for_learners(cache) is None
+    print(f"hub test: {'one system account per learner' if system else 'one-account mode'}")
+    password = secrets.token_urlsafe(12)
+    env.update(
+        HUB_PORT=str(port),
+        HUB_STATE_DIR=str(state),
+        HUB_WORKSHOP_PASSWORD=password,
+        HUB_ADMIN_PASSWORD=secrets.token_urlsafe(32),
+        HUB_LEARNERS=" ".join(learners),
+        HUB_CULL_IDLE_S="600",
+        HUB_ACCOUNTS="system" if system else "one",
+        COURSE_CACHE=str(cache or cache_dir()),
+        HF_HUB_OFFLINE="1",
+    )
+    log = tmp_path / "hub.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(HUB_DIR / "jupyterhub_config.py")],
+            cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    running = Hub(f"http://127.0.0.1:{port}", password, process, log, state, system)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"the hub exited: {log.read_text()[-3000:]}"
+            try:
+                if requests.get(f"{running.url}/hub/api/", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"the hub did not answer in 60 s: {log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield running, learners
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        if system:
+            for name in learners:
+                account = course_hub.ACCOUNT_PREFIX + name
+                for proc in psutil.process_iter(["username"]):
+                    if proc.info["username"] == account:
+                        proc.kill()
+                subprocess.run(["userdel", "--remove", account], capture_output=True)
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def processes_of(state: Path, accounts: set[str]) -> list[str]:
+    """What still runs of this hub: its proxy, services and servers (by its state folder or port), or as a learner."""
+    left = []
+    for proc in psutil.process_iter(["pid", "username", "cmdline", "environ"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            environ = proc.info["environ"] or {}
+        except (psutil.Error, TypeError):
+            continue
+        if (
+            proc.info["username"] in accounts
+            or str(state) in cmdline
+            or environ.get("HUB_STATE_DIR") == str(state)
+            or str(state) in environ.get("HOME", "")
+        ):
+            left.append(f"{proc.info['pid']} {proc.info['username']}: {cmdline[:200]}")
+    return left
+
+
+def test_two_learners_run_the_course_in_their_own_servers_through_the_hub(hub: tuple[Hub, list[str]]) -> None:
+    running, learners = hub
+    tokens = {name: running.login(name) for name in learners}
+    _, wrong = running.post_login(learners[0], "not-the-workshop-password")
+    assert wrong.status_code == 403 and "Invalid username or password" in wrong.text
+    for name in learners:  # both servers start at once
+        running.spawn(name, tokens[name])
+    for name in learners:
+        running.wait_ready(name, tokens[name])
+
+    with ThreadPoolExecutor(len(learners)) as pool:  # both learners at once, as in a class
+        outputs = dict(zip(learners, pool.map(lambda n: execute(running, n, tokens[n], IN_THE_KERNEL), learners)))
+    seen = {name: json.loads(out.strip().splitlines()[-1]) for name, out in outputs.items()}
+    for name, facts in seen.items():
+        assert facts["rc"] == 0, f"{name}'s run failed:\n{facts['tail']}"
+        home = Path(facts["home"])
+        assert Path(facts["run"]) == home / course_hub.COURSE_FOLDER / "runs" / "smoke"
+        assert Path(facts["pf_home"]) == home / ".promptflow"
+        assert Path(facts["cwd"]) == home / course_hub.COURSE_FOLDER / "notebooks"  # the server opens the copy
+        summary = json.loads((Path(facts["run"]) / "summary.json").read_text())
+        assert [stage for stage in summary["stages"]][:2] == ["00_setup", "01_data"], summary["stages"]
+        if running.system_accounts:
+            account = pwd.getpwnam(course_hub.ACCOUNT_PREFIX + name)
+            assert facts["uid"] == account.pw_uid and home == Path(account.pw_dir)
+            assert (Path(facts["run"]) / "summary.json").stat().st_uid == account.pw_uid
+            assert home.stat().st_mode & 0o077 == 0, "a learner's home is theirs alone"
+        else:
+            assert home == running.state / "homes" / name
+    first, second = (seen[name] for name in learners)
+    assert first["home"] != second["home"] and first["run"] != second["run"] and first["pf_home"] != second["pf_home"]
+    if running.system_accounts:
+        assert first["uid"] != second["uid"]
+
+    for name in learners:
+        stopped = running.api("DELETE", f"/hub/api/users/{name}/server", tokens[name])
+        assert stopped.status_code in (202, 204), stopped.text
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(60) == 0, running.log.read_text()[-3000:]
+    accounts = {course_hub.ACCOUNT_PREFIX + name for name in learners} if running.system_accounts else set()
+    deadline = time.monotonic() + 20
+    while (left := processes_of(running.state, accounts)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert left == [], f"still running after the hub stopped: {left}"
