@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from course_hub import (  # noqa: E402
+from course_hub import (
     USERNAME_PATTERN,
     HubSettings,
     proxy_command,

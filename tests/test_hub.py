@@ -149,18 +149,10 @@ async def _execute(ws_url: str, name: str, token: str, kernel_id: str, code: str
     )
     socket_ = await websocket_connect(request)
     msg_id = uuid.uuid4().hex
-    socket_.write_message(
-        json.dumps(
-            {
-                "header": {
-                    "msg_id": msg_id, "msg_type": "execute_request", "session": uuid.uuid4().hex,
-                    "username": name, "version": "5.3", "date": "",
-                },
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": code, "silent": False, "store_history": False, "allow_stdin": False},
-            }  # fmt: skip
-        )
-    )
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "session": uuid.uuid4().hex, "username": name}
+    content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+    message = {"header": {**header, "version": "5.3", "date": ""}, "parent_header": {}, "metadata": {}}
+    socket_.write_message(json.dumps({**message, "channel": "shell", "content": content, "buffers": []}))
     out: list[str] = []
     deadline = time.monotonic() + timeout_s
     while True:
@@ -287,8 +279,8 @@ def test_two_learners_run_the_course_in_their_own_servers_through_the_hub(hub: t
         running.wait_ready(name, tokens[name])
 
     with ThreadPoolExecutor(len(learners)) as pool:  # both learners at once, as in a class
-        outputs = dict(zip(learners, pool.map(lambda n: execute(running, n, tokens[n], IN_THE_KERNEL), learners)))
-    seen = {name: json.loads(out.strip().splitlines()[-1]) for name, out in outputs.items()}
+        outputs = pool.map(lambda name: execute(running, name, tokens[name], IN_THE_KERNEL), learners)
+    seen = {name: json.loads(out.strip().splitlines()[-1]) for name, out in zip(learners, outputs, strict=True)}
     for name, facts in seen.items():
         assert facts["rc"] == 0, f"{name}'s run failed:\n{facts['tail']}"
         home = Path(facts["home"])
