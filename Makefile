@@ -115,7 +115,7 @@ $(HUB_STAMP): pyproject.toml | $(STAMP)
 	@touch $(HUB_STAMP)
 
 $(HUB_PROXY): hub/package.json hub/package-lock.json
-	@command -v npm >/dev/null || { echo "npm is needed for the hub's proxy (configurable-http-proxy): install Node.js 20 or later"; exit 1; }
+	@command -v npm >/dev/null || { echo "npm is needed for the hub's proxy (configurable-http-proxy): install Node.js 18 or later"; exit 1; }
 	npm ci --prefix hub --no-audit --no-fund --loglevel=error
 	@touch $(HUB_PROXY)
 

@@ -1,10 +1,10 @@
-"""The course's JupyterHub (hub/, `make hub`), for real and slow (a minute or two): the hub on 127.0.0.1 with its npm
-proxy, two learners logged in through its login form, a server each, 00 and 01 (smoke) run by a kernel in each
-learner's own server, the two runs checked apart, then everything stopped and nothing left running.
+"""The course's JupyterHub (hub/, `make hub`): its settings, then, for real and slow (two to three minutes), the hub
+on 127.0.0.1 with its npm proxy, two learners logged in through its login form, a server each, 00 and 01 (smoke) run
+by a kernel in each learner's own server, the two runs checked apart, and everything stopped, nothing left running.
 
 As root the hub gives each learner a system account (created here, removed afterwards); otherwise one-account mode.
-Skipped, with the reason, where JupyterHub or the proxy is not installed (`make hub-setup` installs both);
-COURSE_REQUIRE_HUB=1 (CI) turns that skip into a failure.
+The slow test is skipped, with the reason, where JupyterHub or the proxy is not installed (`make hub-setup` installs
+both); COURSE_REQUIRE_HUB=1 (CI) turns that skip into a failure.
 """
 
 from __future__ import annotations
@@ -53,9 +53,107 @@ def _missing() -> str | None:
     return None
 
 
-MISSING = _missing()
-if MISSING and os.environ.get("COURSE_REQUIRE_HUB") != "1":
-    pytest.skip(MISSING, allow_module_level=True)
+PASSWORD = "a-workshop-password"
+ADMIN_PASSWORD = "an-educator-password-of-32-characters-or-more"
+
+
+def settings(is_root: bool = True, **env: str) -> course_hub.HubSettings:
+    base = {"HUB_WORKSHOP_PASSWORD": PASSWORD, "HUB_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    return course_hub.HubSettings.from_env({**base, **env}, is_root=is_root)
+
+
+def test_the_hub_listens_on_loopback_unless_told_and_then_only_with_tls(tmp_path: Path) -> None:
+    assert settings().ip == "127.0.0.1"
+    with pytest.raises(course_hub.HubSettingError, match="HUB_SSL_CERT and HUB_SSL_KEY"):
+        settings(HUB_IP="0.0.0.0")
+    with pytest.raises(course_hub.HubSettingError, match="HUB_SSL_CERT and HUB_SSL_KEY"):
+        settings(HUB_IP="10.0.0.5", HUB_SSL_CERT=str(tmp_path / "hub.crt"))
+    assert settings(HUB_IP="0.0.0.0", HUB_SSL_CERT="hub.crt", HUB_SSL_KEY="hub.key").ssl_key == "hub.key"
+    # Other machines never reach a hub whose learners share one account.
+    with pytest.raises(course_hub.HubSettingError, match="an account of their own"):
+        settings(HUB_IP="0.0.0.0", HUB_SSL_CERT="hub.crt", HUB_SSL_KEY="hub.key", HUB_ACCOUNTS="one")
+    with pytest.raises(course_hub.HubSettingError, match="an account of their own"):
+        settings(is_root=False, HUB_IP="0.0.0.0", HUB_SSL_CERT="hub.crt", HUB_SSL_KEY="hub.key")
+
+
+def test_accounts_per_learner_as_root_one_account_otherwise() -> None:
+    assert settings(is_root=True).system_accounts and not settings(is_root=False).system_accounts
+    assert not settings(is_root=True, HUB_ACCOUNTS="one").system_accounts
+    with pytest.raises(course_hub.HubSettingError, match="needs root"):
+        settings(is_root=False, HUB_ACCOUNTS="system")
+    with pytest.raises(course_hub.HubSettingError, match="use system"):
+        settings(HUB_ACCOUNTS="each")
+
+
+def test_passwords_come_from_the_environment_or_a_file_and_are_checked(tmp_path: Path) -> None:
+    secret = tmp_path / "workshop-password"
+    secret.write_text("from-a-file-123\n")
+    assert course_hub.HubSettings.from_env({"HUB_WORKSHOP_PASSWORD_FILE": str(secret)}).workshop_password == (
+        "from-a-file-123"
+    )
+    with pytest.raises(course_hub.HubSettingError, match="at least 8 characters"):
+        course_hub.HubSettings.from_env({})
+    with pytest.raises(course_hub.HubSettingError, match="at least 8 characters"):
+        settings(HUB_WORKSHOP_PASSWORD="short")
+    with pytest.raises(course_hub.HubSettingError, match="cannot be read"):
+        course_hub.HubSettings.from_env({"HUB_WORKSHOP_PASSWORD_FILE": str(tmp_path / "none")})
+    with pytest.raises(course_hub.HubSettingError, match="HUB_ADMIN_PASSWORD must have at least 32"):
+        settings(HUB_ADMIN_PASSWORD="too-short-for-the-admin")
+    with pytest.raises(course_hub.HubSettingError, match="differ from the workshop password"):
+        settings(HUB_WORKSHOP_PASSWORD=ADMIN_PASSWORD)
+
+
+def test_each_learner_gets_their_own_course_copy_run_folder_and_prompt_flow_home(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    ana, ben = (course_hub.learner_env(tmp_path / name, cache) for name in ("ana", "ben"))
+    assert ana["COURSE_ROOT"] == str(tmp_path / "ana" / course_hub.COURSE_FOLDER)
+    assert set(ana) == {"HOME", "COURSE_ROOT", "PF_HOME_DIRECTORY", "COURSE_CACHE"}
+    assert {key for key in ana if ana[key] == ben[key]} == {"COURSE_CACHE"}  # only the read-only models are shared
+    # The copy is made once: a learner's edits survive the next spawn.
+    source = tmp_path / "course"
+    (source / "notebooks").mkdir(parents=True)
+    (source / "notebooks" / "01_data.ipynb").write_text("released")
+    (source / "runs" / "local").mkdir(parents=True)
+    (source / ".venv").mkdir()
+    copy = tmp_path / "ana" / course_hub.COURSE_FOLDER
+    assert course_hub.copy_course(source, copy)
+    assert sorted(path.name for path in copy.iterdir()) == ["notebooks"]  # no runs, no environment
+    (copy / "notebooks" / "01_data.ipynb").write_text("the learner's work")
+    assert not course_hub.copy_course(source, copy)
+    assert (copy / "notebooks" / "01_data.ipynb").read_text() == "the learner's work"
+
+
+def test_limits_go_into_a_cgroup_where_the_machine_has_cgroup_v2(tmp_path: Path) -> None:
+    assert "no cgroup v2" in course_hub.cgroup_limits(123, "jupyter-ana", 4 * 2**30, 2, root=tmp_path)
+    (tmp_path / "cgroup.controllers").write_text("cpuset io pids")
+    assert "does not offer the memory and cpu" in course_hub.cgroup_limits(123, "jupyter-ana", 4 * 2**30, 2, tmp_path)
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids")
+    done = course_hub.cgroup_limits(123, "jupyter-ana", 4 * 2**30, 2, root=tmp_path)
+    group = tmp_path / "phi3course-hub" / "jupyter-ana"
+    assert done.startswith("limited to 4.0 GiB and 2 CPUs")
+    assert (group / "memory.max").read_text() == str(4 * 2**30)
+    assert (group / "cpu.max").read_text() == "200000 100000"
+    assert (group / "cgroup.procs").read_text() == "123"
+
+
+def test_the_learners_accounts_must_be_able_to_read_the_environment_and_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="hub-readable-"))  # under /tmp: every folder above it is passable
+    try:
+        shared.chmod(0o755)
+        (shared / "model").write_text("weights")
+        (shared / "model").chmod(0o644)
+        assert course_hub.readable_by_all(shared / "model")
+        (shared / "model").chmod(0o600)
+        assert not course_hub.readable_by_all(shared / "model")
+        (shared / "model").chmod(0o644)
+        shared.chmod(0o700)  # a folder on the way that others cannot pass (as /root is)
+        assert not course_hub.readable_by_all(shared / "model")
+    finally:
+        shutil.rmtree(shared)
+    cache = Path("/srv/phi3course/cache")
+    monkeypatch.setattr(course_hub, "readable_by_all", lambda path: path != cache)
+    why = course_hub.unreadable_for_learners(cache) or ""
+    assert "the model cache" in why and "COURSE_CACHE=/srv/phi3course/cache make warm" in why
 
 
 def three_free_ports() -> int:
@@ -185,6 +283,10 @@ print(json.dumps({"rc": done.returncode, "tail": (done.stdout + done.stderr)[-30
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[tuple[Hub, list[str]]]:
+    if missing := _missing():
+        if os.environ.get("COURSE_REQUIRE_HUB") == "1":
+            pytest.fail(f"COURSE_REQUIRE_HUB=1, but {missing}")
+        pytest.skip(missing)
     learners = [f"ana{secrets.token_hex(2)}", f"ben{secrets.token_hex(2)}"]
     port = three_free_ports()
     state = tmp_path / "state"
