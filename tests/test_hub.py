@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -413,3 +414,82 @@ def test_two_learners_run_the_course_in_their_own_servers_through_the_hub(hub: t
     while (left := processes_of(running.state, accounts)) and time.monotonic() < deadline:
         time.sleep(1)
     assert left == [], f"still running after the hub stopped: {left}"
+
+
+# --- when a class outgrows one machine: Zero to JupyterHub on AKS ------------------------------------------------
+KUBERNETES = HUB_DIR / "kubernetes"
+# The keys the `jupyterhub` chart (4.4.0) accepts where the course's values set any: its values.schema.yaml refuses
+# every other key in these places (additionalProperties: false).
+CHART_KEYS = {
+    "": {
+        "enabled", "fullnameOverride", "nameOverride", "cull", "custom", "imagePullSecret", "imagePullSecrets",
+        "hub", "rbac", "proxy", "singleuser", "scheduling", "ingress", "httpRoute", "prePuller", "debug", "global",
+    },
+    "singleuser": {
+        "podNameTemplate", "cpu", "memory", "image", "initContainers", "profileList", "extraFiles", "extraEnv",
+        "nodeSelector", "extraTolerations", "extraNodeAffinity", "extraPodAffinity", "extraPodAntiAffinity",
+        "cloudMetadata", "cmd", "defaultUrl", "events", "extraAnnotations", "extraContainers", "extraLabels",
+        "extraPodConfig", "extraResource", "fsGid", "lifecycleHooks", "networkPolicy", "networkTools",
+        "serviceAccountName", "startTimeout", "storage", "allowPrivilegeEscalation", "uid",
+    },
+    "singleuser.cpu": {"limit", "guarantee"},
+    "singleuser.memory": {"limit", "guarantee"},
+    "cull": {"enabled", "users", "adminUsers", "removeNamedServers", "timeout", "every", "concurrency", "maxAge"},
+}  # fmt: skip
+
+
+def z2jh_values() -> dict:
+    import yaml
+
+    return yaml.safe_load((KUBERNETES / "z2jh-values.yaml").read_text(encoding="utf-8"))
+
+
+def keys_of(tree: object) -> list[str]:
+    """Every key in nested mappings."""
+    if not isinstance(tree, dict):
+        return []
+    return [key for key, value in tree.items() for key in (key, *keys_of(value))]
+
+
+def test_the_helm_values_use_only_keys_the_chart_accepts() -> None:
+    values = z2jh_values()
+    for path, allowed in CHART_KEYS.items():
+        section = values
+        for part in filter(None, path.split(".")):
+            section = section[part]
+        assert set(section) <= allowed, f"{path or 'top level'}: {sorted(set(section) - allowed)}"
+
+
+def test_each_learner_on_kubernetes_gets_what_one_machine_gives_them() -> None:
+    values, one_machine = z2jh_values(), settings()
+    learner = values["singleuser"]
+    # Sized as on one machine: guaranteed, so that a node never takes more learners than it can run.
+    assert learner["cpu"] == {"guarantee": one_machine.cpu_limit, "limit": one_machine.cpu_limit}
+    assert learner["memory"] == {"guarantee": one_machine.mem_limit, "limit": one_machine.mem_limit}
+    env = learner["extraEnv"]
+    home = Path("/home/jovyan")
+    assert env["COURSE_ROOT"] == str(home / course_hub.COURSE_FOLDER)
+    assert env["PF_HOME_DIRECTORY"] == str(home / ".promptflow")
+    assert env["COURSE_ROOT"] in " ".join(learner["lifecycleHooks"]["postStart"]["exec"]["command"])
+    assert learner["defaultUrl"] == f"/lab/tree/{course_hub.COURSE_FOLDER}/notebooks"
+    assert values["cull"]["enabled"] and values["cull"]["timeout"] == one_machine.cull_idle_s
+    # The institution's Entra ID signs learners in; its secret is never in this file.
+    assert values["hub"]["config"]["JupyterHub"]["authenticator_class"] == "azuread"
+    assert not any("secret" in key.lower() for key in keys_of(values["hub"]["config"]))
+    assert values["proxy"]["https"]["enabled"]
+
+
+def test_the_learners_image_installs_the_course_from_its_one_dependency_list() -> None:
+    import tomllib
+
+    dockerfile = (KUBERNETES / "singleuser.Dockerfile").read_text(encoding="utf-8")
+    project = tomllib.loads((course_root() / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    python = re.search(r"^FROM python:(\d+\.\d+)", dockerfile, re.M)
+    assert python and f">={python.group(1)}" in project["requires-python"]
+    assert "make setup" in dockerfile and "make warm" in dockerfile
+    installs = re.findall(r"pip install ([^\n&\\]+)", dockerfile)
+    named = [word for line in installs for word in line.split() if not word.startswith("-")]
+    extras = {extra for word in named for extra in re.findall(r"\.\[([\w,]+)\]", word)[0].split(",")}
+    assert named and all(word.startswith("'.[") for word in named), f"packages named outside pyproject: {named}"
+    assert extras <= set(project["optional-dependencies"])
+    assert z2jh_values()["singleuser"]["image"]["name"].endswith("/phi3course-singleuser")
