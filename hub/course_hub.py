@@ -9,6 +9,7 @@ folder (one-account mode: no isolation between learners, so only on 127.0.0.1, f
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import pwd
@@ -23,11 +24,10 @@ COURSE_DIR = HUB_DIR.parent  # the checkout each learner's copy is made from
 COURSE_FOLDER = "phi3-course"  # each learner's copy, in their home (make collect RUNS="/home/*/phi3-course/runs/local")
 ACCOUNT_PREFIX = "jupyter-"
 USERNAME_PATTERN = r"^[a-z][a-z0-9_-]{0,23}$"  # fits a system account name once prefixed
-# What a learner's copy leaves out: the educator's runs, environments and the hub's own state.
-NOT_COPIED = (
-    ".git", ".venv", "runs", "state", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache",
-    ".ipynb_checkpoints", "my_facts", "*.egg-info", ".env",
-)  # fmt: skip
+# What a learner's copy leaves out: the educator's runs, environment and facts, the hub's own state (paths from the
+# checkout's root), and caches wherever they are.
+NOT_COPIED = {".git", ".venv", "runs", "my_facts", ".env", "hub/state", "hub/node_modules"}
+NOT_COPIED_ANYWHERE = {"__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints"}
 USER_PASSWORD_MIN = 8  # SharedPasswordAuthenticator's own minimums
 ADMIN_PASSWORD_MIN = 32
 
@@ -164,11 +164,24 @@ def copy_course(source: Path, dest: Path) -> bool:
     """The learner's own course copy, made once: a learner's edits are never overwritten. Returns whether it copied."""
     if dest.exists():
         return False
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*NOT_COPIED), symlinks=True)
+
+    def left_out(folder: str, names: list[str]) -> set[str]:
+        here = Path(folder).relative_to(source)
+        return {
+            name
+            for name in names
+            if (here / name).as_posix() in NOT_COPIED or name in NOT_COPIED_ANYWHERE or name.endswith(".egg-info")
+        }
+
+    shutil.copytree(source, dest, ignore=left_out, symlinks=True)
     return True
 
 
-def cgroup_limits(pid: int, name: str, mem_bytes: int, cpus: float, root: Path = Path("/sys/fs/cgroup")) -> str:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "phi3course-hub"  # one group per learner's account below it
+
+
+def cgroup_limits(pid: int, name: str, mem_bytes: int, cpus: float, root: Path = CGROUP_ROOT) -> str:
     """Put ``pid`` (and so every kernel it starts) into a cgroup v2 group capped at ``mem_bytes`` and ``cpus``.
 
     Returns what was done, or why nothing could be (no cgroup v2, not root, controllers not delegated): the hub logs
@@ -180,7 +193,7 @@ def cgroup_limits(pid: int, name: str, mem_bytes: int, cpus: float, root: Path =
     if not {"memory", "cpu"} <= set(controllers.read_text().split()):
         return "no memory/CPU limit: cgroup v2 here does not offer the memory and cpu controllers"
     try:
-        parent = root / "phi3course-hub"
+        parent = root / CGROUP_PARENT
         parent.mkdir(exist_ok=True)
         (root / "cgroup.subtree_control").write_text("+memory +cpu")
         (parent / "cgroup.subtree_control").write_text("+memory +cpu")
@@ -271,9 +284,15 @@ def spawner_class() -> type:
             home = await asyncio.to_thread(self._prepare)
             self.notebook_dir = str(home / COURSE_FOLDER)
             url = await maybe_future(super().start())
-            done = cgroup_limits(self.pid, self.account, int(self.mem_limit or 0), float(self.cpu_limit or 0))
-            self.log.info("%s: %s", self.user.name, done)
+            if self.mem_limit and self.cpu_limit:
+                done = cgroup_limits(self.pid, self.account, int(self.mem_limit), float(self.cpu_limit))
+                self.log.info("%s: %s", self.user.name, done)
             return url
+
+        async def stop(self, now=False):  # type: ignore[override]
+            await maybe_future(super().stop(now=now))
+            with contextlib.suppress(OSError):  # the learner's cgroup, empty once their server stopped
+                (CGROUP_ROOT / CGROUP_PARENT / self.account).rmdir()
 
         def make_preexec_fn(self, name):  # type: ignore[override]
             if self.system_accounts:

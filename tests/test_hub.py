@@ -114,11 +114,13 @@ def test_each_learner_gets_their_own_course_copy_run_folder_and_prompt_flow_home
     source = tmp_path / "course"
     (source / "notebooks").mkdir(parents=True)
     (source / "notebooks" / "01_data.ipynb").write_text("released")
-    (source / "runs" / "local").mkdir(parents=True)
-    (source / ".venv").mkdir()
+    for left_out in ("runs/local", ".venv/bin", "hub/state/homes", "notebooks/__pycache__"):
+        (source / left_out).mkdir(parents=True)
+    (source / "notebooks" / "state").mkdir()  # a folder named like the hub's state, elsewhere, is the course's
     copy = tmp_path / "ana" / course_hub.COURSE_FOLDER
     assert course_hub.copy_course(source, copy)
-    assert sorted(path.name for path in copy.iterdir()) == ["notebooks"]  # no runs, no environment
+    copied = sorted(path.relative_to(copy).as_posix() for path in copy.rglob("*"))
+    assert copied == ["hub", "notebooks", "notebooks/01_data.ipynb", "notebooks/state"]  # no runs, environment, state
     (copy / "notebooks" / "01_data.ipynb").write_text("the learner's work")
     assert not course_hub.copy_course(source, copy)
     assert (copy / "notebooks" / "01_data.ipynb").read_text() == "the learner's work"
