@@ -382,6 +382,8 @@ def test_two_learners_run_the_course_in_their_own_servers_through_the_hub(hub: t
         running.spawn(name, tokens[name])
     for name in learners:
         running.wait_ready(name, tokens[name])
+        opened = running.api("GET", f"/user/{name}/", tokens[name], allow_redirects=False)
+        assert opened.headers["Location"].split("?")[0] == f"/user/{name}/lab/tree/notebooks", "JupyterLab opens"
 
     with ThreadPoolExecutor(len(learners)) as pool:  # both learners at once, as in a class
         outputs = pool.map(lambda name: execute(running, name, tokens[name], IN_THE_KERNEL), learners)
