@@ -16,7 +16,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := true
 
-.PHONY: setup course cleanup test lint bench lab clean class collect screenshots warm measurements
+.PHONY: setup course cleanup test lint bench lab clean class collect screenshots warm measurements hub hub-setup
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -105,6 +105,37 @@ collect: $(STAMP)
 screenshots: $(STAMP)
 	HF_HUB_OFFLINE=1 COURSE_BROWSER_PROFILE=local COURSE_SCREENSHOT_DIR=images $(PY) -m pytest -p no:cacheprovider \
 	  -k learner tests/test_browser.py
+
+# A JupyterHub for a class on this machine (docs/workshop.md, "A JupyterHub on one machine"): on 127.0.0.1 unless
+# HUB_IP is set (then HUB_SSL_CERT/HUB_SSL_KEY too). Without HUB_WORKSHOP_PASSWORD(_FILE) and HUB_ADMIN_PASSWORD(_FILE),
+# it writes random ones into hub/state/ (readable by you only) and uses them.
+HUB_STATE ?= hub/state
+HUB_STAMP := $(VENV)/.hub-installed
+HUB_PROXY := hub/node_modules/.bin/configurable-http-proxy
+
+$(HUB_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet --no-compile -e '.[dev,hub]' 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
+	@touch $(HUB_STAMP)
+
+$(HUB_PROXY): hub/package.json hub/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed for the hub's proxy (configurable-http-proxy): install Node.js 18 or later"; exit 1; }
+	npm ci --prefix hub --no-audit --no-fund --loglevel=error
+	@touch $(HUB_PROXY)
+
+hub-setup: $(HUB_STAMP) $(HUB_PROXY)
+
+hub: hub-setup
+	@mkdir -p -m 700 $(HUB_STATE); umask 077; \
+	for secret in WORKSHOP:workshop-password:16 ADMIN:admin-password:32; do \
+	  IFS=: read var file bytes <<< "$$secret"; \
+	  if [ -z "$$(printenv HUB_$${var}_PASSWORD)$$(printenv HUB_$${var}_PASSWORD_FILE)" ]; then \
+	    [ -s $(HUB_STATE)/$$file ] || $(PY) -c "import secrets; print(secrets.token_urlsafe($$bytes))" > $(HUB_STATE)/$$file; \
+	    echo "HUB_$${var}_PASSWORD_FILE=$(HUB_STATE)/$$file (read it with: cat $(HUB_STATE)/$$file)"; \
+	  fi; \
+	done
+	$(if $(HUB_WORKSHOP_PASSWORD)$(HUB_WORKSHOP_PASSWORD_FILE),,HUB_WORKSHOP_PASSWORD_FILE=$(HUB_STATE)/workshop-password) \
+	$(if $(HUB_ADMIN_PASSWORD)$(HUB_ADMIN_PASSWORD_FILE),,HUB_ADMIN_PASSWORD_FILE=$(HUB_STATE)/admin-password) \
+	HUB_STATE_DIR=$(HUB_STATE) $(PY) -m jupyterhub -f hub/jupyterhub_config.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
