@@ -95,8 +95,12 @@ def deploy(ws, code):
 
 @pytest.fixture(scope="module")
 def single(endpoint, deploy) -> str:
-    """Azure's default of one request at a time per instance (two in flight), with time to wait for the worker."""
-    return deploy(endpoint, "single", max_concurrent_requests_per_instance=1, request_timeout_ms=20000)
+    """Azure's default of one request at a time per instance (two in flight), with time to wait for the worker.
+    The notebook's own server settings do not reach the deployment: only its environment_variables do."""
+    with pytest.MonkeyPatch.context() as notebook:
+        notebook.setenv("WORKER_COUNT", "3")
+        notebook.setenv("GUNICORN_CMD_ARGS", "--threads 4")
+        return deploy(endpoint, "single", max_concurrent_requests_per_instance=1, request_timeout_ms=20000)
 
 
 def headers(ws, endpoint: str, which: str = "primary") -> dict[str, str]:
@@ -109,9 +113,20 @@ def together(uri: str, hdrs: dict[str, str], bodies: list[dict]) -> list[request
         return list(pool.map(lambda body: requests.post(uri, json=body, headers=hdrs, timeout=60), bodies))
 
 
+def record_of(ws, endpoint: str, name: str) -> dict:
+    return json.loads(ws.state_file("deployments", endpoint, name).read_text())
+
+
 def workers(ws, endpoint: str, name: str) -> list[psutil.Process]:
-    record = json.loads(ws.state_file("deployments", endpoint, name).read_text())
-    return psutil.Process(record["pid"]).children()
+    return psutil.Process(record_of(ws, endpoint, name)["pid"]).children()
+
+
+def test_the_server_and_its_gateway_listen_on_loopback_only(ws, endpoint, single) -> None:
+    """azmlinfsrv would bind 0.0.0.0; the rehearsal's copy of its command binds 127.0.0.1, as the gateway does."""
+    record = record_of(ws, endpoint, "single")
+    processes = [psutil.Process(record["pid"]), psutil.Process(record["gateway"]["pid"])]
+    listening = {c.laddr for p in processes for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert {(a.ip, a.port) for a in listening} == {("127.0.0.1", record["port"]), ("127.0.0.1", record["gateway_port"])}
 
 
 def test_one_sync_worker_by_default_as_azmlinfsrv_starts_it(ws, endpoint, single) -> None:

@@ -297,7 +297,9 @@ class OnlineDeploymentOperations:
                 "the rehearsal serves a scoring script: set code_configuration=CodeConfiguration(...)."
             )
         name = deployment.name
-        port, gateway_port = free_port(), free_port()
+        port = free_port()
+        while (gateway_port := free_port()) == port:  # two ports: the scoring container's and its gateway's
+            pass
         keys = [self._ws.online_endpoints.key_file(endpoint_name, which) for which in ("primary", "secondary")]
         gateway = GatewaySettings.of(deployment, gateway_port, port, keys)  # refuses request settings Azure refuses
         self._stop(name, endpoint_name)
