@@ -148,7 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(
                 429,
                 f"Too many pending requests: the deployment {settings.deployment} takes {settings.max_in_flight} at "
-                f"once (2 × max_concurrent_requests_per_instance {settings.max_concurrent_requests_per_instance} × "
+                f"once ({PENDING_PER_CONCURRENT} × max_concurrent_requests_per_instance "
+                f"{settings.max_concurrent_requests_per_instance} × "
                 f"instance_count {settings.instance_count}) and refuses the rest. Send fewer at once, or retry after "
                 "a pause that grows each time (exponential backoff).",
             )
