@@ -468,6 +468,9 @@ def test_a_dry_runs_summary_note_names_what_it_cannot_check() -> None:
     assert any("catalog" in line for line in note["cannot_check"]) and any(
         "logged" in line for line in azure.REHEARSAL_LIMITS
     )
+    limits = " ".join(azure.REHEARSAL_LIMITS)
+    assert all(word in limits for word in ("regional capacity", "image build", "latency", "424"))  # not rehearsed
+    assert "no gateway" not in limits  # the gateway's key check, 429 and 408 are (rehearsal.gateway)
 
 
 # --- serving in the dtype the hardware computes ----------------------------------------------

@@ -496,7 +496,12 @@ REHEARSAL_LIMITS = (
     "<family>=<vCPUs>,… sets it), and GPU sizes are often out of stock or at 0 cores on new subscriptions",
     "the environment image build (conda/pip resolution on Azure's builder, the CUDA torch wheel)",
     "the GPU itself (the job runs on this machine's CPU or GPU), role assignments and network access",
-    "real latency and cost (the endpoint runs on this machine, behind no gateway)",
+    "real latency and cost: a deployment runs on this machine, not on its instance_type, and its instance_count "
+    "instances are one server here (the gateway's limit on requests in flight still counts them)",
+    "the rest of Azure's gateway: its own checks are rehearsed (key 401, in-flight limit 429, request_timeout_ms "
+    "408), but the scoring script's other answers pass as they are, where Azure turns a non-200 answer into 424 "
+    "(the script's code in the ms-azureml-model-error-statuscode header); nor the endpoint's rate and bandwidth "
+    "limits, TLS, Microsoft Entra tokens, the probe settings or autoscaling",
     "the model catalog beyond the records the stand-in holds (canned copies of the real assets' tags, retirement "
     "dates included; no weights of Azure's models: a job trains from an offline preset)",
     "Azure ML's tracking server beyond what it lacks (404 on MLflow 3's logged models): the stand-in serves MLflow's "

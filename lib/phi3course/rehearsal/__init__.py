@@ -13,12 +13,15 @@ same azure-ai-ml entity types, and does on this machine what Azure ML does with 
 - data assets and registered models are copied into the workspace's datastore (:mod:`.assets`); the model
   catalog answers for the models it knows, with the retirement tags the real assets carry (:mod:`.assets`);
   clusters are entities with canned sizes and quota, which ``COURSE_REHEARSAL_QUOTA`` can set (:mod:`.compute`);
-- a deployment serves its ``code_configuration`` scoring script under the inference server (:mod:`.endpoints`),
-  with ``AZUREML_MODEL_DIR`` laid out as Azure lays out the model, behind the endpoint's key.
+- a deployment serves its ``code_configuration`` scoring script as the inference image starts it (``azmlinfsrv``:
+  ``WORKER_COUNT`` sync workers, one request at a time each; :mod:`.endpoints`), with ``AZUREML_MODEL_DIR`` laid out
+  as Azure lays out the model, behind a gateway that does what Azure's does (:mod:`.gateway`): the endpoint's key
+  (401), ``request_settings``' limit on requests in flight (429) and timeout (408).
 
 What it cannot check is ``azure.REHEARSAL_LIMITS``: your real quota, regional capacity, the image build, the GPU,
 real latency. ``python -m phi3course.rehearsal stop <folder>`` stops what a stand-in started; ``run-job <folder>`` is
-the supervisor a job runs under; ``tracking-server <store> <artifacts>`` serves the workspace's MLflow alone.
+the supervisor a job runs under; ``tracking-server <store> <artifacts>`` serves the workspace's MLflow alone;
+``gateway <settings file>`` is a deployment's gateway.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ __all__ = [
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m phi3course.rehearsal run-job <job folder> | stop <rehearsal folder>
-    | tracking-server <store URI> <artifact root>``."""
+    | tracking-server <store URI> <artifact root> | gateway <gateway settings file>``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 3 and args[0] == "tracking-server":
         from .tracking import serve
@@ -58,13 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             return run_job(Path(args[1]))
         return 1
+    if len(args) == 2 and args[0] == "gateway":
+        from .gateway import serve as serve_gateway
+
+        with contextlib.suppress(KeyboardInterrupt):
+            return serve_gateway(args[1])
+        return 1
     if len(args) == 2 and args[0] == "stop":
         for what in stop(args[1]):
             print(f"stopped {what}")
         return 0
     print(
         "usage: python -m phi3course.rehearsal run-job <job folder> | stop <rehearsal folder>"
-        " | tracking-server <store URI> <artifact root>",
+        " | tracking-server <store URI> <artifact root> | gateway <gateway settings file>",
         file=sys.stderr,
     )
     return 2

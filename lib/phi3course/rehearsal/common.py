@@ -81,8 +81,10 @@ def tail(path: Path, lines: int) -> str:
 
 
 def base_env(extra_path: str = "") -> dict[str, str]:
-    """A process environment as in a fresh container: the notebook's own course/MLflow/Azure variables left out."""
+    """A process environment as in a fresh container: the notebook's own course/MLflow/Azure variables and the
+    inference server's settings (only an entity's ``environment_variables`` set those) left out."""
     dropped = ("COURSE_", "MLFLOW_", "AZURE_", "AZUREML_", "AML_", "PYTHONPATH", "REHEARSAL_")
+    dropped += ("WORKER_", "GUNICORN_", "SCORING_TIMEOUT_MS", "SERVER_PORT", "HEALTH_PORT")
     env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), extra_path, env.get("PATH", "")]))
     env.update({"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"})

@@ -1,7 +1,9 @@
 """Online endpoints and their deployments: an endpoint is a name unique in its region and two keys; a
-deployment serves its ``code_configuration`` scoring script under the inference server (gunicorn on 127.0.0.1, as
-``phi3course.endpoint`` runs it), with ``AZUREML_MODEL_DIR`` laid out as Azure lays out the model, behind the
-endpoint's key and the serving environment's import guard."""
+deployment serves its ``code_configuration`` scoring script as Azure's inference image starts it (``azmlinfsrv``:
+gunicorn with ``WORKER_COUNT`` sync workers, ``GUNICORN_CMD_ARGS`` honoured; only bound to 127.0.0.1), with
+``AZUREML_MODEL_DIR`` laid out as Azure lays out the model, under the serving environment's import guard, behind
+a gateway (:mod:`.gateway`) that checks the endpoint's key and the deployment's ``request_settings``. The scoring
+URI is the gateway's."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ..files import atomic_write_text, read_json, write_json
 from ..paths import cache_dir
 from .common import HOST, Poller, RehearsalError, base_env, copy_tree, free_port, not_found, tail
 from .compute import CANNED_SIZES
+from .gateway import GatewaySettings, wait_listening
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -122,8 +125,7 @@ class OnlineEndpointOperations:
         live = [(share, d) for d, share in traffic.items() if share > 0]
         if not live:
             return None
-        deployment = self._ws.online_deployments._record(max(live)[1], name)
-        return f"http://{HOST}:{deployment['port']}/score"
+        return self._ws.online_deployments.scoring_uri(max(live)[1], name)
 
     def get_keys(self, name: str) -> Any:
         """The endpoint's keys (EndpointAuthKeys), kept in 0600 files under the rehearsal's endpoints folder."""
@@ -136,10 +138,11 @@ class OnlineEndpointOperations:
             secondary_key=(folder / "secondary.key").read_text().strip(),
         )
 
-    def key_file(self, name: str) -> Path:
-        """Where the primary key is kept (what the local scoring script checks)."""
+    def key_file(self, name: str, which: str = "primary") -> Path:
+        """Where the ``primary`` (or ``secondary``) key is kept: the gateway accepts both; the scoring script
+        checks the primary one."""
         self._record(name)
-        return self._dir(name) / "primary.key"
+        return self._dir(name) / f"{which}.key"
 
     def list(self) -> list[Any]:
         folder = self._ws.root / "state" / "endpoints"
@@ -159,7 +162,7 @@ class OnlineEndpointOperations:
         if request_file is None:
             raise RehearsalError("invoke needs request_file=<a JSON file>.")
         if deployment_name:
-            uri = f"http://{HOST}:{self._ws.online_deployments._record(deployment_name, endpoint_name)['port']}/score"
+            uri = self._ws.online_deployments.scoring_uri(deployment_name, endpoint_name)
         else:
             uri = self.scoring_uri(endpoint_name)
             if uri is None:
@@ -190,6 +193,22 @@ class OnlineEndpointOperations:
 
 # --- online deployments -----------------------------------------------------------------------------
 SERVER_TIMEOUT_S = 300.0
+# What the inference image runs: azmlinfsrv (azureml_inference_server_http.amlserver), which reads WORKER_COUNT
+# (default 1), WORKER_TIMEOUT, WORKER_PRELOAD and starts gunicorn with sync workers (gunicorn itself adds
+# GUNICORN_CMD_ARGS). Its one fixed choice the rehearsal changes is the address: 0.0.0.0 becomes 127.0.0.1.
+INFERENCE_SERVER = (
+    "import sys\n"
+    "import azureml_inference_server_http.constants as constants\n"
+    f"constants.DEFAULT_HOST = {HOST!r}\n"
+    "from azureml_inference_server_http.amlserver import run\n"
+    "sys.argv[0] = 'azmlinfsrv'\n"
+    "run()\n"
+)
+
+
+def inference_server_command(entry_script: str, port: int) -> list[str]:
+    """``azmlinfsrv --entry_script <script> --port <port>``, as the inference image starts it, bound to loopback."""
+    return [sys.executable, "-c", INFERENCE_SERVER, "--entry_script", entry_script, "--port", str(port)]
 
 
 class OnlineDeploymentOperations:
@@ -210,15 +229,21 @@ class OnlineDeploymentOperations:
         return self._ws.root / "endpoints" / endpoint_name / "deployments" / name
 
     def _stop(self, name: str, endpoint_name: str) -> bool:
+        """Stop the deployment's gateway, then its scoring container; whether the container was running."""
         from ..processes import stop_group
 
         path = self._ws.state_file("deployments", endpoint_name, name)
         record = read_json(path, default={})
+        stop_group(record.get("gateway"))
         stopped = stop_group(record)
         if record:
-            record["pid"] = None
+            record.update(pid=None, gateway=None)
             write_json(path, record)
         return stopped
+
+    def scoring_uri(self, name: str, endpoint_name: str) -> str:
+        """The deployment's scoring URI: its gateway's."""
+        return f"http://{HOST}:{self._record(name, endpoint_name)['gateway_port']}/score"
 
     def _validated(self, deployment: Any) -> Any:
         """azure-ai-ml's loader round trip: the deployment as YAML, loaded back through its schema."""
@@ -247,11 +272,11 @@ class OnlineDeploymentOperations:
         )
 
     def begin_create_or_update(self, deployment: Any, *, local: bool = False, **_: Any) -> Poller:
-        """Validate, lay out ``AZUREML_MODEL_DIR`` and the code, and start the scoring script under the
-        inference server (gunicorn on 127.0.0.1), behind the endpoint's key and the serving environment's guard."""
+        """Validate, lay out ``AZUREML_MODEL_DIR`` and the code, start the scoring script as the inference image
+        does (under the serving environment's guard), and its gateway in front of it."""
         from azure.ai.ml.entities import Environment
 
-        from ..processes import ServerError, identify, launch, wait_healthy
+        from ..processes import ServerError, identify, launch, stop_group, wait_healthy
 
         if local:
             raise RehearsalError("local=True asks for Docker; the rehearsal is already local: leave local out.")
@@ -272,6 +297,11 @@ class OnlineDeploymentOperations:
                 "the rehearsal serves a scoring script: set code_configuration=CodeConfiguration(...)."
             )
         name = deployment.name
+        port = free_port()
+        while (gateway_port := free_port()) == port:  # two ports: the scoring container's and its gateway's
+            pass
+        keys = [self._ws.online_endpoints.key_file(endpoint_name, which) for which in ("primary", "secondary")]
+        gateway = GatewaySettings.of(deployment, gateway_port, port, keys)  # refuses request settings Azure refuses
         self._stop(name, endpoint_name)
         folder = self._dir(name, endpoint_name)
         shutil.rmtree(folder, ignore_errors=True)
@@ -285,7 +315,6 @@ class OnlineDeploymentOperations:
         if not (code / script).is_file():
             raise RehearsalError(f"the scoring script {script} is not in the code folder {code}.")
         copy_tree(code, folder / "code")
-        port = free_port()
         env = base_env()
         env.update(
             {
@@ -293,8 +322,8 @@ class OnlineDeploymentOperations:
                 "AZUREML_ENTRY_SCRIPT": script,
                 "AZUREML_MODEL_DIR": str(model_dir),
                 "AML_APP_INSIGHTS_ENABLED": "false",
-                # Azure's gateway checks the key; here the scoring script does (see score.py).
-                "COURSE_ENDPOINT_KEY_FILE": str(self._ws.online_endpoints.key_file(endpoint_name)),
+                # The gateway checks the key, as Azure's does; the scoring script checks it too (see score.py).
+                "COURSE_ENDPOINT_KEY_FILE": str(keys[0]),
             }
         )
         env = self._ws.guarded_env(
@@ -305,33 +334,23 @@ class OnlineDeploymentOperations:
             "the serving environment",
             "list the package in [project.optional-dependencies] serve in pyproject.toml (azure.serving_environment())",
         )
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"{HOST}:{port}",
-            "--workers",
-            "1",
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "16",
-            "--timeout",
-            "600",
-            "azureml_inference_server_http.server.entry:app",
-        ]
         log_path = folder / "server.log"
-        process = launch(command, log_path, env, cwd=folder / "code")
+        process = launch(inference_server_command(script, port), log_path, env, cwd=folder / "code")
         record = {
             "name": name,
             "endpoint_name": endpoint_name,
             **identify(process.pid),  # pid, start time and command line: only that process is ever signalled
             "port": port,
+            "gateway": None,  # the gateway's process, identified the same way, once it runs
+            "gateway_port": gateway_port,
             "log": str(log_path),
             "model": f"azureml:{model_name}:{version}",
             "instance_type": deployment.instance_type,
             "instance_count": deployment.instance_count,
+            "request_settings": {
+                "max_concurrent_requests_per_instance": gateway.max_concurrent_requests_per_instance,
+                "request_timeout_ms": gateway.request_timeout_ms,
+            },
             "provisioning_state": "Creating",
         }
         path = self._ws.state_file("deployments", endpoint_name, name)
@@ -346,12 +365,37 @@ class OnlineDeploymentOperations:
                 f"{error}\nSee ml_client.online_deployments.get_logs(name={name!r}, endpoint_name={endpoint_name!r}, "
                 "lines=100)."
             ) from None
+        try:
+            record["gateway"] = self._start_gateway(gateway, folder)
+        except RehearsalError:
+            stop_group(record)
+            record.update(provisioning_state="Failed", pid=None)
+            write_json(path, record)
+            raise
         record["provisioning_state"] = "Succeeded"
         write_json(path, record)
         return Poller(self.get(name, endpoint_name))
 
+    def _start_gateway(self, settings: GatewaySettings, folder: Path) -> dict[str, Any]:
+        """Start the deployment's gateway (``python -m phi3course.rehearsal gateway``); what identifies its process."""
+        from ..processes import identify, launch, stop_group
+
+        config = folder / "gateway.json"
+        settings.write(config)
+        env = base_env()
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # the stand-in's own code
+        log_path = folder / "gateway.log"
+        process = launch([sys.executable, "-m", "phi3course.rehearsal", "gateway", str(config)], log_path, env)
+        recorded = identify(process.pid)
+        try:
+            wait_listening(process, settings.port, log_path)
+        except RehearsalError:
+            stop_group(recorded)
+            raise
+        return recorded
+
     def get(self, name: str, endpoint_name: str) -> Any:
-        from azure.ai.ml.entities import ManagedOnlineDeployment
+        from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings
 
         record = self._record(name, endpoint_name)
         deployment = ManagedOnlineDeployment(
@@ -360,6 +404,7 @@ class OnlineDeploymentOperations:
             model=record["model"],
             instance_type=record.get("instance_type"),
             instance_count=record.get("instance_count"),
+            request_settings=OnlineRequestSettings(**record.get("request_settings", {})),
         )
         deployment._provisioning_state = record.get("provisioning_state")
         return deployment

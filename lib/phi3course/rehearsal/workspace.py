@@ -133,10 +133,15 @@ class Workspace:
 
 
 def stop(root: str | os.PathLike[str]) -> list[str]:
-    """Stop what the stand-in under ``root`` started (for ``make clean`` or a runner's last step); no SDK import."""
+    """Stop what the stand-in under ``root`` started (for ``make clean`` or a runner's last step); no SDK import.
+    A deployment's record holds two processes: its gateway's (stopped first) and its scoring container's."""
     stopped = []
     for record in sorted(Path(root, "state").glob("*/**/*.json")):
         data = read_json(record, default={})
-        if isinstance(data, dict) and data.get("pid") and stop_group(data):
+        if not isinstance(data, dict):
+            continue
+        if isinstance(data.get("gateway"), dict) and stop_group(data["gateway"]):
+            stopped.append(f"{record.parent.name}/{record.stem} (gateway)")
+        if data.get("pid") and stop_group(data):
             stopped.append(f"{record.parent.name}/{record.stem}")
     return stopped
