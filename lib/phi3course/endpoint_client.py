@@ -88,7 +88,8 @@ def _refused(error: requests.ConnectionError) -> bool:
     return isinstance(reason, NewConnectionError)
 
 
-def busy_message(url: str, attempts: int, seconds: float, last: str) -> str:
+def _busy(url: str, attempts: int, seconds: float, last: str) -> str:
+    """What to do about an endpoint that kept saying "later": fewer requests at once, a bigger deployment, its logs."""
     return (
         f"The endpoint {url} is still busy after {attempts} attempt(s) in {seconds:.0f} s (last: {last}). "
         "Send fewer requests at once (endpoint.in_flight(run) gives the endpoint's limit; PF_WORKER_COUNT, the "
@@ -115,7 +116,7 @@ def post(
     left before the deadline.
     """
     began = time.monotonic()
-    sent, last = 0, "no answer"
+    sent, last = 0, ""
     while sent < policy.attempts:
         left = policy.deadline_s - (time.monotonic() - began)
         wait_s = min(timeout_s, left)
@@ -123,7 +124,7 @@ def post(
         try:
             response = requests.post(url, json=json, headers=headers, timeout=wait_s)
         except requests.Timeout:
-            last, asked = f"no answer within {wait_s:.0f} s", None
+            last, asked = f"no answer within {wait_s:.3g} s", None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
             if isinstance(error, requests.ConnectionError) and _refused(error):
                 raise
@@ -139,4 +140,4 @@ def post(
             last += f"; waiting {pause:.0f} s more would pass the {policy.deadline_s:.0f} s deadline"
             break
         time.sleep(pause)
-    raise EndpointBusyError(busy_message(url, sent, time.monotonic() - began, last))
+    raise EndpointBusyError(_busy(url, sent, time.monotonic() - began, last))
