@@ -6,6 +6,7 @@ import importlib.util
 import re
 import socket
 import time
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -149,8 +150,6 @@ def test_served_flow_answers_over_rest_and_stops_cleanly(served) -> None:
 
 def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> None:
     """04's pf.run cell (the chat run, then the eval run over its outputs), executed as the notebook has it."""
-    import os
-
     import nbformat
     from promptflow.client import PFClient
 
@@ -182,7 +181,8 @@ def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> Non
     space = {
         "pf": PFClient(),
         "flow": flow,
-        "os": os,
+        "endpoint": endpoint,
+        "stage": SimpleNamespace(run=served[0]),  # the run whose endpoint the connection names
         "chat_flow": flow.chat_flow(),
         "questions": {"tuned": questions},  # per label: the base model gets the facts only
         "connections": {"tuned": flow.CONNECTION},
@@ -191,6 +191,42 @@ def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> Non
     assert space["scores"] == {"tuned": 0.5} and space["general"] == {"tuned": 0.0}
     details = space["pf"].get_details(space["runs"]["tuned"])
     assert list(details["outputs.correct"]) == [False, True, False]
+
+
+def test_the_batch_keeps_to_the_endpoints_limit(tmp_path, monkeypatch) -> None:
+    """04's pf.run cell against a managed endpoint that takes two requests at once: two lines in flight, never more."""
+    import os
+
+    import nbformat
+    from promptflow.client import PFClient
+
+    from phi3course import data
+    from phi3course.paths import notebooks_dir
+    from tests.fake_endpoint import FakeEndpoint
+
+    monkeypatch.setenv("PF_WORKER_COUNT", "16")  # what the cell must replace; restored after the test
+    cells = nbformat.read(notebooks_dir() / "04_prompt_flow_chat.ipynb", as_version=4).cells
+    (source,) = [c.source for c in cells if "flow-batch" in c.metadata.get("tags", [])]
+    row = {"chat_history": [], "expected": "Lowmarsh", "kind": "facts", "max_new_tokens": 8}
+    questions = data.write_jsonl(tmp_path / "q.jsonl", [{"question": f"Where is {i}?", **row} for i in range(6)])
+    with FakeEndpoint(work_s=0.5) as fake:
+        run = RunDir(tmp_path / "run")
+        key = run.write_secret(endpoint.key_name(endpoint.TUNED), "k")
+        endpoint.record(run, endpoint.TUNED, "azureml", fake.url, key, in_flight=2)
+        flow.make_connection("phi3-course-limited", fake.url, key)
+        space = {
+            "pf": PFClient(),
+            "os": os,  # a cell may set PF_WORKER_COUNT in os.environ instead
+            "flow": flow,
+            "endpoint": endpoint,
+            "stage": SimpleNamespace(run=run),
+            "chat_flow": flow.chat_flow(),
+            "questions": {"tuned": questions},
+            "connections": {"tuned": "phi3-course-limited"},
+        }
+        exec(compile(source, "04_prompt_flow_chat[flow-batch]", "exec"), space)
+        assert len(fake.requests) == 6 and fake.most_in_flight == 2
+    assert space["scores"] == {"tuned": 1.0}
 
 
 def test_the_tutorials_plain_text_data_has_no_questions_to_ask(tmp_path) -> None:

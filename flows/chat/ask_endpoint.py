@@ -4,13 +4,19 @@ The endpoint's rules that the tool can check before sending, it checks (a clear 
 is text, not empty, valid Unicode and at most MAX_QUESTION_CHARS characters (the endpoint refuses a longer prompt).
 Turns of the history with an empty answer are sent as the question alone (the endpoint refuses empty messages).
 What only the endpoint knows (its model's control tokens, its token limit) comes back as its 400 message.
+When the endpoint says "later" (429, 408, 502, 503, no answer in time), the course's retry policy waits and asks
+again (``phi3course.endpoint_client``); a batch run keeps its workers (``PF_WORKER_COUNT``) within what the
+endpoint takes at once (``phi3course.endpoint.in_flight``).
 """
 
 import requests
 from promptflow.connections import CustomConnection
 from promptflow.core import tool
 
+from phi3course.endpoint_client import DEFAULT_POLICY, EndpointBusyError, post
+
 MAX_QUESTION_CHARS = 8192  # the endpoint's limit for one prompt (score.py's MAX_PROMPT_CHARS: 8 per allowed token)
+RETRY = DEFAULT_POLICY  # attempts, backoff and deadline for an endpoint that answers "later"
 
 
 class EndpointCallError(RuntimeError):
@@ -63,9 +69,9 @@ def ask_endpoint(connection: CustomConnection, question: str, chat_history: list
         "params": {"max_new_tokens": max_new_tokens, "do_sample": False, "return_full_text": False},
     }
     try:
-        response = requests.post(url, json=payload, headers=headers, timeout=timeout)
-    except requests.Timeout:
-        raise EndpointCallError(f"The endpoint {url} did not answer within {timeout:.0f} s: is it overloaded?") from None
+        response = post(url, json=payload, headers=headers, timeout_s=timeout, policy=RETRY)
+    except EndpointBusyError as error:
+        raise EndpointCallError(str(error)) from None
     except requests.ConnectionError:
         raise EndpointCallError(
             f"The endpoint {url} is not reachable: start it (notebook 03_deploy) or fix the connection's endpoint."
@@ -81,8 +87,6 @@ def ask_endpoint(connection: CustomConnection, question: str, chat_history: list
         raise EndpointCallError(
             "The endpoint refused the request as too large (413): shorten the question or start a new chat."
         )
-    if response.status_code == 503:
-        raise EndpointCallError(f"The endpoint {url} is busy (503): ask again in a moment.")
     if response.status_code != 200:
         raise EndpointCallError(f"The endpoint {url} answered HTTP {response.status_code}: {response.text[:300]}")
     return response.json()[0]

@@ -32,6 +32,8 @@ from agent_framework.exceptions import (
     ChatClientInvalidRequestException,
 )
 
+from phi3course.endpoint_client import DEFAULT_POLICY, EndpointBusyError, RetryPolicy, post
+
 
 class AzureMLScoringClient(BaseChatClient):
     """A chat client for an Azure ML online endpoint that speaks the scoring contract of 03_deploy.
@@ -42,12 +44,21 @@ class AzureMLScoringClient(BaseChatClient):
 
     OTEL_PROVIDER_NAME = "azure.ml"  # how Agent Framework's traces name the provider
 
-    def __init__(self, scoring_uri: str, key_path: str | Path, *, max_new_tokens: int = 128, timeout_s: float = 120.0):
+    def __init__(
+        self,
+        scoring_uri: str,
+        key_path: str | Path,
+        *,
+        max_new_tokens: int = 128,
+        timeout_s: float = 120.0,
+        retry: RetryPolicy = DEFAULT_POLICY,
+    ):
         super().__init__()
         self.scoring_uri = scoring_uri
         self.key_path = Path(key_path)  # the key stays in its file: read per request, never kept or printed
         self.max_new_tokens = max_new_tokens
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # for one attempt
+        self.retry = retry  # when the endpoint answers "later" (429, 408, 502, 503): how often, how long to wait
 
     def _inner_get_response(self, *, messages: Sequence[Message], stream: bool, options: Mapping[str, Any], **kwargs):
         """The one method a chat client must implement; Agent Framework calls it for agents and workflows alike."""
@@ -80,14 +91,12 @@ class AzureMLScoringClient(BaseChatClient):
         options = await self._validate_options(options)
         body = self.payload(messages, options.get("max_tokens"))
         headers = {"Authorization": f"Bearer {self.key_path.read_text(encoding='utf-8').strip()}"}
-        try:  # requests blocks: run it in a thread so the agent's event loop stays free
+        try:  # requests blocks (and the retries wait): run it in a thread so the agent's event loop stays free
             response = await asyncio.to_thread(
-                requests.post, self.scoring_uri, json=body, headers=headers, timeout=self.timeout_s
+                post, self.scoring_uri, json=body, headers=headers, timeout_s=self.timeout_s, policy=self.retry
             )
-        except requests.Timeout:
-            raise ChatClientException(
-                f"The endpoint {self.scoring_uri} did not answer within {self.timeout_s:.0f} s."
-            ) from None
+        except EndpointBusyError as error:  # still 429/408/502/503 or no answer after the policy's last attempt
+            raise ChatClientException(str(error)) from None
         except requests.ConnectionError:
             raise ChatClientException(
                 f"The endpoint {self.scoring_uri} is not reachable: start it (03_deploy) or check the scoring URI."

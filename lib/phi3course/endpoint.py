@@ -100,9 +100,35 @@ def key_name(name: str) -> str:
     return f"{name.replace('_', '-')}-key"
 
 
-def record(run: RunDir, name: str, kind: str, scoring_uri: str, key_path: Path) -> None:
-    """Where deployment ``name`` answers and where its key is kept (never the key) in state.json."""
-    run.remember(**{f"{name}_kind": kind, f"{name}_scoring_uri": scoring_uri, f"{name}_key_path": key_path})
+def record(run: RunDir, name: str, kind: str, scoring_uri: str, key_path: Path, *, in_flight: int) -> None:
+    """Where deployment ``name`` answers, where its key is kept (never the key) and how many requests it takes at
+    once (``in_flight``: see :func:`in_flight`), in state.json."""
+    if not isinstance(in_flight, int) or in_flight < 1:
+        raise ValueError(f"in_flight={in_flight!r}: the number of requests the deployment takes at once, 1 or more.")
+    run.remember(
+        **{
+            f"{name}_kind": kind,
+            f"{name}_scoring_uri": scoring_uri,
+            f"{name}_key_path": key_path,
+            f"{name}_in_flight": in_flight,
+        }
+    )
+
+
+def in_flight(run: RunDir, name: str = TUNED) -> int:
+    """How many requests a client should have in flight at once at deployment ``name``, as 03_deploy recorded it.
+
+    A local endpoint takes :data:`THREADS` (its one worker batches the requests that wait together); a managed
+    online endpoint takes its deployment's ``max_concurrent_requests_per_instance × instance_count`` (its gateway
+    answers 429 beyond about twice that). A batch run's workers, a thread pool or a semaphore use this number.
+    """
+    limit = run.get(f"{name}_in_flight")
+    if not limit:
+        raise EndpointError(
+            f"{run.state_path} does not say how many requests the {name} endpoint takes at once: "
+            "rerun 03_deploy (it records the endpoint and its limit)."
+        )
+    return int(limit)
 
 
 def stop(run: RunDir, name: str = TUNED) -> bool:
@@ -171,7 +197,7 @@ def start_local(
         wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint")
     except ServerError as error:
         raise EndpointError(str(error)) from None
-    record(run, name, "local", endpoint.scoring_uri, key_path)
+    record(run, name, "local", endpoint.scoring_uri, key_path, in_flight=THREADS)
     if name == TUNED:
         run.update_summary(endpoint={"kind": "local", "scoring_uri": endpoint.scoring_uri})
     return endpoint
