@@ -13,7 +13,7 @@ import requests
 from promptflow.connections import CustomConnection
 from promptflow.core import tool
 
-from phi3course.endpoint_client import DEFAULT_POLICY, EndpointBusyError, post
+from phi3course.endpoint_client import DEFAULT_POLICY, REQUEST_TIMEOUT_S, EndpointBusyError, post
 
 MAX_QUESTION_CHARS = 8192  # the endpoint's limit for one prompt (score.py's MAX_PROMPT_CHARS: 8 per allowed token)
 RETRY = DEFAULT_POLICY  # attempts, backoff and deadline for an endpoint that answers "later"
@@ -62,7 +62,7 @@ def ask_endpoint(connection: CustomConnection, question: str, chat_history: list
     # import annotations` here, and no union types.
     question = check_question(question)
     url = connection.configs["endpoint"]
-    timeout = float(connection.configs.get("timeout", 120))
+    timeout = float(connection.configs.get("timeout", REQUEST_TIMEOUT_S))
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {connection.secrets['key']}"}
     payload = {
         "input_data": [to_messages(question, chat_history or [])],

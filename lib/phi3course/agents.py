@@ -32,7 +32,7 @@ from agent_framework.exceptions import (
     ChatClientInvalidRequestException,
 )
 
-from phi3course.endpoint_client import DEFAULT_POLICY, EndpointBusyError, RetryPolicy, post
+from phi3course.endpoint_client import DEFAULT_POLICY, REQUEST_TIMEOUT_S, EndpointBusyError, RetryPolicy, post
 
 
 class AzureMLScoringClient(BaseChatClient):
@@ -50,7 +50,7 @@ class AzureMLScoringClient(BaseChatClient):
         key_path: str | Path,
         *,
         max_new_tokens: int = 128,
-        timeout_s: float = 120.0,
+        timeout_s: float = REQUEST_TIMEOUT_S,
         retry: RetryPolicy = DEFAULT_POLICY,
     ):
         super().__init__()

@@ -31,6 +31,11 @@ RETRIED = {
 }
 
 
+# Seconds one attempt waits for its answer: a little over the longest request_timeout_ms Azure allows (180 s), so that
+# the gateway's 408 reaches the client instead of the client giving up on work the worker is still doing.
+REQUEST_TIMEOUT_S = 200.0
+
+
 class EndpointBusyError(RuntimeError):
     """The endpoint kept answering "later" until the attempts or the deadline ran out; the message says what to do."""
 

@@ -21,6 +21,7 @@ from typing import Any
 import requests
 
 from .endpoint import HOST, free_port, stop_all
+from .endpoint_client import REQUEST_TIMEOUT_S
 from .files import DamagedFileError
 from .paths import course_root
 from .processes import ServerError, identify, launch, stop_group, wait_healthy
@@ -57,7 +58,9 @@ def client() -> Any:
     return PFClient()
 
 
-def make_connection(name: str, scoring_uri: str, key_path: str | os.PathLike[str], timeout_s: int = 120) -> str:
+def make_connection(
+    name: str, scoring_uri: str, key_path: str | os.PathLike[str], timeout_s: float = REQUEST_TIMEOUT_S
+) -> str:
     """Create (or update) a custom connection holding the endpoint URL and, as a secret, its key."""
     from promptflow.entities import CustomConnection
 
@@ -116,7 +119,7 @@ class FlowServer:
     log_path: Path
     command: list[str] = field(default_factory=list)
 
-    def ask(self, question: str, chat_history: list | None = None, timeout: float = 120) -> str:
+    def ask(self, question: str, chat_history: list | None = None, timeout: float = REQUEST_TIMEOUT_S) -> str:
         response = requests.post(
             f"{self.url}/score", json={"question": question, "chat_history": chat_history or []}, timeout=timeout
         )
