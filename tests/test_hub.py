@@ -4,7 +4,7 @@ by a kernel in each learner's own server, the two runs checked apart, and everyt
 
 As root the hub gives each learner a system account (created here, removed afterwards); otherwise one-account mode.
 The slow test is skipped, with the reason, where JupyterHub or the proxy is not installed (`make hub-setup` installs
-both); COURSE_REQUIRE_HUB=1 (CI) turns that skip into a failure.
+both; `make test-hub` runs this file, as CI does); COURSE_REQUIRE_HUB=1 (CI) turns that skip into a failure.
 """
 
 from __future__ import annotations
