@@ -21,7 +21,10 @@ def test_auto_picks_phi3_only_with_a_big_gpu_and_the_hub() -> None:
 
 
 def test_unknown_preset_names_the_choices() -> None:
-    with pytest.raises(models.ModelError, match="auto, phi-3-mini-4k-instruct, smollm2-135m-instruct, phi-3-tiny"):
+    with pytest.raises(
+        models.ModelError,
+        match="auto, phi-3-mini-4k-instruct, phi-3.5-mini-instruct, phi-4-mini-instruct, smollm2-135m-instruct, phi-3-tiny",
+    ):
         models.resolve("phi-4")
 
 
@@ -127,13 +130,21 @@ def test_gguf_conversion_reads_the_file_once_and_gives_the_same_weights(monkeypa
 
 def test_local_folder_is_a_folder_an_endpoint_can_serve(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """04 serves the base model from models.local_folder: weights and tokenizer side by side for the offline
-    presets, the hub's cached snapshot for Phi-3-mini."""
+    presets, the hub's cached snapshot for the hub presets, at the revision the preset pins."""
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
     folder = Path(models.local_folder(models.PRESETS["phi-3-tiny"]))
     assert (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
     asked = []
     import huggingface_hub
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo: asked.append(repo) or str(tmp_path / "hub"))
+    monkeypatch.setattr(
+        huggingface_hub,
+        "snapshot_download",
+        lambda repo, revision=None: asked.append((repo, revision)) or str(tmp_path / "hub"),
+    )
     assert models.local_folder(models.PRESETS["phi-3-mini-4k-instruct"]) == str(tmp_path / "hub")
-    assert asked == ["microsoft/Phi-3-mini-4k-instruct"]
+    models.local_folder(models.PRESETS["phi-4-mini-instruct"])
+    assert asked == [
+        ("microsoft/Phi-3-mini-4k-instruct", None),
+        ("microsoft/Phi-4-mini-instruct", "cfbefacb99257ffa30c83adab238a50856ac3083"),
+    ]

@@ -611,20 +611,22 @@ def is_rehearsal(client: Any) -> bool:
 # Azure ML's model catalog (the `azureml` registry) names the models as below. The offline presets are in no
 # catalog: their URIs name the registry "rehearsal", which exists nowhere on Azure; only the stand-in resolves it.
 CATALOG_MODELS = {
-    "phi-3-mini-4k-instruct": ("azureml", "Phi-3-mini-4k-instruct"),
-    "phi-3.5-mini-instruct": ("azureml", "Phi-3.5-mini-instruct"),
+    "phi-4-mini-instruct": ("azureml", "Phi-4-mini-instruct"),  # what Azure's fine-tuning samples use today
+    "phi-3-mini-4k-instruct": ("azureml", "Phi-3-mini-4k-instruct"),  # retired 2025-08-30 (its catalog tags)
+    "phi-3.5-mini-instruct": ("azureml", "Phi-3.5-mini-instruct"),  # retired 2025-08-30 (its catalog tags)
     "smollm2-135m-instruct": ("rehearsal", "smollm2-135m-instruct"),
     "phi-3-tiny": ("rehearsal", "phi-3-tiny"),
 }
-CATALOG_MODEL_TYPE = "mlflow_model"  # how the catalog stores Phi-3: an MLflow folder (data/model, data/tokenizer)
+CATALOG_MODEL_TYPE = "mlflow_model"  # how the catalog stores the Phi models: an MLflow folder (model, tokenizer)
 REHEARSAL_REGISTRY = "rehearsal"
 
 
 def catalog_model_uri(preset_name: str, label: str = "latest", version: str | None = None) -> str:
     """The job's base-model input: ``azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest``.
 
-    ``catalog_model_uri("phi-3.5-mini-instruct")`` is the model the tutorial's maintainers moved to. The offline
-    presets get a ``registries/rehearsal`` URI that only a dry run resolves; on Azure it fails, by design.
+    ``catalog_model_uri("phi-4-mini-instruct")`` is the model Azure's fine-tuning samples use since the catalog
+    retired Phi-3-mini and Phi-3.5-mini. The offline presets get a ``registries/rehearsal`` URI that only a dry run
+    resolves; on Azure it fails, by design.
     """
     if preset_name not in CATALOG_MODELS:
         raise ValueError(f"no catalog entry for {preset_name!r}: choose one of {', '.join(CATALOG_MODELS)}.")
