@@ -692,6 +692,19 @@ def _dates(tags: dict[str, str], names: dict[str, str]) -> dict[str, date]:
     return found
 
 
+def _system_lifecycle(found: Any) -> dict[str, str]:
+    """The lifecycle dates a catalog model carries in its system metadata, named as the tags name them.
+
+    Azure/azureml-assets' newer specs keep them there (``system_metadata.deprecation.finetuneRetirementDate:
+    '2025-08-30T00:00:00.000000Z'``) rather than as tags; azure-ai-ml's ``Model`` holds that as ``_system_metadata``.
+    """
+    system = getattr(found, "_system_metadata", None)
+    lifecycle = system.get("deprecation") if isinstance(system, dict) else None
+    if not isinstance(lifecycle, dict):
+        return {}
+    return {str(key)[:1].upper() + str(key)[1:]: str(value) for key, value in lifecycle.items() if value}
+
+
 def _alternative() -> str:
     preset = next((p for p, (_, name) in CATALOG_MODELS.items() if name == CATALOG_ALTERNATIVE), None)
     choose = f"model={preset!r}" if preset else "in the azureml registry (no preset of this course names it yet)"
@@ -723,7 +736,8 @@ def check_catalog_model(client: Any, preset_name: str, today: date | None = None
         raise CatalogError(
             f"{name} is not in the {registry!r} registry (retired models leave the catalog): {error}. {_alternative()}"
         ) from error
-    model = CatalogModel(registry, name, str(found.version), {str(k): str(v) for k, v in (found.tags or {}).items()})
+    tags = {str(k): str(v) for k, v in (found.tags or {}).items()}
+    model = CatalogModel(registry, name, str(found.version), {**tags, **_system_lifecycle(found)})
     retired = {what: day for what, day in _dates(model.tags, RETIREMENT_TAGS).items() if day <= today}
     if retired:
         when = " and ".join(f"for {what} on {day.isoformat()}" for what, day in retired.items())
