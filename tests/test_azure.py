@@ -327,6 +327,7 @@ def test_the_job_path_rehearses_phi4_mini_on_its_shrunk_stand_in(tmp_path, monke
         {**profiles.parameters("azureml-dryrun-smoke"), "model": "phi-4-mini-instruct"},
         max_steps=2,
         replay=0,
+        memory_gib=4.0,  # the job checks the memory of what it loads: the stand-in fits, Phi-4-mini's 3.8 B would not
         train_file=str(source),
         output_dir=str(tmp_path / "unused"),
     )
