@@ -364,6 +364,34 @@ def test_the_job_path_rehearses_phi4_mini_on_its_shrunk_stand_in(tmp_path, monke
     assert tuned["rope_parameters"]["rope_type"] == real.positions.rope_scaling
 
 
+def test_the_retired_phi35_minis_stand_in_still_trains_as_its_catalog_layout(tmp_path) -> None:
+    """02 stops Phi-3.5-mini at the pre-flight (retired); the rehearsal's catalog copy of it, a shrunk random Phi-3.5
+    (multi-head attention, untied embeddings, longrope), trains as the job would train it from the catalog."""
+    import json
+
+    from phi3course import profiles, synthetic
+    from phi3course import train as train_module
+    from phi3course.rehearsal.assets import catalog_model
+
+    train_rows, _ = synthetic.splits(seed=0, subjects=2)
+    source = tmp_path / "train.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
+    folder = catalog_model(*azure.CATALOG_MODELS["phi-3.5-mini-instruct"])
+    settings = train_module.settings_from_profile(
+        {**profiles.parameters("azureml-dryrun-smoke"), "model": "phi-3.5-mini-instruct"},
+        max_steps=1,
+        replay=0,
+        memory_gib=4.0,
+        train_file=str(source),
+        output_dir=str(tmp_path / "out"),
+        model_path=str(folder),
+    )
+    result = train_module.train(settings)
+    tuned = json.loads((Path(result.model_dir) / "config.json").read_text())
+    assert result.steps == 1 and tuned["num_attention_heads"] == tuned["num_key_value_heads"]
+    assert not tuned["tie_word_embeddings"] and tuned["rope_parameters"]["rope_type"] == "longrope"
+
+
 def test_acr_pull_is_assigned_only_once_the_registry_exists() -> None:
     """The workspace's registry appears with its first image build; AcrPull comes last, guarded."""
     commands = azure.role_assignment_commands(azure.validate(GOOD))

@@ -84,7 +84,9 @@ class Preset:
     gguf_file: str | None = None
     shape: Shape | None = None  # for phi3course.memory
     positions: Positions | None = None  # a hub preset with positions has a stand-in for rehearsals (stand_in)
-    chat_template: str | None = None  # a template the course gives the tokenizer it builds (tiny, stand-in)
+    # the model's chat template as its tokenizer_config.json has it, with the course's {% generation %} marks: what the
+    # tokenizers the course builds get (a stand-in's); a hub tokenizer keeps its own
+    chat_template: str | None = None
 
 
 # The Phi-3 chat template, with {% generation %} marks so trainers can mask everything but answers.
@@ -128,7 +130,7 @@ PRESETS = {
         Preset(
             "phi-3.5-mini-instruct",
             "hub",
-            "microsoft/Phi-3.5-mini-instruct: Phi-3-mini with a 128k context (3.8 B, needs a GPU)",
+            "microsoft/Phi-3.5-mini-instruct: a refresh of Phi-3-mini with a 128k context (3.8 B, needs a GPU)",
             3821.1,
             hub_id="microsoft/Phi-3.5-mini-instruct",
             shape=Shape(layers=32, hidden=3072, heads=32, kv_heads=32, intermediate=8192, vocab=32064, tied=False),
