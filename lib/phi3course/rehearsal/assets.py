@@ -65,8 +65,8 @@ def catalog_model(registry: str, name: str) -> Path:
 
         stand_ins = [n for r, n in CATALOG_MODELS.values() if r == registry and catalog_preset(r, n) is not None]
         raise RehearsalError(
-            f"azureml://registries/{registry}/models/{name}: the rehearsal has no copy of this model of Azure's "
-            f"catalog (it stands in for {', '.join(stand_ins) or 'none of that registry'} with a shrunk random copy). "
+            f"azureml://registries/{registry}/models/{name}: the rehearsal has no copy of this model of Azure's model "
+            f"catalog (it has shrunk random copies of {' and '.join(stand_ins) or 'none of that registry'}). "
             "Rehearse with one of those, or an offline preset (model='smollm2-135m-instruct' or 'phi-3-tiny'), whose "
             "azure.catalog_model_uri() names the rehearsal registry."
         )
