@@ -586,7 +586,8 @@ REHEARSAL_LIMITS = (
     "the GPU itself (the job runs on this machine's CPU or GPU), role assignments and network access",
     "real latency and cost (the endpoint runs on this machine, behind no gateway)",
     "the model catalog beyond the records the stand-in holds (canned copies of the real assets' tags, retirement "
-    "dates included; no weights of Azure's models: a job trains from an offline preset)",
+    "dates included; no weights of Azure's models: a job trains from an offline preset, or from a shrunk random copy "
+    "of the Phi model's architecture)",
     "Azure ML's tracking server beyond what it lacks (404 on MLflow 3's logged models): the stand-in serves MLflow's "
     "own server, whose other answers may differ from Azure's",
 )
