@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3course import azure
+from phi3course import azure, models
 
 GOOD = {
     "AZURE_SUBSCRIPTION_ID": "12345678-1234-1234-1234-123456789abc",
@@ -276,6 +276,132 @@ def test_the_preflight_refuses_a_model_the_catalog_retired(monkeypatch, capsys) 
     assert azure.check_catalog_model(object(), "phi-3.5-mini-instruct").version == "15"  # no date: nothing to refuse
     with pytest.raises(ValueError, match="no catalog entry"):
         azure.check_catalog_model(object(), "gpt-2")
+
+
+def test_the_preflight_reads_retirement_dates_from_the_system_metadata_too(monkeypatch) -> None:
+    """Azure/azureml-assets' newer specs keep the lifecycle dates in system_metadata.deprecation, not in the tags."""
+    from datetime import date
+
+    from azure.ai.ml.entities import Model
+
+    deprecation = {"finetuneRetirementDate": "2025-08-30T00:00:00.000000Z", "inferenceRetirementDate": ""}
+
+    class Archived(_Registry):
+        def get(self, name: str, version: str | None = None, label: str | None = None):
+            return Model(
+                name=name, version="15", type="mlflow_model", tags={}, system_metadata={"deprecation": deprecation}
+            )
+
+    monkeypatch.setattr(azure, "registry_client", lambda client, registry: Archived({}, []))
+    with pytest.raises(azure.CatalogError, match="retired for fine-tuning on 2025-08-30"):
+        azure.check_catalog_model(object(), "phi-3-mini-4k-instruct", today=date(2026, 1, 5))
+
+
+def test_the_catalog_offers_phi4_mini_today_and_refuses_the_retired_phi3_models(tmp_path, capsys) -> None:
+    """Against the stand-in's copy of the catalog: the azureml profile's model passes its pre-flight today; the
+    retired two are refused with the date their catalog entries carry."""
+    from datetime import date
+
+    from phi3course import profiles, rehearsal
+
+    ws = rehearsal.Workspace(tmp_path / "rehearsal")
+    today = date.today()
+    assert profiles.parameters("azureml")["model"] == "phi-4-mini-instruct"
+    found = azure.check_catalog_model(ws, "phi-4-mini-instruct", today=today)
+    assert found.uri == "azureml://registries/azureml/models/Phi-4-mini-instruct/versions/1"
+    assert "retire" not in capsys.readouterr().out
+    for retired in ("phi-3-mini-4k-instruct", "phi-3.5-mini-instruct"):
+        with pytest.raises(azure.CatalogError, match="retired for fine-tuning on 2025-08-30") as refused:
+            azure.check_catalog_model(ws, retired, today=today)
+        assert "model='phi-4-mini-instruct'" in str(refused.value)
+
+
+def test_the_job_path_rehearses_phi4_mini_on_its_shrunk_stand_in(tmp_path, monkeypatch) -> None:
+    """02's job for model=phi-4-mini-instruct at smoke size (the azureml-dryrun-smoke profile, the model overridden):
+    its catalog URI resolves to a random Phi-4-mini architecture, shrunk, which the job fine-tunes."""
+    import json
+
+    from azure.ai.ml import Input, Output, command
+    from azure.ai.ml.entities import AmlCompute, Data
+
+    from phi3course import profiles, rehearsal, synthetic
+    from phi3course import train as train_module
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ws = rehearsal.Workspace(tmp_path / "rehearsal")
+    cluster = AmlCompute(name="gpu-cluster", size=azure.GPU_CLUSTER_SIZE, min_instances=0, max_instances=1)
+    ws.compute.begin_create_or_update(cluster).result()
+    train_rows, _ = synthetic.splits(seed=0, subjects=2)
+    source = tmp_path / "train.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
+    train = ws.data.create_or_update(Data(name="phi4-train", path=str(source), type="uri_file"))
+    settings = train_module.settings_from_profile(
+        {**profiles.parameters("azureml-dryrun-smoke"), "model": "phi-4-mini-instruct"},
+        max_steps=2,
+        replay=0,
+        memory_gib=4.0,  # the job checks the memory of what it loads: the stand-in fits, Phi-4-mini's 3.8 B would not
+        train_file=str(source),
+        output_dir=str(tmp_path / "unused"),
+    )
+    settings.validate()
+    base = azure.catalog_model_uri(settings.model)
+    assert base == "azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest"
+    azure.check_catalog_model(ws, settings.model)
+    job_paths = {
+        "train_file": "${{inputs.train}}",
+        "output_dir": "${{outputs.model}}",
+        "model_path": "${{inputs.base_model}}",
+    }
+    job = command(
+        code=str(azure.job_code(tmp_path / "job-code")),
+        command="python -m phi3course.train " + train_module.job_arguments(settings, job_paths),
+        inputs={
+            "train": Input(type="uri_file", path=train.id),
+            "base_model": Input(type=azure.CATALOG_MODEL_TYPE, path=base),
+        },
+        outputs={"model": Output(type="uri_folder")},
+        environment=azure.job_environment(),
+        compute="gpu-cluster",
+        experiment_name="phi3-course",
+    )
+    name = ws.jobs.create_or_update(job).name
+    ws.jobs.stream(name)
+    outputs = ws.root / "jobs" / name / "outputs" / "model"
+    result = json.loads((outputs / "result.json").read_text())
+    assert result["steps"] == 2 and result["total_parameters"] < 1_000_000
+    tuned = json.loads((outputs / "model" / "config.json").read_text())
+    real = models.PRESETS["phi-4-mini-instruct"]
+    assert tuned["num_attention_heads"] / tuned["num_key_value_heads"] == real.shape.heads / real.shape.kv_heads
+    assert tuned["partial_rotary_factor"] == real.positions.partial_rotary_factor and tuned["tie_word_embeddings"]
+    assert tuned["rope_parameters"]["rope_type"] == real.positions.rope_scaling
+
+
+def test_the_retired_phi35_minis_stand_in_still_trains_as_its_catalog_layout(tmp_path) -> None:
+    """02 stops Phi-3.5-mini at the pre-flight (retired); the rehearsal's catalog copy of it, a shrunk random Phi-3.5
+    (multi-head attention, untied embeddings, longrope), trains as the job would train it from the catalog."""
+    import json
+
+    from phi3course import profiles, synthetic
+    from phi3course import train as train_module
+    from phi3course.rehearsal.assets import catalog_model
+
+    train_rows, _ = synthetic.splits(seed=0, subjects=2)
+    source = tmp_path / "train.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
+    folder = catalog_model(*azure.CATALOG_MODELS["phi-3.5-mini-instruct"])
+    settings = train_module.settings_from_profile(
+        {**profiles.parameters("azureml-dryrun-smoke"), "model": "phi-3.5-mini-instruct"},
+        max_steps=1,
+        replay=0,
+        memory_gib=4.0,
+        train_file=str(source),
+        output_dir=str(tmp_path / "out"),
+        model_path=str(folder),
+    )
+    result = train_module.train(settings)
+    tuned = json.loads((Path(result.model_dir) / "config.json").read_text())
+    assert result.steps == 1 and tuned["num_attention_heads"] == tuned["num_key_value_heads"]
+    assert not tuned["tie_word_embeddings"] and tuned["rope_parameters"]["rope_type"] == "longrope"
 
 
 def test_acr_pull_is_assigned_only_once_the_registry_exists() -> None:

@@ -21,7 +21,11 @@ def test_phi3_mini_shapes_are_the_real_ones() -> None:
     assert (shape.intermediate, shape.vocab, shape.tied) == (8192, 32064, False)
 
 
-@pytest.mark.parametrize("preset", [PHI3, SMOL], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "preset",
+    [PHI3, SMOL, models.PRESETS["phi-3.5-mini-instruct"], models.PRESETS["phi-4-mini-instruct"]],
+    ids=lambda p: p.name,
+)
 def test_shapes_account_for_every_parameter(preset: models.Preset) -> None:
     assert memory.total_parameters(preset.shape) == pytest.approx(preset.parameters_m * 1e6, rel=0.001)
 
@@ -115,3 +119,20 @@ def test_mean_row_tokens_from_the_data() -> None:
     assert memory.mean_row_tokens([]) == 0.0
     found = memory.estimate(PHI3, "qlora", "fp16", memory.batch_tokens(ROWS, exact), T4_GIB)
     assert dict(found.rows())["total"] == round(found.total_gib, 1)
+
+
+PHI4 = models.PRESETS["phi-4-mini-instruct"]
+
+
+def test_phi4_minis_tied_embeddings_count_once_and_its_kv_heads_are_a_third() -> None:
+    """3,836,021,760 parameters: one 200064 × 3072 embedding shared with the LM head (untied, it would add 0.6 B), and
+    key/value projections of 8 heads for 24 query heads."""
+    counts = memory.parameters(PHI4.shape)
+    assert counts["embedding"] == 200064 * 3072
+    assert memory.total_parameters(PHI4.shape) == 3_836_021_760
+    assert memory.total_parameters(PHI4.shape) == pytest.approx(PHI4.parameters_m * 1e6, rel=0.001)
+    head = 3072 // 24
+    attention = 3072 * 3072 + 2 * 3072 * (8 * head) + 3072 * 3072
+    assert counts["linear"] == 32 * (attention + 3 * 3072 * 8192)
+    lora_bf16 = memory.estimate(PHI4, "lora", "bf16", 1024, A100_GIB)
+    assert lora_bf16.weights_gib == pytest.approx(3_836_021_760 * 2 / memory.GIB)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,10 @@ def test_auto_picks_phi3_only_with_a_big_gpu_and_the_hub() -> None:
 
 
 def test_unknown_preset_names_the_choices() -> None:
-    with pytest.raises(models.ModelError, match="auto, phi-3-mini-4k-instruct, smollm2-135m-instruct, phi-3-tiny"):
+    choices = (
+        "auto, phi-3-mini-4k-instruct, phi-3.5-mini-instruct, phi-4-mini-instruct, smollm2-135m-instruct, phi-3-tiny"
+    )
+    with pytest.raises(models.ModelError, match=re.escape(choices)):
         models.resolve("phi-4")
 
 
@@ -127,13 +131,125 @@ def test_gguf_conversion_reads_the_file_once_and_gives_the_same_weights(monkeypa
 
 def test_local_folder_is_a_folder_an_endpoint_can_serve(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """04 serves the base model from models.local_folder: weights and tokenizer side by side for the offline
-    presets, the hub's cached snapshot for Phi-3-mini."""
+    presets, the hub's cached snapshot for the hub presets, at the revision the preset pins."""
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
     folder = Path(models.local_folder(models.PRESETS["phi-3-tiny"]))
     assert (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
     asked = []
     import huggingface_hub
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo: asked.append(repo) or str(tmp_path / "hub"))
+    monkeypatch.setattr(
+        huggingface_hub,
+        "snapshot_download",
+        lambda repo, revision=None: asked.append((repo, revision)) or str(tmp_path / "hub"),
+    )
     assert models.local_folder(models.PRESETS["phi-3-mini-4k-instruct"]) == str(tmp_path / "hub")
-    assert asked == ["microsoft/Phi-3-mini-4k-instruct"]
+    models.local_folder(models.PRESETS["phi-4-mini-instruct"])
+    assert asked == [
+        ("microsoft/Phi-3-mini-4k-instruct", None),
+        ("microsoft/Phi-4-mini-instruct", "cfbefacb99257ffa30c83adab238a50856ac3083"),
+    ]
+
+
+# The hub configs, as huggingface.co/microsoft/<model>/blob/main/config.json has them (the fields the course reads).
+PHI4_MINI_CONFIG = {
+    "num_hidden_layers": 32,
+    "hidden_size": 3072,
+    "num_attention_heads": 24,
+    "num_key_value_heads": 8,
+    "intermediate_size": 8192,
+    "vocab_size": 200064,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 131072,
+    "original_max_position_embeddings": 4096,
+    "partial_rotary_factor": 0.75,
+    "rope_scaling": {"type": "longrope"},
+    "rope_theta": 10000.0,
+}
+PHI35_MINI_CONFIG = {
+    "num_hidden_layers": 32,
+    "hidden_size": 3072,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "intermediate_size": 8192,
+    "vocab_size": 32064,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 131072,
+    "original_max_position_embeddings": 4096,
+    "rope_scaling": {"type": "longrope"},
+    "rope_theta": 10000.0,
+}
+REAL_CONFIGS = {"phi-4-mini-instruct": PHI4_MINI_CONFIG, "phi-3.5-mini-instruct": PHI35_MINI_CONFIG}
+
+
+@pytest.mark.parametrize("name", REAL_CONFIGS)
+def test_the_phi_presets_have_their_configs_shapes_and_positions(name: str) -> None:
+    config, preset = REAL_CONFIGS[name], models.PRESETS[name]
+    assert preset.source == "hub" and preset.hub_id == f"microsoft/{name.replace('phi', 'Phi')}"
+    assert preset.shape == models.Shape.from_config(config)
+    assert preset.positions == models.Positions(
+        config["max_position_embeddings"],
+        config["original_max_position_embeddings"],
+        config["rope_scaling"]["type"],
+        config.get("partial_rotary_factor", 1.0),
+        config["rope_theta"],
+    )
+
+
+def test_phi4_minis_chat_template_is_its_own_and_marks_the_answer() -> None:
+    """Phi-4-mini writes no newline after a role or <|end|> (Phi-3's template does); the answer is marked for
+    assistant-only loss, as in the course's Phi-3 template."""
+    tokenizer = models.build_tiny_tokenizer()
+    tokenizer.chat_template = models.PRESETS["phi-4-mini-instruct"].chat_template
+    chat = [{"role": "user", "content": "Who leads it?"}, {"role": "assistant", "content": "Dr. X."}]
+    assert (
+        tokenizer.apply_chat_template(chat, tokenize=False)
+        == "<|user|>Who leads it?<|end|><|assistant|>Dr. X.<|end|><|endoftext|>"
+    )
+    prompt = tokenizer.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|user|>Who leads it?<|end|><|assistant|>"
+    marked = tokenizer.apply_chat_template(chat, return_assistant_tokens_mask=True, return_dict=True)
+    answer = [i for i, m in zip(marked["input_ids"], marked["assistant_masks"], strict=True) if m]
+    assert tokenizer.decode(answer) == "Dr. X.<|end|>"
+    assert models.PRESETS["phi-3.5-mini-instruct"].chat_template == models.PHI3_CHAT_TEMPLATE  # Phi-3-mini's tokenizer
+
+
+@pytest.mark.parametrize("name", REAL_CONFIGS)
+def test_a_stand_in_keeps_the_real_architecture_shrunk(name: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the rehearsal trains for a hub preset: the real config's architecture (head ratio, partial rotary, tied
+    embeddings, RoPE scaling kind, context) in a model of seconds, in a cache folder of its own."""
+    import json
+
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    real = REAL_CONFIGS[name]
+    preset = models.stand_in(models.PRESETS[name])
+    assert preset.name == name and models.preset_dir(preset) != models.preset_dir(models.PRESETS[name])
+    model, tokenizer = models.load_model(preset)
+    saved = json.loads((models.model_dir(preset) / "config.json").read_text())
+    assert saved["architectures"] == ["Phi3ForCausalLM"] and saved["num_hidden_layers"] < real["num_hidden_layers"]
+    assert saved["hidden_size"] < real["hidden_size"] and model.num_parameters() < 1_000_000
+    ratio = real["num_attention_heads"] / real["num_key_value_heads"]
+    assert saved["num_attention_heads"] / saved["num_key_value_heads"] == ratio
+    assert saved["partial_rotary_factor"] == real.get("partial_rotary_factor", 1.0)
+    assert saved["tie_word_embeddings"] == real["tie_word_embeddings"]
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == real["tie_word_embeddings"]
+    assert saved["rope_parameters"]["rope_type"] == real["rope_scaling"]["type"]
+    for key in ("max_position_embeddings", "original_max_position_embeddings"):
+        assert saved[key] == real[key]
+    assert models.shape_of(models.model_dir(preset)) == preset.shape
+    assert tokenizer.chat_template == models.PRESETS[name].chat_template and len(tokenizer) == saved["vocab_size"]
+    with pytest.raises(models.ModelError, match="no stand-in"):
+        models.stand_in(models.PRESETS["phi-3-tiny"])
+
+
+def test_a_rehearsal_without_a_hub_runs_a_hub_preset_as_its_stand_in(tmp_path, monkeypatch) -> None:
+    from phi3course.rundir import RunDir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = RunDir(tmp_path)
+    run.remember(model="phi-4-mini-instruct", target="rehearsal")
+    rehearsed = models.for_run("auto", run)
+    assert rehearsed.name == "phi-4-mini-instruct" and rehearsed.source == models.STAND_IN
+    assert models.for_run("phi-3-tiny", run).source == "tiny"
+    run.remember(target="local")  # on this machine a hub preset stays the hub's (and says why it cannot load offline)
+    assert models.for_run("phi-4-mini-instruct", run) is models.PRESETS["phi-4-mini-instruct"]

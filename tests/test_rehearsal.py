@@ -143,7 +143,7 @@ def test_the_catalog_refuses_a_retired_model_with_its_date_and_the_alternative(w
         ws.registry("azureml").models.get("Phi-2", label="latest")
 
 
-def test_catalog_models_resolve_as_azure_lays_them_out_only_for_offline_presets(ws) -> None:
+def test_catalog_models_resolve_as_azure_lays_them_out_for_offline_presets_and_phi_stand_ins(ws) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from phi3course import train
@@ -157,6 +157,8 @@ def test_catalog_models_resolve_as_azure_lays_them_out_only_for_offline_presets(
     AutoModelForCausalLM.from_pretrained(weights)
     with pytest.raises(rehearsal.RehearsalError, match="model catalog"):
         ws.local_path(azure.catalog_model_uri("phi-3-mini-4k-instruct"))
+    phi4 = ws.local_path(azure.catalog_model_uri("phi-4-mini-instruct"))  # a shrunk random Phi-4-mini
+    assert (phi4 / "mlflow_model_folder" / "MLmodel").is_file() and phi4 != folder
 
 
 def test_the_catalog_copy_follows_the_course_model_it_was_made_from(ws, tmp_path, monkeypatch) -> None:

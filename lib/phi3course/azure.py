@@ -503,7 +503,8 @@ REHEARSAL_LIMITS = (
     "(the script's code in the ms-azureml-model-error-statuscode header); nor the endpoint's rate and bandwidth "
     "limits, TLS, Microsoft Entra tokens, the probe settings or autoscaling",
     "the model catalog beyond the records the stand-in holds (canned copies of the real assets' tags, retirement "
-    "dates included; no weights of Azure's models: a job trains from an offline preset)",
+    "dates included; no weights of Azure's models: a job trains from an offline preset, or from a shrunk random copy "
+    "of the Phi model's architecture)",
     "Azure ML's tracking server beyond what it lacks (404 on MLflow 3's logged models): the stand-in serves MLflow's "
     "own server, whose other answers may differ from Azure's",
 )
@@ -528,20 +529,22 @@ def is_rehearsal(client: Any) -> bool:
 # Azure ML's model catalog (the `azureml` registry) names the models as below. The offline presets are in no
 # catalog: their URIs name the registry "rehearsal", which exists nowhere on Azure; only the stand-in resolves it.
 CATALOG_MODELS = {
-    "phi-3-mini-4k-instruct": ("azureml", "Phi-3-mini-4k-instruct"),
-    "phi-3.5-mini-instruct": ("azureml", "Phi-3.5-mini-instruct"),
+    "phi-4-mini-instruct": ("azureml", "Phi-4-mini-instruct"),  # what Azure's fine-tuning samples use today
+    "phi-3-mini-4k-instruct": ("azureml", "Phi-3-mini-4k-instruct"),  # retired 2025-08-30 (its catalog tags)
+    "phi-3.5-mini-instruct": ("azureml", "Phi-3.5-mini-instruct"),  # retired 2025-08-30 (its catalog tags)
     "smollm2-135m-instruct": ("rehearsal", "smollm2-135m-instruct"),
     "phi-3-tiny": ("rehearsal", "phi-3-tiny"),
 }
-CATALOG_MODEL_TYPE = "mlflow_model"  # how the catalog stores Phi-3: an MLflow folder (data/model, data/tokenizer)
+CATALOG_MODEL_TYPE = "mlflow_model"  # how the catalog stores the Phi models: an MLflow folder (model, tokenizer)
 REHEARSAL_REGISTRY = "rehearsal"
 
 
 def catalog_model_uri(preset_name: str, label: str = "latest", version: str | None = None) -> str:
     """The job's base-model input: ``azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest``.
 
-    ``catalog_model_uri("phi-3.5-mini-instruct")`` is the model the tutorial's maintainers moved to. The offline
-    presets get a ``registries/rehearsal`` URI that only a dry run resolves; on Azure it fails, by design.
+    ``catalog_model_uri("phi-4-mini-instruct")`` is the model Azure's fine-tuning samples use since the catalog
+    retired Phi-3-mini and Phi-3.5-mini. The offline presets get a ``registries/rehearsal`` URI that only a dry run
+    resolves; on Azure it fails, by design.
     """
     if preset_name not in CATALOG_MODELS:
         raise ValueError(f"no catalog entry for {preset_name!r}: choose one of {', '.join(CATALOG_MODELS)}.")
@@ -607,6 +610,19 @@ def _dates(tags: dict[str, str], names: dict[str, str]) -> dict[str, date]:
     return found
 
 
+def _system_lifecycle(found: Any) -> dict[str, str]:
+    """The lifecycle dates a catalog model carries in its system metadata, named as the tags name them.
+
+    Azure/azureml-assets' newer specs keep them there (``system_metadata.deprecation.finetuneRetirementDate:
+    '2025-08-30T00:00:00.000000Z'``) rather than as tags; azure-ai-ml's ``Model`` holds that as ``_system_metadata``.
+    """
+    system = getattr(found, "_system_metadata", None)
+    lifecycle = system.get("deprecation") if isinstance(system, dict) else None
+    if not isinstance(lifecycle, dict):
+        return {}
+    return {str(key)[:1].upper() + str(key)[1:]: str(value) for key, value in lifecycle.items() if value}
+
+
 def _alternative() -> str:
     preset = next((p for p, (_, name) in CATALOG_MODELS.items() if name == CATALOG_ALTERNATIVE), None)
     choose = f"model={preset!r}" if preset else "in the azureml registry (no preset of this course names it yet)"
@@ -638,7 +654,8 @@ def check_catalog_model(client: Any, preset_name: str, today: date | None = None
         raise CatalogError(
             f"{name} is not in the {registry!r} registry (retired models leave the catalog): {error}. {_alternative()}"
         ) from error
-    model = CatalogModel(registry, name, str(found.version), {str(k): str(v) for k, v in (found.tags or {}).items()})
+    tags = {str(k): str(v) for k, v in (found.tags or {}).items()}
+    model = CatalogModel(registry, name, str(found.version), {**tags, **_system_lifecycle(found)})
     retired = {what: day for what, day in _dates(model.tags, RETIREMENT_TAGS).items() if day <= today}
     if retired:
         when = " and ".join(f"for {what} on {day.isoformat()}" for what, day in retired.items())

@@ -21,9 +21,10 @@ Tokens are what one optimizer micro-step holds: with padding-free batches that i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .models import Preset, Shape
+if TYPE_CHECKING:  # models asks memory for a stand-in's parameter count: memory imports models for types only
+    from .models import Preset, Shape
 
 GIB = 1024**3
 METHODS = ("full", "lora", "qlora")
@@ -150,7 +151,7 @@ class Estimate:
 
 
 def _shape(model: Preset | Shape) -> tuple[str, Shape]:
-    if isinstance(model, Shape):
+    if not hasattr(model, "shape"):  # a Shape, not a Preset
         return "model", model
     if model.shape is None:
         raise ValueError(f"preset {model.name} has no shapes: add Shape(...) from its config.json to models.PRESETS.")

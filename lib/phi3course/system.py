@@ -165,11 +165,11 @@ def recommend(machine: Machine, hub: bool) -> tuple[str, str]:
     if machine.gpus and not big_gpu:
         return "local", (
             f"the GPU has less than {PHI3_MINI_GPU_GIB} GiB: the local profile uses the small offline model; "
-            "use the azureml profile for Phi-3-mini."
+            "use the azureml profile for Phi-4-mini on an Azure ML cluster."
         )
     return "local", (
         "CPU only"
         + ("" if hub else " and no model hub")
         + ": the local profile fine-tunes the packaged SmolLM2-135M-Instruct offline; "
-        "use smoke for a seconds-long check, and azureml for the real Phi-3-mini on Azure ML."
+        "use smoke for a seconds-long check, and azureml for Phi-4-mini on Azure ML."
     )

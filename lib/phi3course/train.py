@@ -22,13 +22,13 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from . import hardware, sizes
 from .data import DataError, read_jsonl
-from .models import AUTO, PRESETS, ModelError, Preset, load_model, resolve
+from .models import AUTO, PRESETS, ModelError, Preset, load_model, resolve, shape_of
 from .system import GIB
 
 METHODS = ("lora", "full", "qlora")
@@ -510,6 +510,9 @@ def train(
     preset = settings.validate()
     check_cluster_gpu(settings)  # a job that sees no GPU on a GPU cluster stops here, saying why
     precision, why = pick_precision(settings.precision)  # on the machine this process runs on
+    if settings.model_path:  # the job's catalog input: the shapes of the model it holds (a rehearsal's stand-in too)
+        base_model_folders(settings.model_path)
+        preset = replace(preset, shape=shape_of(settings.model_path))
     check_memory(settings, preset, precision, load_rows(settings.train_file))  # where it trains: here, or the job's GPU
     if not retrain and (done := previous_result(settings)) is not None:
         print(f"Already trained with these settings: {done.model_dir} (retrain=True trains again).")

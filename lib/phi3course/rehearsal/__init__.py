@@ -11,7 +11,8 @@ same azure-ai-ml entity types, and does on this machine what Azure ML does with 
   installs (its conda pip list and what they require): an import the environment would not satisfy on Azure
   fails here too, naming the package and the fix;
 - data assets and registered models are copied into the workspace's datastore (:mod:`.assets`); the model
-  catalog answers for the models it knows, with the retirement tags the real assets carry (:mod:`.assets`);
+  catalog answers for the models it knows, with the retirement tags the real assets carry, and hands a job a shrunk
+  random copy of a Phi model's architecture where Azure would hand it the weights (:mod:`.assets`);
   clusters are entities with canned sizes and quota, which ``COURSE_REHEARSAL_QUOTA`` can set (:mod:`.compute`);
 - a deployment serves its ``code_configuration`` scoring script as the inference image starts it (``azmlinfsrv``:
   ``WORKER_COUNT`` sync workers, one request at a time each; :mod:`.endpoints`), with ``AZUREML_MODEL_DIR`` laid out

@@ -32,27 +32,52 @@ def _fingerprint(folder: Path, leave_out: tuple[str, ...] = ()) -> list[list[Any
     )
 
 
+def catalog_preset(registry: str, name: str) -> Any:
+    """The course model a catalog URI resolves to here, or None: an offline preset in the ``rehearsal`` registry;
+    for a model of Azure's catalog that :data:`CANNED_CATALOG` knows, the stand-in of the hub preset the course names
+    it for (``models.stand_in``: that architecture, shrunk, random weights)."""
+    from .. import models
+    from ..azure import CATALOG_MODELS
+
+    if registry == REHEARSAL_REGISTRY:
+        return models.PRESETS.get(name)
+    if name not in CANNED_CATALOG.get(registry, {}):
+        return None
+    for preset_name, entry in CATALOG_MODELS.items():
+        preset = models.PRESETS.get(preset_name)
+        if entry == (registry, name) and preset is not None and preset.positions is not None:
+            return models.stand_in(preset)
+    return None
+
+
 def catalog_model(registry: str, name: str) -> Path:
     """A catalog model as a job input, laid out as Azure ML's catalog lays out its MLflow models:
     ``mlflow_model_folder/MLmodel``, ``…/model/`` (config and weights), ``…/components/tokenizer/``.
 
-    Only the ``rehearsal`` registry resolves here (the offline presets); Azure's own catalog needs Azure.
+    The ``rehearsal`` registry resolves to the offline presets; Azure's ``azureml`` registry to the stand-ins of the
+    Phi models the course names (:func:`catalog_preset`): no weights of Azure's models are here.
     """
     from .. import models
 
-    preset = models.PRESETS.get(name) if registry == REHEARSAL_REGISTRY else None
+    preset = catalog_preset(registry, name)
     if preset is None:
+        from ..azure import CATALOG_MODELS
+
+        stand_ins = [n for r, n in CATALOG_MODELS.values() if r == registry and catalog_preset(r, n) is not None]
         raise RehearsalError(
-            f"azureml://registries/{registry}/models/{name}: the rehearsal has no copy of Azure's model catalog. "
-            "Rehearse with an offline preset (model='smollm2-135m-instruct' or 'phi-3-tiny'), whose "
+            f"azureml://registries/{registry}/models/{name}: the rehearsal has no copy of this model of Azure's model "
+            f"catalog (it has shrunk random copies of {' and '.join(stand_ins) or 'none of that registry'}). "
+            "Rehearse with one of those, or an offline preset (model='smollm2-135m-instruct' or 'phi-3-tiny'), whose "
             "azure.catalog_model_uri() names the rehearsal registry."
         )
-    folder = cache_dir() / "rehearsal-registry" / name
+    subfolder = name if registry == REHEARSAL_REGISTRY else f"{registry}/{name}"
+    folder = cache_dir() / "rehearsal-registry" / subfolder
     weights, tokenizer = models.ensure_cached(preset), models.preset_dir(preset) / "tokenizer"
     # what the copy is made from: when the course's copy changes (a new chat template, say), copy it again
     made_from = {"model": _fingerprint(weights, leave_out=TOKENIZER_FILES), "tokenizer": _fingerprint(tokenizer)}
     stamp = folder / "made_from.json"
     if not (folder / "mlflow_model_folder" / "MLmodel").is_file() or read_json(stamp, default={}) != made_from:
+        folder.parent.mkdir(parents=True, exist_ok=True)
         partial = folder.with_name(f"{name}.part")
         shutil.rmtree(partial, ignore_errors=True)
         inner = partial / "mlflow_model_folder"
@@ -184,7 +209,11 @@ class ModelOperations:
 # --- the model catalog (registries) ----------------------------------------------------------------------
 # What Azure's `azureml` registry says of the models the course names: canned, copied from the assets' spec.yaml in
 # Azure/azureml-assets (assets/models/system/phi-3-mini-4k-instruct and phi-3.5-mini-128k-instruct), the version
-# and the lifecycle tags (retirement dates among them). Metadata only: the stand-in has none of these weights.
+# and the lifecycle tags (retirement dates among them). Azure/azureml-assets holds no spec of the registry's
+# Phi-4-mini-instruct (Azure/azureml-examples' fine-tuning sample looks it up by name, label "latest"): its record's
+# version is a placeholder ("1"; on Azure the pre-flight pins whatever version "latest" resolves to), its tags are
+# what is known of it (the hub model card: MIT, Microsoft; the sample's task), and it has no retirement date.
+# Metadata only: no weights of Azure's models are here (the rehearsal trains from stand-ins, models.stand_in).
 CANNED_CATALOG: dict[str, dict[str, dict[str, Any]]] = {
     "azureml": {
         "Phi-3-mini-4k-instruct": {
@@ -215,8 +244,14 @@ CANNED_CATALOG: dict[str, dict[str, dict[str, Any]]] = {
                 "author": "Microsoft",
             },
         },
+        "Phi-4-mini-instruct": {
+            "version": "1",
+            "tags": {"task": "chat-completion", "license": "mit", "author": "Microsoft"},
+        },
     },
 }
+
+
 CANNED_NOTE = "rehearsal: a canned copy of this asset's catalog record (Azure/azureml-assets), not Azure's answer"
 
 
