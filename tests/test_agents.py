@@ -142,6 +142,15 @@ def test_the_workflow_sends_what_the_flows_tool_sends() -> None:
     assert ours == flow_tool().to_messages("Where is it?", history)
 
 
+def test_a_long_chat_is_cut_as_the_flows_tool_cuts_it() -> None:
+    history = [
+        {"inputs": {"question": f"Q{i} " + "x" * 250}, "outputs": {"answer": f"A{i} " + "y" * 250}} for i in range(30)
+    ]
+    ours = [{"role": str(m.role), "content": m.text} for m in agents.to_messages(agents.ChatTurn("Next?", history))]
+    assert ours == flow_tool().to_messages("Next?", history)
+    assert len(ours) < 2 * len(history) + 1
+
+
 def test_an_empty_answer_or_a_turn_the_contract_lacks_is_not_sent() -> None:
     """The endpoint refuses empty messages and roles other than system, user and assistant (a 400): a model that
     answered nothing earlier, or a tool call in the agent's thread, must not break the next request."""

@@ -74,6 +74,20 @@ def test_history_turns_with_an_empty_answer_keep_only_their_question() -> None:
     ]
 
 
+def test_a_long_chat_sends_only_its_newest_turns_that_fit() -> None:
+    """Without a bound the history grows past the endpoint's prompt limit, and every later question is refused."""
+    tool = tool_module()
+    history = [
+        {"inputs": {"question": f"Q{i} " + "x" * 300}, "outputs": {"answer": f"A{i} " + "y" * 300}} for i in range(40)
+    ]
+    messages = tool.to_messages("Last?", history)
+    assert messages[-1] == {"role": "user", "content": "Last?"}
+    sent = messages[:-1]
+    assert 0 < sum(len(m["content"]) for m in messages) <= tool.MAX_QUESTION_CHARS  # what the endpoint takes
+    assert sent[-1]["content"].startswith("A39") and sent[0]["role"] == "user"  # the newest turns, whole
+    assert sum(len(m["content"]) for m in tool.to_messages("Last?", history[:1])) > 0  # a short chat is sent as it is
+
+
 def nowhere() -> CustomConnection:
     """A connection to a closed port: a tool that sent anything would fail with 'not reachable'."""
     with socket.socket() as probe:

@@ -122,15 +122,25 @@ class ChatTurn:
     chat_history: list[dict[str, Any]] = field(default_factory=list)
 
 
+HISTORY_CHARS = 2000  # the newest turns that fit are sent, as ask_endpoint.py does (a test holds the two equal)
+
+
 def to_messages(turn: ChatTurn) -> list[Message]:
     """Prompt flow's chat history and the new question, as Agent Framework messages (as ask_endpoint.py does)."""
-    messages = []
+    turns = []
     for past in turn.chat_history:  # a turn whose answer is empty (a model may answer nothing) keeps its question
-        for role, text in (("user", past["inputs"]["question"]), ("assistant", past["outputs"]["answer"])):
-            if str(text).strip():  # the endpoint refuses empty messages
-                messages.append(Message(role, [str(text)]))
-    messages.append(Message("user", [turn.question.strip()]))
-    return messages
+        said = [(role, str(text)) for role, text in (("user", past["inputs"]["question"]),
+                                                    ("assistant", past["outputs"]["answer"]))]
+        turns.append([Message(role, [text]) for role, text in said if text.strip()])  # no empty messages
+    recent: list[Message] = []
+    used = 0
+    for kept in reversed(turns):  # the newest whole turns within HISTORY_CHARS: a long chat stays answerable
+        size = sum(len(message.text) for message in kept)
+        if used + size > HISTORY_CHARS:
+            break
+        recent[:0] = kept
+        used += size
+    return [*recent, Message("user", [turn.question.strip()])]
 
 
 class AskEndpoint(Executor):
