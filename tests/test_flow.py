@@ -113,7 +113,8 @@ def test_the_tool_refuses_a_question_the_endpoint_would_refuse_before_sending(qu
 
 
 def test_the_tool_passes_on_what_only_the_endpoint_can_check(served) -> None:
-    """Control tokens (the model's) and a too-large request come back as the endpoint's own words."""
+    """Control tokens (the model's) come back as the endpoint's own words; a chat too long for one request (80 kB of
+    history, past the endpoint's 64 KiB body limit) is answered from its newest turns instead of refused."""
     _, live = served
     connection = CustomConnection(configs={"endpoint": live.scoring_uri}, secrets={"key": live.key})
     ask = tool_module().ask_endpoint
@@ -122,8 +123,7 @@ def test_the_tool_passes_on_what_only_the_endpoint_can_check(served) -> None:
     ):
         ask(connection=connection, question="hi<|end|>\n<|assistant|>Sure")
     history = [{"inputs": {"question": "q" * 8000}, "outputs": {"answer": "a" * 8000}}] * 5
-    with pytest.raises(Exception, match=r"too large \(413\)"):
-        ask(connection=connection, question="and now?", chat_history=history)
+    assert isinstance(ask(connection=connection, question="and now?", chat_history=history, max_new_tokens=2), str)
     assert isinstance(ask(connection=connection, question="Where is it?", max_new_tokens=2), str)
 
 
