@@ -63,10 +63,11 @@ ALLOWED: list[tuple[re.Pattern[str], str]] = [
 STEP_BARS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^training$"), "the course's bar over the optimiser's steps (trainer_hooks)"),
     (re.compile(r"^(held-out|general probe|replay)\b"), "the course's bar over a set of questions (evaluate)"),
+    (re.compile(r"^asking$"), "03's bar over the requests it sends the endpoint at once (evaluate.Progress)"),
     (re.compile(r"^course \("), "the runner's bar over the notebooks"),
     (re.compile(r"^unpacking "), "the course's bar while it unpacks a model file (models)"),
-    (re.compile(r"^Loading weights$"), "transformers reading a model's weights: minutes for Phi-3 on a disk"),
-    (re.compile(r"^Writing model shards$"), "transformers writing a merged model: minutes for Phi-3"),
+    (re.compile(r"^Loading weights$"), "transformers reading a model's weights: long for a model of Phi-3's size"),
+    (re.compile(r"^Writing model shards$"), "transformers writing a merged model: long for a model of Phi-3's size"),
 ]
 
 
