@@ -8,7 +8,9 @@ The scan reads what nbval's run recorded (``nbval-outputs.jsonl``, written by te
   and a warning that concerns the learner belongs in :data:`ALLOWED` with the reason, or in the notebook's text;
 - a traceback, or an error output;
 - more than one progress bar in a cell unless each bar stands for one long step of its own (:data:`STEP_BARS`):
-  a library's bars for the sub-steps of what the course already shows with one bar are noise.
+  a library's bars for the sub-steps of what the course already shows with one bar are noise. nbval folds a
+  bar's redraws into its last state, so the scan counts bars, not redraws: a bar drawn as text (``tqdm`` rather
+  than ``tqdm.auto``) keeps a line per redraw in a notebook papermill saves, which the scan cannot see.
 
 Each failure names the notebook's cell and the line. ``make test`` runs it after nbval over its run directory and
 again after the Azure dry run (``COURSE_OUTPUTS_RUN_DIR``, as tests/test_outputs.py).
