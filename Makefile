@@ -72,7 +72,7 @@ test: $(STAMP)
 	rm -rf runs/nbval runs/solved
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -p tests.nbval_outputs \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
-	HF_HUB_OFFLINE=1 COURSE_OUTPUTS_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_outputs.py
+	HF_HUB_OFFLINE=1 COURSE_OUTPUTS_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_outputs.py tests/test_noise.py
 	COURSE_UNTOUCHED_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_exercises.py -k test_untouched_notebooks_pass_no_exercise
 	$(PY) -m phi3course.exercises solve --out runs/solved/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/solved COURSE_EXERCISES=solutions $(PY) -m pytest \
@@ -86,7 +86,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=azureml-dryrun-smoke COURSE_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \
 	  -p no:cacheprovider -p tests.nbval_outputs --nbval-lax --nbval-cell-timeout 600 runs/nbval-azureml/notebooks
 	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval-azureml COURSE_OUTPUTS_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \
-	  -p no:cacheprovider -q tests/test_secrets.py tests/test_outputs.py
+	  -p no:cacheprovider -q tests/test_secrets.py tests/test_outputs.py tests/test_noise.py
 
 # Before a class: the models converted once into the cache (~/.cache/phi3course), ready to copy to a room.
 warm: $(STAMP)
