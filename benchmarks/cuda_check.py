@@ -1,6 +1,6 @@
 """A one-shot check of the course's CUDA path on a GPU machine: figures, not pass/fail.
 
-    python -m benchmarks.cuda_check --out DIR [--work DIR] [--skip-full] [--skip-shaped] [--budget-s 480]
+    python -m benchmarks.cuda_check --out DIR [--work DIR] [--skip-full] [--skip-shaped] [--budget-s 420]
     python -m benchmarks.cuda_check --out DIR --cpu-smoke   # the same parts, tiny, on a CPU (about a minute)
 
 What it runs, each part on its own (a failure is recorded and the next part still runs):
@@ -636,6 +636,30 @@ def skip_reason(method: str, size_name: str, cpu_smoke: bool) -> str:
     return ""
 
 
+def shaped_settings(
+    prepared: Any, output: Path, model_folder: Path, name: str, way: str, args: argparse.Namespace
+) -> Any:
+    """The job's settings for preset ``name`` trained the ``way`` it names: the smoke profile's recipe on the model in
+    ``model_folder`` (the job's ``model_path``), for the way's cluster (its size and precision; none on the CPU)."""
+    method, size_name = WAYS[way]
+    size = sizes.vm_size(size_name)
+    on_cluster = {} if args.cpu_smoke else {"cluster_size": size.name, "precision": size.precision}
+    return _settings(
+        prepared,
+        output,
+        model=name,
+        model_path=str(model_folder),
+        method=method,
+        max_steps=args.shaped_steps,
+        batch_size=args.shaped_batch,
+        lora_r=16,
+        replay=0,
+        test_file="",
+        save_steps=10_000,
+        **on_cluster,
+    )
+
+
 def part_shaped(out: Path, prepared: Any, work: Path, name: str, way: str, args: argparse.Namespace, part: str) -> None:
     """Train, merge, save and serve a random model of preset ``name``'s architecture the ``way`` the job would."""
     import torch
@@ -650,21 +674,7 @@ def part_shaped(out: Path, prepared: Any, work: Path, name: str, way: str, args:
         print(f"skipped: {why}")
         return
     shaped, folder = shaped_model(name, args.shaped_layers, work, args.cpu_smoke)
-    on_cluster = {} if args.cpu_smoke else {"cluster_size": size.name, "precision": size.precision}
-    settings = _settings(
-        prepared,
-        work / "runs" / part.replace("/", "_"),
-        model=name,
-        model_path=str(folder),
-        method=method,
-        max_steps=args.shaped_steps,
-        batch_size=args.shaped_batch,
-        lora_r=16,
-        replay=0,
-        test_file="",
-        save_steps=10_000,
-        **on_cluster,
-    )
+    settings = shaped_settings(prepared, work / "runs" / part.replace("/", "_"), folder, name, way, args)
     from phi3course.memory import total_parameters
 
     assert shaped.shape is not None
@@ -1042,7 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shaped-steps", type=int, default=3)
     parser.add_argument("--shaped-batch", type=int, default=0, help="rows per step (default 64; 8 on CPU)")
     parser.add_argument(
-        "--budget-s", type=float, default=480.0, help="skip the parts that would start after this many seconds"
+        "--budget-s", type=float, default=420.0, help="skip the parts that would start after this many seconds"
     )
     args = parser.parse_args(argv)
     args.shaped_layers = args.shaped_layers or (2 if args.cpu_smoke else 4)

@@ -98,3 +98,20 @@ def test_its_figures_make_a_measurements_record(report: dict) -> None:
         assert f"{report[part]['tokens_per_second']} tokens/s" in what[f"{part}: training throughput"]
         assert len(what) == 3 and all(what.values())
     assert not [row for row in rows["figures"] if "t4" in row["what"]]  # skipped parts have no figures
+
+
+def test_on_a_gpu_each_way_trains_for_its_cluster_and_validates_against_it(tmp_path) -> None:
+    """The settings the GPU run trains with, checked here against each way's cluster (validate() asks no GPU)."""
+    import argparse
+
+    from phi3course import data
+
+    prepared = data.prepare("synthetic", tmp_path / "data", seed=42, subjects=2)
+    args = argparse.Namespace(cpu_smoke=False, shaped_steps=3, shaped_batch=64)
+    for way, (method, size) in cuda_check.WAYS.items():
+        settings = cuda_check.shaped_settings(
+            prepared, tmp_path / way, tmp_path / "model", "phi-4-mini-instruct", way, args
+        )
+        assert (settings.method, settings.cluster_size) == (method, size)
+        assert settings.precision == sizes.vm_size(size).precision and settings.model_path == str(tmp_path / "model")
+        assert settings.validate().name == "phi-4-mini-instruct"
