@@ -544,3 +544,24 @@ def test_a_job_runs_from_its_code_snapshot_alone(ws, tmp_path) -> None:
     (code / "phi3course" / "models.py").unlink()  # imported by phi3course.train
     name, error = run()
     assert ws.jobs.get(name).status == "Failed" and "No module named 'phi3course.models'" in error
+
+
+def test_a_scoring_container_is_laid_out_as_the_inference_image_has_it(tmp_path, monkeypatch) -> None:
+    """What a deployment (and the GPU check) starts azmlinfsrv in: the code copied, the model linked where
+    AZUREML_MODEL_DIR points, the key file named, the notebook's own settings left out."""
+    from phi3course.rehearsal.endpoints import scoring_container
+
+    code, model = tmp_path / "code", tmp_path / "model"
+    code.mkdir()
+    model.mkdir()
+    (code / "score.py").write_text("def init(): pass\n")
+    (model / "config.json").write_text("{}")
+    monkeypatch.setenv("COURSE_MODEL_URI", "runs:/notebook")  # the notebook's own: a container never sees it
+    env = scoring_container(tmp_path / "box", code, "score.py", ("tuned", "3", model), tmp_path / "primary.key")
+    assert (tmp_path / "box" / "code" / "score.py").is_file()
+    assert env["AZUREML_MODEL_DIR"] == str(tmp_path / "box" / "azureml-models" / "tuned" / "3")
+    assert (Path(env["AZUREML_MODEL_DIR"]) / "config.json").is_file()
+    assert env["AML_APP_ROOT"] == str(tmp_path / "box" / "code") and env["AZUREML_ENTRY_SCRIPT"] == "score.py"
+    assert env["COURSE_ENDPOINT_KEY_FILE"] == str(tmp_path / "primary.key") and "COURSE_MODEL_URI" not in env
+    with pytest.raises(rehearsal.RehearsalError, match="not in the code folder"):
+        scoring_container(tmp_path / "other", code, "missing.py", ("tuned", "3", model), tmp_path / "primary.key")

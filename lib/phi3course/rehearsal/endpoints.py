@@ -211,6 +211,37 @@ def inference_server_command(entry_script: str, port: int) -> list[str]:
     return [sys.executable, "-c", INFERENCE_SERVER, "--entry_script", entry_script, "--port", str(port)]
 
 
+def scoring_container(
+    folder: Path, code: Path, script: str, model: tuple[str, str, Path], key_file: Path
+) -> dict[str, str]:
+    """Lay out ``folder`` as the inference image has a deployment's container, and return the environment its scoring
+    script starts in (start it with :func:`inference_server_command`, in ``folder/code``).
+
+    ``code``/``script``: the code configuration, copied to ``folder/code``; ``model``: the registered model's (name,
+    version, folder), linked at ``folder/azureml-models/<name>/<version>``, which ``AZUREML_MODEL_DIR`` names, as
+    Azure lays it out; ``key_file``: the endpoint's key, which the scoring script checks (``COURSE_ENDPOINT_KEY_FILE``).
+    """
+    if not (code / script).is_file():
+        raise RehearsalError(f"the scoring script {script} is not in the code folder {code}.")
+    name, version, model_folder = model
+    model_dir = folder / "azureml-models" / name / version
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    model_dir.symlink_to(model_folder, target_is_directory=True)
+    copy_tree(code, folder / "code")
+    env = base_env()
+    env.update(
+        {
+            "AML_APP_ROOT": str(folder / "code"),
+            "AZUREML_ENTRY_SCRIPT": script,
+            "AZUREML_MODEL_DIR": str(model_dir),
+            "AML_APP_INSIGHTS_ENABLED": "false",
+            # The gateway checks the key, as Azure's does; the scoring script checks it too (see score.py).
+            "COURSE_ENDPOINT_KEY_FILE": str(key_file),
+        }
+    )
+    return env
+
+
 class OnlineDeploymentOperations:
     def __init__(self, ws: Workspace) -> None:
         self._ws = ws
@@ -307,25 +338,9 @@ class OnlineDeploymentOperations:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         model_name, version, model_folder = self._model_folder(deployment.model)
-        model_dir = folder / "azureml-models" / model_name / version
-        model_dir.parent.mkdir(parents=True)
-        model_dir.symlink_to(model_folder, target_is_directory=True)
         code = Path(str(deployment.code_configuration.code)).resolve()
         script = str(deployment.code_configuration.scoring_script)
-        if not (code / script).is_file():
-            raise RehearsalError(f"the scoring script {script} is not in the code folder {code}.")
-        copy_tree(code, folder / "code")
-        env = base_env()
-        env.update(
-            {
-                "AML_APP_ROOT": str(folder / "code"),
-                "AZUREML_ENTRY_SCRIPT": script,
-                "AZUREML_MODEL_DIR": str(model_dir),
-                "AML_APP_INSIGHTS_ENABLED": "false",
-                # The gateway checks the key, as Azure's does; the scoring script checks it too (see score.py).
-                "COURSE_ENDPOINT_KEY_FILE": str(keys[0]),
-            }
-        )
+        env = scoring_container(folder, code, script, (model_name, version, model_folder), keys[0])
         env = self._ws.guarded_env(
             env,
             deployment.environment_variables,
