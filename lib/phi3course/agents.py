@@ -129,8 +129,10 @@ def to_messages(turn: ChatTurn) -> list[Message]:
     """Prompt flow's chat history and the new question, as Agent Framework messages (as ask_endpoint.py does)."""
     turns = []
     for past in turn.chat_history:  # a turn whose answer is empty (a model may answer nothing) keeps its question
-        said = [(role, str(text)) for role, text in (("user", past["inputs"]["question"]),
-                                                    ("assistant", past["outputs"]["answer"]))]
+        said = [
+            (role, str(text))
+            for role, text in (("user", past["inputs"]["question"]), ("assistant", past["outputs"]["answer"]))
+        ]
         turns.append([Message(role, [text]) for role, text in said if text.strip()])  # no empty messages
     recent: list[Message] = []
     used = 0
