@@ -13,12 +13,16 @@ import requests
 from promptflow.connections import CustomConnection
 from promptflow.core import tool
 
-from phi3course.endpoint_client import DEFAULT_POLICY, REQUEST_TIMEOUT_S, EndpointBusyError, post
+from phi3course.endpoint_client import (
+    DEFAULT_POLICY,
+    HISTORY_CHARS,
+    REQUEST_TIMEOUT_S,
+    EndpointBusyError,
+    newest_turns,
+    post,
+)
 
 MAX_QUESTION_CHARS = 8192  # the endpoint's limit for one prompt (score.py's MAX_PROMPT_CHARS: 8 per allowed token)
-# The chat history sent with a question: about 500 tokens of English (~4 characters a token), half the endpoint's
-# 1,024-token prompt, so that a long chat keeps being answered from its newest turns.
-HISTORY_CHARS = 2000
 RETRY = DEFAULT_POLICY  # attempts, backoff and deadline for an endpoint that answers "later"
 
 
@@ -50,8 +54,7 @@ def to_messages(question: str, chat_history: list, history_chars: int = HISTORY_
     """Prompt flow's chat history (turns of inputs and outputs) and the new question, as chat messages.
 
     A turn whose question or answer is empty (a model may answer nothing) keeps only what it has. Only the newest
-    turns that fit in ``history_chars`` characters are sent (whole turns, oldest dropped first): a long chat would
-    otherwise grow past the endpoint's prompt limit and every later question would be refused."""
+    turns that fit in ``history_chars`` characters are sent (``endpoint_client.newest_turns``)."""
     turns = []
     for turn in chat_history or []:
         kept = []
@@ -59,14 +62,7 @@ def to_messages(question: str, chat_history: list, history_chars: int = HISTORY_
             if text is not None and str(text).strip():
                 kept.append({"role": role, "content": str(text)})
         turns.append(kept)
-    recent: list = []
-    used = 0
-    for kept in reversed(turns):
-        size = sum(len(message["content"]) for message in kept)
-        if used + size > history_chars:
-            break
-        recent[:0] = kept
-        used += size
+    recent = newest_turns(turns, lambda message: len(message["content"]), history_chars)
     return [*recent, {"role": "user", "content": question}]
 
 

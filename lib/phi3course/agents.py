@@ -32,7 +32,14 @@ from agent_framework.exceptions import (
     ChatClientInvalidRequestException,
 )
 
-from phi3course.endpoint_client import DEFAULT_POLICY, REQUEST_TIMEOUT_S, EndpointBusyError, RetryPolicy, post
+from phi3course.endpoint_client import (
+    DEFAULT_POLICY,
+    REQUEST_TIMEOUT_S,
+    EndpointBusyError,
+    RetryPolicy,
+    newest_turns,
+    post,
+)
 
 
 class AzureMLScoringClient(BaseChatClient):
@@ -122,9 +129,6 @@ class ChatTurn:
     chat_history: list[dict[str, Any]] = field(default_factory=list)
 
 
-HISTORY_CHARS = 2000  # the newest turns that fit are sent, as ask_endpoint.py does (a test holds the two equal)
-
-
 def to_messages(turn: ChatTurn) -> list[Message]:
     """Prompt flow's chat history and the new question, as Agent Framework messages (as ask_endpoint.py does)."""
     turns = []
@@ -134,14 +138,7 @@ def to_messages(turn: ChatTurn) -> list[Message]:
             for role, text in (("user", past["inputs"]["question"]), ("assistant", past["outputs"]["answer"]))
         ]
         turns.append([Message(role, [text]) for role, text in said if text.strip()])  # no empty messages
-    recent: list[Message] = []
-    used = 0
-    for kept in reversed(turns):  # the newest whole turns within HISTORY_CHARS: a long chat stays answerable
-        size = sum(len(message.text) for message in kept)
-        if used + size > HISTORY_CHARS:
-            break
-        recent[:0] = kept
-        used += size
+    recent = newest_turns(turns, lambda message: len(message.text))  # a long chat stays answerable
     return [*recent, Message("user", [turn.question.strip()])]
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import email.utils
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
@@ -34,6 +35,28 @@ RETRIED = {
 # Seconds one attempt waits for its answer: a little over the longest request_timeout_ms Azure allows (180 s), so that
 # the gateway's 408 reaches the client instead of the client giving up on work the worker is still doing.
 REQUEST_TIMEOUT_S = 200.0
+
+
+# The chat history sent with a question: about 500 tokens of English (~4 characters a token), half the endpoint's
+# 1,024-token prompt, so that a long chat keeps being answered from its newest turns.
+HISTORY_CHARS = 2000
+Message = TypeVar("Message")
+
+
+def newest_turns(
+    turns: Sequence[list[Message]], size: Callable[[Message], int], budget: int = HISTORY_CHARS
+) -> list[Message]:
+    """The messages of the newest whole turns whose ``size`` adds up to at most ``budget``, oldest dropped first, in
+    order: a long chat would otherwise grow past the endpoint's prompt limit and every later question be refused."""
+    recent: list[Message] = []
+    used = 0
+    for turn in reversed(turns):
+        length = sum(size(message) for message in turn)
+        if used + length > budget:
+            break
+        recent[:0] = turn
+        used += length
+    return recent
 
 
 class EndpointBusyError(RuntimeError):
