@@ -278,6 +278,69 @@ def test_the_preflight_refuses_a_model_the_catalog_retired(monkeypatch, capsys) 
         azure.check_catalog_model(object(), "gpt-2")
 
 
+def test_the_preflight_takes_a_retired_model_from_the_hub_at_its_pinned_revision(monkeypatch, capsys) -> None:
+    """Retired (or absent) in the catalog, with a hub id and a pinned revision: the job downloads it from the hub, and
+    the pre-flight says so plainly. Phi-4-mini keeps the catalog; a model neither offers is refused."""
+    from datetime import date
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    from phi3course import telemetry
+
+    today, asked = date(2026, 1, 5), []
+    retiring = {"FinetuneRetirementDate": "2025-08-30", "InferenceRetirementDate": "2025-08-30"}
+    monkeypatch.setattr(azure, "registry_client", lambda client, registry: _Registry(retiring, asked))
+    monkeypatch.setattr(telemetry, "hub_reachable", lambda timeout=3.0: False)
+    phi35 = models.PRESETS["phi-3.5-mini-instruct"]
+    found = azure.check_base_model(object(), "phi-3.5-mini-instruct", today=today)
+    assert (found.source, found.hub_id, found.revision) == (azure.HUB, phi35.hub_id, phi35.revision)
+    assert found.model_path == "" and phi35.revision and len(phi35.revision) == 40
+    said = " ".join(capsys.readouterr().out.split())
+    assert "the catalog retired Phi-3.5-mini-instruct for fine-tuning on 2025-08-30" in said
+    assert f"downloads it from the Hugging Face hub instead: {phi35.hub_id} at revision {phi35.revision}" in said
+    assert "serves the fine-tuned copy" in said and "was not checked" in said
+    monkeypatch.setattr(azure, "registry_client", lambda client, registry: _Registry(None, asked))  # absent
+    assert azure.check_base_model(object(), "phi-3.5-mini-instruct").reason == "the 'azureml' registry has no " + (
+        "Phi-3.5-mini-instruct"
+    )
+    with pytest.raises(azure.CatalogError, match="not in the 'azureml' registry"):  # no revision to download
+        azure.check_base_model(object(), "phi-3-mini-4k-instruct")
+    with pytest.raises(azure.CatalogError, match="not in the 'rehearsal' registry"):  # an offline preset: no hub id
+        azure.check_base_model(object(), "smollm2-135m-instruct")
+    monkeypatch.setattr(telemetry, "hub_reachable", lambda timeout=3.0: True)
+
+    def no_such_revision(self, repo_id, revision=None, timeout=None):
+        import httpx
+
+        answer = httpx.Response(404, request=httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}"))
+        raise RevisionNotFoundError(f"{repo_id}@{revision}", response=answer)
+
+    monkeypatch.setattr(HfApi, "model_info", no_such_revision)
+    with pytest.raises(azure.CatalogError, match=r"neither in the catalog .* nor on the hub"):
+        azure.check_base_model(object(), "phi-3.5-mini-instruct")
+    monkeypatch.setattr(azure, "registry_client", lambda client, registry: _Registry({}, asked))  # offered today
+    phi4 = azure.check_base_model(object(), "phi-4-mini-instruct", today=today)
+    assert phi4.from_catalog and phi4.uri.endswith("/models/Phi-4-mini-instruct/versions/15")
+    assert phi4.model_path == "${{inputs.base_model}}"
+    with pytest.raises(azure.CatalogError, match="out of date"):  # the job was built for the hub; the catalog has it
+        azure.check_base_model(object(), "phi-3.5-mini-instruct", planned=azure.base_model("phi-3.5-mini-instruct"))
+
+
+def test_the_job_is_built_from_the_courses_copy_of_the_catalogs_records() -> None:
+    """No call to Azure: the route any target's job is built with. Retired with a pinned revision → the hub."""
+    from datetime import date
+
+    assert azure.base_model("phi-3.5-mini-instruct").source == azure.HUB
+    assert azure.base_model("phi-3.5-mini-instruct", today=date(2025, 8, 29)).source == azure.CATALOG
+    phi4 = azure.base_model("phi-4-mini-instruct")
+    assert phi4.from_catalog and phi4.uri == azure.catalog_model_uri("phi-4-mini-instruct")
+    assert azure.base_model("phi-3-mini-4k-instruct").from_catalog  # no revision to download: the pre-flight refuses
+    assert azure.base_model("phi-3-tiny").uri == azure.catalog_model_uri("phi-3-tiny")
+    with pytest.raises(ValueError, match="no catalog entry"):
+        azure.base_model("gpt-2")
+
+
 def test_the_preflight_reads_retirement_dates_from_the_system_metadata_too(monkeypatch) -> None:
     """Azure/azureml-assets' newer specs keep the lifecycle dates in system_metadata.deprecation, not in the tags."""
     from datetime import date
@@ -316,9 +379,12 @@ def test_the_catalog_offers_phi4_mini_today_and_refuses_the_retired_phi3_models(
         assert "model='phi-4-mini-instruct'" in str(refused.value)
 
 
-def test_the_job_path_rehearses_phi4_mini_on_its_shrunk_stand_in(tmp_path, monkeypatch) -> None:
-    """02's job for model=phi-4-mini-instruct at smoke size (the azureml-dryrun-smoke profile, the model overridden):
-    its catalog URI resolves to a random Phi-4-mini architecture, shrunk, which the job fine-tunes."""
+@pytest.mark.parametrize("model", ["phi-4-mini-instruct", "phi-3.5-mini-instruct"])
+def test_the_job_path_rehearses_each_phi_model_on_its_shrunk_stand_in(tmp_path, monkeypatch, model, capsys) -> None:
+    """02's job for ``model`` at smoke size (the azureml-dryrun-smoke profile, the model overridden), built as 02 builds
+    it: Phi-4-mini from the catalog (its URI resolves to a random Phi-4-mini architecture, shrunk); Phi-3.5-mini, which
+    the catalog retired, from the hub (no model input; ``--model`` names it and the stand-in's node resolves it to its
+    shrunk random copy). Either way the job fine-tunes the real architecture's shape."""
     import json
 
     from azure.ai.ml import Input, Output, command
@@ -334,74 +400,50 @@ def test_the_job_path_rehearses_phi4_mini_on_its_shrunk_stand_in(tmp_path, monke
     train_rows, _ = synthetic.splits(seed=0, subjects=2)
     source = tmp_path / "train.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
-    train = ws.data.create_or_update(Data(name="phi4-train", path=str(source), type="uri_file"))
+    train = ws.data.create_or_update(Data(name="phi-train", path=str(source), type="uri_file"))
     settings = train_module.settings_from_profile(
-        {**profiles.parameters("azureml-dryrun-smoke"), "model": "phi-4-mini-instruct"},
+        {**profiles.parameters("azureml-dryrun-smoke"), "model": model},
         max_steps=2,
         replay=0,
-        memory_gib=4.0,  # the job checks the memory of what it loads: the stand-in fits, Phi-4-mini's 3.8 B would not
+        memory_gib=4.0,  # the job checks the memory of what it loads: the stand-in fits, a 3.8 B Phi would not
         train_file=str(source),
         output_dir=str(tmp_path / "unused"),
     )
     settings.validate()
-    base = azure.catalog_model_uri(settings.model)
-    assert base == "azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest"
-    azure.check_catalog_model(ws, settings.model)
-    job_paths = {
-        "train_file": "${{inputs.train}}",
-        "output_dir": "${{outputs.model}}",
-        "model_path": "${{inputs.base_model}}",
-    }
+    base = azure.base_model(settings.model)
+    found = azure.check_base_model(ws, settings.model, planned=base)  # the pre-flight, before anything bills
+    assert found.source == base.source
+    job_paths = {"train_file": "${{inputs.train}}", "output_dir": "${{outputs.model}}", "model_path": base.model_path}
     job = command(
         code=str(azure.job_code(tmp_path / "job-code")),
         command="python -m phi3course.train " + train_module.job_arguments(settings, job_paths),
         inputs={
             "train": Input(type="uri_file", path=train.id),
-            "base_model": Input(type=azure.CATALOG_MODEL_TYPE, path=base),
+            **({"base_model": Input(type=azure.CATALOG_MODEL_TYPE, path=base.uri)} if base.from_catalog else {}),
         },
         outputs={"model": Output(type="uri_folder")},
         environment=azure.job_environment(),
         compute="gpu-cluster",
         experiment_name="phi3-course",
     )
+    if model == "phi-4-mini-instruct":
+        assert base.uri == "azureml://registries/azureml/models/Phi-4-mini-instruct/labels/latest"
+        assert "--model-path ${{inputs.base_model}}" in job.command
+    else:
+        assert not base.from_catalog and base.revision == models.PRESETS[model].revision
+        assert "--model-path" not in job.command and "base_model" not in job.inputs
+        assert "downloads it from the Hugging Face hub" in capsys.readouterr().out
     name = ws.jobs.create_or_update(job).name
     ws.jobs.stream(name)
     outputs = ws.root / "jobs" / name / "outputs" / "model"
     result = json.loads((outputs / "result.json").read_text())
     assert result["steps"] == 2 and result["total_parameters"] < 1_000_000
     tuned = json.loads((outputs / "model" / "config.json").read_text())
-    real = models.PRESETS["phi-4-mini-instruct"]
+    real = models.PRESETS[model]
     assert tuned["num_attention_heads"] / tuned["num_key_value_heads"] == real.shape.heads / real.shape.kv_heads
-    assert tuned["partial_rotary_factor"] == real.positions.partial_rotary_factor and tuned["tie_word_embeddings"]
+    assert tuned["partial_rotary_factor"] == real.positions.partial_rotary_factor
+    assert tuned["tie_word_embeddings"] == real.shape.tied
     assert tuned["rope_parameters"]["rope_type"] == real.positions.rope_scaling
-
-
-def test_the_retired_phi35_minis_stand_in_still_trains_as_its_catalog_layout(tmp_path) -> None:
-    """02 stops Phi-3.5-mini at the pre-flight (retired); the rehearsal's catalog copy of it, a shrunk random Phi-3.5
-    (multi-head attention, untied embeddings, longrope), trains as the job would train it from the catalog."""
-    import json
-
-    from phi3course import profiles, synthetic
-    from phi3course import train as train_module
-    from phi3course.rehearsal.assets import catalog_model
-
-    train_rows, _ = synthetic.splits(seed=0, subjects=2)
-    source = tmp_path / "train.jsonl"
-    source.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
-    folder = catalog_model(*azure.CATALOG_MODELS["phi-3.5-mini-instruct"])
-    settings = train_module.settings_from_profile(
-        {**profiles.parameters("azureml-dryrun-smoke"), "model": "phi-3.5-mini-instruct"},
-        max_steps=1,
-        replay=0,
-        memory_gib=4.0,
-        train_file=str(source),
-        output_dir=str(tmp_path / "out"),
-        model_path=str(folder),
-    )
-    result = train_module.train(settings)
-    tuned = json.loads((Path(result.model_dir) / "config.json").read_text())
-    assert result.steps == 1 and tuned["num_attention_heads"] == tuned["num_key_value_heads"]
-    assert not tuned["tie_word_embeddings"] and tuned["rope_parameters"]["rope_type"] == "longrope"
 
 
 def test_acr_pull_is_assigned_only_once_the_registry_exists() -> None:

@@ -535,6 +535,50 @@ CATALOG_MODELS = {
     "smollm2-135m-instruct": ("rehearsal", "smollm2-135m-instruct"),
     "phi-3-tiny": ("rehearsal", "phi-3-tiny"),
 }
+# The course's copy of what the `azureml` registry says of those models, copied from the assets' spec.yaml in
+# Azure/azureml-assets (assets/models/system/phi-3-mini-4k-instruct and phi-3.5-mini-128k-instruct): the version and
+# the lifecycle tags (retirement dates among them). Azure/azureml-assets holds no spec of the registry's
+# Phi-4-mini-instruct (Azure/azureml-examples' fine-tuning sample looks it up by name, label "latest"): its record's
+# version is a placeholder ("1"; on Azure the pre-flight pins whatever version "latest" resolves to), its tags are
+# what is known of it (the hub model card: MIT, Microsoft; the sample's task), and it has no retirement date.
+# base_model() builds the job from these records; check_base_model() asks the live catalog before anything bills; the
+# rehearsal's registry answers with them.
+CATALOG_RECORDS: dict[str, dict[str, dict[str, Any]]] = {
+    "azureml": {
+        "Phi-3-mini-4k-instruct": {
+            "version": "15",
+            "tags": {
+                "InferenceLegacyDate": "2025-06-09",
+                "InferenceDeprecationDate": "2025-06-30",
+                "InferenceRetirementDate": "2025-08-30",
+                "FinetuneDeprecationDate": "2025-06-30",
+                "FinetuneRetirementDate": "2025-08-30",
+                "displayName": "Phi-3-mini instruct (4k)",
+                "task": "chat-completion",
+                "license": "mit",
+                "author": "Microsoft",
+            },
+        },
+        "Phi-3.5-mini-instruct": {
+            "version": "6",
+            "tags": {
+                "InferenceLegacyDate": "2025-06-09",
+                "InferenceDeprecationDate": "2025-06-30",
+                "InferenceRetirementDate": "2025-08-30",
+                "FinetuneDeprecationDate": "2025-06-30",
+                "FinetuneRetirementDate": "2025-08-30",
+                "displayName": "Phi-3.5-mini instruct (128k)",
+                "task": "chat-completion",
+                "license": "mit",
+                "author": "Microsoft",
+            },
+        },
+        "Phi-4-mini-instruct": {
+            "version": "1",
+            "tags": {"task": "chat-completion", "license": "mit", "author": "Microsoft"},
+        },
+    },
+}
 CATALOG_MODEL_TYPE = "mlflow_model"  # how the catalog stores the Phi models: an MLflow folder (model, tokenizer)
 REHEARSAL_REGISTRY = "rehearsal"
 
@@ -569,7 +613,13 @@ CATALOG_ALTERNATIVE = "Phi-4-mini-instruct"
 
 
 class CatalogError(RuntimeError):
-    """The job's base model is not usable from the catalog (retired or absent); the message says what to choose."""
+    """The job's base model is not usable from the catalog (retired or absent); the message says what to choose.
+
+    ``retired``: the retirement dates that have passed ({"fine-tuning": date, …}); empty when the model is absent."""
+
+    def __init__(self, message: str, retired: dict[str, date] | None = None) -> None:
+        super().__init__(message)
+        self.retired = dict(retired or {})
 
 
 @dataclass(frozen=True)
@@ -662,7 +712,8 @@ def check_catalog_model(client: Any, preset_name: str, today: date | None = None
         raise CatalogError(
             f"{name} (registry {registry!r}, version {model.version}) was retired {when} — the dates its catalog "
             f"entry carries (FinetuneRetirementDate/InferenceRetirementDate); a job or deployment that starts from it "
-            f"would fail or stop working. {_alternative()}"
+            f"would fail or stop working. {_alternative()}",
+            retired,
         )
     deprecated = {what: day for what, day in _dates(model.tags, DEPRECATION_TAGS).items() if day <= today}
     retiring = _dates(model.tags, RETIREMENT_TAGS)
@@ -674,6 +725,145 @@ def check_catalog_model(client: Any, preset_name: str, today: date | None = None
         since = ", ".join(f"for {what} since {day.isoformat()}" for what, day in deprecated.items())
         print(f"warning: {name} is deprecated {since}; it still runs until its retirement date. {_alternative()}")
     return model
+
+
+# --- where the job takes its base model from: the catalog, else the hub --------------------------------------
+CATALOG, HUB = "catalog", "hub"
+BASE_MODEL_INPUT = "${{inputs.base_model}}"  # the job's --model-path when the catalog's copy is its input
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """Where the job gets its base model.
+
+    ``catalog``: the model catalog's MLflow copy, the job's ``base_model`` input (``uri``), passed as
+    ``--model-path``. ``hub``: no model input; ``--model <preset>`` names a preset whose Hugging Face hub id and pinned
+    revision travel in the job's code (``models.PRESETS``), and the job downloads it from the hub — for a model the
+    catalog retired or lacks (``reason`` says which). Only the weights' source differs: the fine-tuned model the job
+    registers is the workspace's own, so the catalog's inference retirement does not stop its deployment.
+    """
+
+    preset: str
+    source: str  # CATALOG | HUB
+    uri: str = ""  # the catalog model (labels/latest from the course's records; the version pinned once looked up)
+    hub_id: str = ""
+    revision: str = ""
+    reason: str = ""  # why the hub
+
+    @property
+    def from_catalog(self) -> bool:
+        return self.source == CATALOG
+
+    @property
+    def model_path(self) -> str:
+        """The job's ``model_path`` (``train.job_arguments``): the catalog input, or "" (then ``--model`` loads it)."""
+        return BASE_MODEL_INPUT if self.from_catalog else ""
+
+    @property
+    def where(self) -> str:
+        if self.from_catalog:
+            return self.uri
+        return f"https://huggingface.co/{self.hub_id}/tree/{self.revision}"
+
+
+def _on_the_hub(preset_name: str, reason: str) -> BaseModel | None:
+    """The hub route for a preset with a hub id and a pinned revision, else None (nothing the job could download)."""
+    from .models import PRESETS
+
+    preset = PRESETS.get(preset_name)
+    if preset is None or preset.source != "hub" or not preset.hub_id or not preset.revision:
+        return None
+    return BaseModel(preset_name, HUB, hub_id=preset.hub_id, revision=preset.revision, reason=reason)
+
+
+def _retired_on(retired: dict[str, date]) -> str:
+    return " and ".join(f"for {what} on {day.isoformat()}" for what, day in retired.items())
+
+
+def base_model(preset_name: str, today: date | None = None) -> BaseModel:
+    """Where the job of ``preset_name`` takes its base model, from the course's copy of the catalog's records
+    (:data:`CATALOG_RECORDS`; no call to Azure, so any target can build the job): the catalog's model
+    (``labels/latest``) unless its record has a retirement date that has passed, and then the hub at the preset's
+    pinned revision. A retired model without a hub revision stays on the catalog route: :func:`check_base_model`
+    refuses it before anything bills. Raises ValueError for a preset with no catalog entry."""
+    uri = catalog_model_uri(preset_name)
+    registry, name = CATALOG_MODELS[preset_name]
+    record = CATALOG_RECORDS.get(registry, {}).get(name)
+    if record is not None:
+        retired = {k: v for k, v in _dates(record["tags"], RETIREMENT_TAGS).items() if v <= (today or date.today())}
+        hub = _on_the_hub(preset_name, f"the catalog retired {name} {_retired_on(retired)}") if retired else None
+        if hub is not None:
+            return hub
+    return BaseModel(preset_name, CATALOG, uri=uri)
+
+
+def _hub_answers(chosen: BaseModel, client: Any) -> None:
+    """From a machine that reaches the hub, check that the hub has the model at its revision (a CatalogError if not);
+    say so when it cannot be checked from here (the job's node reaches the hub all the same)."""
+    if is_rehearsal(client):
+        print(
+            "Rehearsal: the stand-in's job has no hub either; it trains the preset's stand-in (a random copy of the "
+            "model's architecture, shrunk), from the same command."
+        )
+        return
+    from .telemetry import hub_reachable
+
+    if not hub_reachable():
+        print(f"(The hub does not answer from here, so {chosen.hub_id} was not checked; the job's node downloads it.)")
+        return
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(chosen.hub_id, revision=chosen.revision, timeout=20)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise CatalogError(
+            f"{chosen.preset} is neither in the catalog ({chosen.reason}) nor on the hub at {chosen.where} "
+            f"({type(error).__name__}). {_alternative()}"
+        ) from error
+    except Exception as error:  # the hub's answer is not needed to submit: the job's node asks it again
+        print(f"(The hub did not answer for {chosen.hub_id} from here: {type(error).__name__}; the job asks it again.)")
+
+
+def check_base_model(
+    client: Any, preset_name: str, planned: BaseModel | None = None, today: date | None = None
+) -> BaseModel:
+    """The pre-flight before a job bills: look the base model up in the catalog (:func:`check_catalog_model`), else
+    on the hub (:func:`base_model`'s route for a model the catalog retired or lacks), and print where the job takes it.
+
+    Returns the catalog's model with its version pinned, or the hub's at the preset's pinned revision. Raises
+    :class:`CatalogError` for a model neither offers (its message says what to choose), and when ``planned`` (the
+    job's route, built from the course's records) is not the catalog's answer today.
+    """
+    try:
+        chosen = BaseModel(preset_name, CATALOG, uri=check_catalog_model(client, preset_name, today).uri)
+    except CatalogError as error:
+        registry, name = CATALOG_MODELS[preset_name]
+        reason = (
+            f"the catalog retired {name} {_retired_on(error.retired)}"
+            if error.retired
+            else f"the {registry!r} registry has no {name}"
+        )
+        hub = _on_the_hub(preset_name, reason)
+        if hub is None:
+            raise
+        chosen = hub
+        print(
+            f"base model: {chosen.preset} — {reason}. The job downloads it from the Hugging Face hub instead: "
+            f"{chosen.hub_id} at revision {chosen.revision} ({chosen.where}); the cluster's node needs internet "
+            "access. The deployment serves the fine-tuned copy the job registers in your workspace, so the catalog's "
+            "retirement does not stop serving it."
+        )
+        _hub_answers(chosen, client)
+    if planned is not None and planned.source != chosen.source:
+        raise CatalogError(
+            f"The job above takes {preset_name} from the {planned.source} ({planned.where}), but the pre-flight finds "
+            f"it on the {chosen.source} today ({chosen.where}; {chosen.reason or 'the catalog offers it'}): the "
+            "course's copy of the catalog's records (azure.CATALOG_RECORDS) is out of date. Build the job with "
+            f"base = azure.check_base_model(ml_client, {preset_name!r}) instead of azure.base_model(...), or choose "
+            "another model."
+        )
+    return chosen
 
 
 # --- lean environments from one place ----------------------------------------------------------------------

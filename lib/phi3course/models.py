@@ -127,12 +127,14 @@ PRESETS = {
         # 32 heads and 32 KV heads (no grouped-query attention), MLP 8192, vocabulary 32064, untied, 128k context by
         # longrope over an original 4096, full rotary, rope_theta 10000. Its tokenizer is Phi-3-mini's
         # (Azure/azureml-assets, assets/models/system/phi-3.5-mini-128k-instruct/description.md), so is its format.
+        # The catalog retired it (2025-08-30): a job loads it from the hub, at the commit pinned here.
         Preset(
             "phi-3.5-mini-instruct",
             "hub",
             "microsoft/Phi-3.5-mini-instruct: a refresh of Phi-3-mini with a 128k context (3.8 B, needs a GPU)",
             3821.1,
             hub_id="microsoft/Phi-3.5-mini-instruct",
+            revision="2fe192450127e6a83f7441aef6e3ca586c338b77",
             shape=Shape(layers=32, hidden=3072, heads=32, kv_heads=32, intermediate=8192, vocab=32064, tied=False),
             positions=Positions(131072, 4096, "longrope", 1.0, 10000.0),
             chat_template=PHI3_CHAT_TEMPLATE,
@@ -197,7 +199,20 @@ def resolve(name: str, machine: Any = None, hub: bool = False) -> Preset:
         return PRESETS["smollm2-135m-instruct"]
     if name not in PRESETS:
         raise ModelError(f"Unknown model preset {name!r}: choose one of {', '.join([AUTO, *PRESETS])}.")
-    return PRESETS[name]
+    preset = PRESETS[name]
+    if preset.source == "hub" and preset.positions is not None and on_stand_in_node():
+        preset = stand_in(preset)
+        print(f"A stand-in runs this job: {preset.name} from the hub is {preset.description}.")
+    return preset
+
+
+def on_stand_in_node() -> bool:
+    """Whether this process is a job that a stand-in of Azure ML runs on its own machine (the rehearsal sets
+    ``train.STAND_IN_NODE``). There a hub preset resolves to its :func:`stand_in`, as the rehearsal's catalog
+    resolves the catalog's copy: a dry run never downloads the real model's gigabytes."""
+    from .train import STAND_IN_NODE
+
+    return bool(os.environ.get(STAND_IN_NODE))
 
 
 def preset_dir(preset: Preset) -> Path:

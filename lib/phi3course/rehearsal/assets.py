@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..azure import REHEARSAL_REGISTRY
+from ..azure import CATALOG_RECORDS, REHEARSAL_REGISTRY
 from ..files import read_json, write_json
 from ..paths import cache_dir
 from .common import RehearsalError, copy_tree, not_found
@@ -207,49 +207,10 @@ class ModelOperations:
 
 
 # --- the model catalog (registries) ----------------------------------------------------------------------
-# What Azure's `azureml` registry says of the models the course names: canned, copied from the assets' spec.yaml in
-# Azure/azureml-assets (assets/models/system/phi-3-mini-4k-instruct and phi-3.5-mini-128k-instruct), the version
-# and the lifecycle tags (retirement dates among them). Azure/azureml-assets holds no spec of the registry's
-# Phi-4-mini-instruct (Azure/azureml-examples' fine-tuning sample looks it up by name, label "latest"): its record's
-# version is a placeholder ("1"; on Azure the pre-flight pins whatever version "latest" resolves to), its tags are
-# what is known of it (the hub model card: MIT, Microsoft; the sample's task), and it has no retirement date.
-# Metadata only: no weights of Azure's models are here (the rehearsal trains from stand-ins, models.stand_in).
-CANNED_CATALOG: dict[str, dict[str, dict[str, Any]]] = {
-    "azureml": {
-        "Phi-3-mini-4k-instruct": {
-            "version": "15",
-            "tags": {
-                "InferenceLegacyDate": "2025-06-09",
-                "InferenceDeprecationDate": "2025-06-30",
-                "InferenceRetirementDate": "2025-08-30",
-                "FinetuneDeprecationDate": "2025-06-30",
-                "FinetuneRetirementDate": "2025-08-30",
-                "displayName": "Phi-3-mini instruct (4k)",
-                "task": "chat-completion",
-                "license": "mit",
-                "author": "Microsoft",
-            },
-        },
-        "Phi-3.5-mini-instruct": {
-            "version": "6",
-            "tags": {
-                "InferenceLegacyDate": "2025-06-09",
-                "InferenceDeprecationDate": "2025-06-30",
-                "InferenceRetirementDate": "2025-08-30",
-                "FinetuneDeprecationDate": "2025-06-30",
-                "FinetuneRetirementDate": "2025-08-30",
-                "displayName": "Phi-3.5-mini instruct (128k)",
-                "task": "chat-completion",
-                "license": "mit",
-                "author": "Microsoft",
-            },
-        },
-        "Phi-4-mini-instruct": {
-            "version": "1",
-            "tags": {"task": "chat-completion", "license": "mit", "author": "Microsoft"},
-        },
-    },
-}
+# What Azure's `azureml` registry says of the models the course names: the course's copy of the catalog's records
+# (azure.CATALOG_RECORDS, read from Azure/azureml-assets), served as the registry's answers. Metadata only: no weights
+# of Azure's models are here (the rehearsal trains from stand-ins, models.stand_in).
+CANNED_CATALOG = CATALOG_RECORDS
 
 
 CANNED_NOTE = "rehearsal: a canned copy of this asset's catalog record (Azure/azureml-assets), not Azure's answer"
