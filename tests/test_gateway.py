@@ -37,6 +37,27 @@ def run(raw_data):
 """
 
 
+# A scoring script that checks the key it is sent, as the course's score.py does (COURSE_ENDPOINT_KEY_FILE).
+KEYED = """
+import hmac, os
+from pathlib import Path
+
+from azureml_inference_server_http.api.aml_request import rawhttp
+from azureml_inference_server_http.api.aml_response import AMLResponse
+
+def init():
+    global key
+    key = Path(os.environ["COURSE_ENDPOINT_KEY_FILE"]).read_text().strip()
+
+@rawhttp
+def run(request):
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+        return AMLResponse("the container refused the key", 401)
+    return AMLResponse("ok", 200)
+"""
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory):
     workspace = rehearsal.Workspace(tmp_path_factory.mktemp("gateway") / "rehearsal")
@@ -185,6 +206,48 @@ def test_the_gateway_checks_the_key_as_azure_words_it(ws, endpoint, single) -> N
     assert (missing.status_code, missing.text) == (401, "key_auth_bad_header_forbidden")
     for which in ("primary", "secondary"):
         assert requests.post(uri, json={}, headers=headers(ws, endpoint, which), timeout=30).status_code == 200
+
+
+def test_either_endpoint_key_reaches_a_script_that_checks_its_key_and_a_regenerated_one_replaces_it(
+    ws, tmp_path
+) -> None:
+    """Azure accepts the primary or the secondary key. The container never sees them: behind the gateway a script that
+    checks its key (as score.py does) answers both, and after ``begin_regenerate_keys`` the old key is refused while
+    the other one and the new one work, with no restart."""
+    endpoint = new_endpoint(ws)
+    code = tmp_path / "keyed"
+    code.mkdir()
+    (code / "score.py").write_text(KEYED)
+    deployment = ManagedOnlineDeployment(
+        name="keyed",
+        endpoint_name=endpoint,
+        model="azureml:gateway-test:1",
+        code_configuration=CodeConfiguration(code=str(code), scoring_script="score.py"),
+        environment=Environment(
+            image="mcr.microsoft.com/azureml/minimal-py312-inference:latest",
+            conda_file=azure.conda_spec("serve", ["azureml-inference-server-http"], []),
+        ),
+        instance_type="Standard_E4s_v3",
+        instance_count=1,
+    )
+    try:
+        ws.online_deployments.begin_create_or_update(deployment).result()
+        uri = ws.online_deployments.scoring_uri("keyed", endpoint)
+        before = ws.online_endpoints.get_keys(endpoint)
+        for which in ("primary", "secondary"):
+            answer = requests.post(uri, json={}, headers=headers(ws, endpoint, which), timeout=30)
+            assert (answer.status_code, answer.text) == (200, "ok"), which
+        ws.online_endpoints.begin_regenerate_keys(endpoint, key_type="secondary").result()
+        after = ws.online_endpoints.get_keys(endpoint)
+        assert after.primary_key == before.primary_key and after.secondary_key != before.secondary_key
+        old = requests.post(uri, json={}, headers={"Authorization": f"Bearer {before.secondary_key}"}, timeout=30)
+        assert (old.status_code, old.text) == (401, "key_auth_access_denied")
+        for which in ("primary", "secondary"):
+            assert requests.post(uri, json={}, headers=headers(ws, endpoint, which), timeout=30).status_code == 200
+        with pytest.raises(rehearsal.RehearsalError, match="a primary and a secondary key"):
+            ws.online_endpoints.begin_regenerate_keys(endpoint, key_type="tertiary")
+    finally:
+        ws.online_endpoints.begin_delete(name=endpoint).result()
 
 
 def test_a_stopped_container_gets_503_and_deleting_stops_the_gateway(ws, endpoint, deploy) -> None:

@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ def _region_claim(location: str, name: str) -> Path:
     folder = cache_dir() / "rehearsal-region" / location
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
+
+
+KEY_TYPES = ("primary", "secondary")  # an endpoint's two keys (azure-ai-ml's EndpointKeyType)
 
 
 class OnlineEndpointOperations:
@@ -73,7 +77,7 @@ class OnlineEndpointOperations:
             claim.write_text(str(self._ws.root))
             folder = self._dir(name)
             folder.mkdir(parents=True, exist_ok=True)
-            keys = {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)}
+            keys = {which: secrets.token_urlsafe(32) for which in KEY_TYPES}
             for which, value in keys.items():
                 atomic_write_text(folder / f"{which}.key", value, mode=0o600)
             record = {"name": name, "auth_mode": "key", "traffic": {}, "description": None, "tags": {}}
@@ -139,10 +143,19 @@ class OnlineEndpointOperations:
         )
 
     def key_file(self, name: str, which: str = "primary") -> Path:
-        """Where the ``primary`` (or ``secondary``) key is kept: the gateway accepts both; the scoring script
-        checks the primary one."""
+        """Where the ``primary`` (or ``secondary``) key is kept: the gateway accepts both (the scoring container sees
+        neither: it checks its deployment's own key, which the gateway sends)."""
         self._record(name)
+        if which not in KEY_TYPES:
+            raise RehearsalError(f"key type {which!r}: an endpoint has a {' and a '.join(KEY_TYPES)} key.")
         return self._dir(name) / f"{which}.key"
+
+    def begin_regenerate_keys(self, name: str, *, key_type: str = "primary", **_: Any) -> Poller:
+        """A new ``primary`` or ``secondary`` key, as Azure's ``begin_regenerate_keys`` makes one: the old one is
+        refused from then on, the other key keeps working (rotate one while clients use the other)."""
+        path = self.key_file(name, str(key_type).lower())
+        atomic_write_text(path, secrets.token_urlsafe(32), mode=0o600)
+        return Poller(None)
 
     def list(self) -> list[Any]:
         folder = self._ws.root / "state" / "endpoints"
@@ -219,7 +232,8 @@ def scoring_container(
 
     ``code``/``script``: the code configuration, copied to ``folder/code``; ``model``: the registered model's (name,
     version, folder), linked at ``folder/azureml-models/<name>/<version>``, which ``AZUREML_MODEL_DIR`` names, as
-    Azure lays it out; ``key_file``: the endpoint's key, which the scoring script checks (``COURSE_ENDPOINT_KEY_FILE``).
+    Azure lays it out; ``key_file``: the key the scoring script checks (``COURSE_ENDPOINT_KEY_FILE``): the deployment's
+    own, which its gateway sends once it has checked the endpoint's (either of its two).
     """
     if not (code / script).is_file():
         raise RehearsalError(f"the scoring script {script} is not in the code folder {code}.")
@@ -235,7 +249,7 @@ def scoring_container(
             "AZUREML_ENTRY_SCRIPT": script,
             "AZUREML_MODEL_DIR": str(model_dir),
             "AML_APP_INSIGHTS_ENABLED": "false",
-            # The gateway checks the key, as Azure's does; the scoring script checks it too (see score.py).
+            # The gateway checks the endpoint's keys, as Azure's does; the script checks the one the gateway sends.
             "COURSE_ENDPOINT_KEY_FILE": str(key_file),
         }
     )
@@ -331,7 +345,7 @@ class OnlineDeploymentOperations:
         port = free_port()
         while (gateway_port := free_port()) == port:  # two ports: the scoring container's and its gateway's
             pass
-        keys = [self._ws.online_endpoints.key_file(endpoint_name, which) for which in ("primary", "secondary")]
+        keys = [self._ws.online_endpoints.key_file(endpoint_name, which) for which in KEY_TYPES]
         gateway = GatewaySettings.of(deployment, gateway_port, port, keys)  # refuses request settings Azure refuses
         self._stop(name, endpoint_name)
         folder = self._dir(name, endpoint_name)
@@ -340,7 +354,10 @@ class OnlineDeploymentOperations:
         model_name, version, model_folder = self._model_folder(deployment.model)
         code = Path(str(deployment.code_configuration.code)).resolve()
         script = str(deployment.code_configuration.scoring_script)
-        env = scoring_container(folder, code, script, (model_name, version, model_folder), keys[0])
+        container_key = folder / "container.key"  # the deployment's own: the gateway sends it, the container checks it
+        atomic_write_text(container_key, secrets.token_urlsafe(32), mode=0o600)
+        gateway = replace(gateway, container_key_file=str(container_key))
+        env = scoring_container(folder, code, script, (model_name, version, model_folder), container_key)
         env = self._ws.guarded_env(
             env,
             deployment.environment_variables,

@@ -7,8 +7,10 @@ sees a request, as Microsoft Learn's "Troubleshoot online endpoints" (HTTP statu
   flight: the request is refused at once, not queued;
 - **408** "Request timeout" when the answer takes longer than ``request_timeout_ms`` (waiting for a busy worker counts);
 - **503** when the scoring container does not take the connection (not running), **502** when it breaks off;
-- otherwise the request goes to the container as it came, and its answer back, with the ``azureml-model-deployment``
-  header naming the deployment that answered.
+- otherwise the request goes to the container as it came — but for its ``Authorization`` header: the container never
+  sees the endpoint's keys (the gateway sends the deployment's own key, which the scoring script checks here), so
+  either endpoint key works end to end and a regenerated key needs no restart — and its answer back, with the
+  ``azureml-model-deployment`` header naming the deployment that answered.
 
 A :class:`Gateway` runs alone on 127.0.0.1 (``python -m phi3course.rehearsal gateway <config>``), one per deployment,
 started and stopped with it (:mod:`.endpoints`); its settings are a JSON file beside the deployment.
@@ -46,10 +48,11 @@ class GatewaySettings:
     deployment: str
     port: int
     upstream_port: int
-    key_files: tuple[str, ...]
+    key_files: tuple[str, ...]  # the endpoint's primary and secondary keys: either one is accepted
     max_concurrent_requests_per_instance: int = DEFAULT_MAX_CONCURRENT
     instance_count: int = 1
     request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
+    container_key_file: str = ""  # the deployment's own key, sent to the scoring container ("": the request's header)
 
     @property
     def max_in_flight(self) -> int:
@@ -161,6 +164,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, body: bytes, deadline: float) -> None:
         settings = self.server.settings
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
+        if settings.container_key_file:  # the container gets the deployment's key, never the endpoint's
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            key = Path(settings.container_key_file).read_text(encoding="utf-8").strip()
+            headers["Authorization"] = f"Bearer {key}"
 
         def left() -> float:
             return max(deadline - time.monotonic(), 0.01)
