@@ -505,6 +505,8 @@ REHEARSAL_LIMITS = (
     "the model catalog beyond the records the stand-in holds (canned copies of the real assets' tags, retirement "
     "dates included; no weights of Azure's models: a job trains from an offline preset, or from a shrunk random copy "
     "of the Phi model's architecture)",
+    "the Hugging Face hub: a job that downloads a retired Phi model from it trains the same shrunk copy here, so the "
+    "download, its size and the node's internet access are not rehearsed",
     "Azure ML's tracking server beyond what it lacks (404 on MLflow 3's logged models): the stand-in serves MLflow's "
     "own server, whose other answers may differ from Azure's",
 )
