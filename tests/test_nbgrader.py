@@ -98,6 +98,13 @@ def test_autograde_gives_an_untouched_submission_0_and_a_solved_one_full_marks(c
             for student in submissions
         }
     assert scores == {"untouched": dict.fromkeys(checks, 0.0), "solved": dict.fromkeys(checks, 1.0)}
+    # The class table reads the same gradebook: one column, each learner's score.
+    from phi3course.tools import classroom
+
+    assert classroom.gradebook_grades(course / "gradebook.db") == {
+        "solved": f"3/3 ({ASSIGNMENT} 3/3)",
+        "untouched": f"0/3 ({ASSIGNMENT} 0/3)",
+    }
 
     def check_lines(student: str) -> list[str]:
         graded = nbformat.read(course / "autograded" / student / ASSIGNMENT / NOTEBOOK.name, as_version=4)
