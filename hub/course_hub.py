@@ -339,9 +339,8 @@ def spawner_class() -> type:
             else:
                 home = self._home()
                 home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if self.course_repo:  # nbgitpuller clones it into the home when the learner's server first opens
-                pass
-            elif copy_course(COURSE_DIR, home / COURSE_FOLDER):
+            # With a course repository, nbgitpuller clones it when the learner's server first opens; else a copy.
+            if not self.course_repo and copy_course(COURSE_DIR, home / COURSE_FOLDER):
                 self.log.info("%s: course copied into %s", self.user.name, home / COURSE_FOLDER)
                 if self.system_accounts:
                     chown_tree(home / COURSE_FOLDER, entry.pw_uid, entry.pw_gid)
