@@ -355,8 +355,9 @@ def figures_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
 # and on Kubernetes (hub/kubernetes/z2jh-values.yaml's guarantees): the `local` profile's measured peak, rounded up.
 LEARNER_GIB, LEARNER_CORES = 4, 2
 SYSTEM_GIB = 2  # the hub, its proxy and the operating system
-VM_SIZES = [(4, 16), (8, 32), (16, 64), (32, 128), (64, 256)]  # cores, GiB: general-purpose sizes clouds offer
-CLASS_SIZES = [4, 8, 16, 24, 32]
+# cores, GiB: general-purpose sizes (4 GiB a core) and memory-optimized ones (8 GiB a core), as clouds offer them
+VM_SIZES = [(4, 16), (8, 32), (16, 64), (32, 128), (64, 256), (8, 64), (16, 128), (32, 256)]
+CLASS_SIZES = [2, 4, 8, 16, 32]
 
 
 def expected_02_seconds(seconds_02: float, learners: int, cores: int) -> float:
@@ -410,12 +411,13 @@ def sizing_section(records: list[tuple[str, dict[str, Any]]], courses: list[tupl
     ]
     rows = []
     for cores, gib in VM_SIZES:
-        cells = []
-        for learners in CLASS_SIZES:
-            fits = learners * LEARNER_GIB + SYSTEM_GIB <= gib
-            cells.append(duration(expected_02_seconds(seconds_02, learners, cores)) if fits else "—")
-        rows.append([f"{cores} cores, {gib} GiB", *cells])
-    out += table(["VM", *(f"{n} learners" for n in CLASS_SIZES)], rows)
+        holds = (gib - SYSTEM_GIB) // LEARNER_GIB
+        cells = [
+            duration(expected_02_seconds(seconds_02, learners, cores)) if learners <= holds else "—"
+            for learners in CLASS_SIZES
+        ]
+        rows.append([f"{cores} cores, {gib} GiB", holds, *cells])
+    out += table(["VM", "learners it holds", *(f"{n} learners" for n in CLASS_SIZES)], rows)
     return out + notes(records)
 
 
