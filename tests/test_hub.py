@@ -1,4 +1,4 @@
-"""The course's JupyterHub (hub/, `make hub`): its settings, then, for real and slow (three to four minutes), the hub
+"""The course's JupyterHub (hub/, `make hub`): its settings, then, for real and slow (several minutes), the hub
 on 127.0.0.1 with its npm proxy, two learners logged in through its login form, a server each, 00 and 01 (smoke) run
 by a kernel in each learner's own server, the two runs checked apart; then a class's grading: the educator releases
 01's exercises with nbgrader, one learner submits them solved and the other untouched (each from their own server),
