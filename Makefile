@@ -125,7 +125,9 @@ $(HUB_PROXY): hub/package.json hub/package-lock.json
 hub-setup: $(HUB_STAMP) $(HUB_PROXY)
 
 # The hub's end-to-end test on its own (CI runs it after `make test`): a real JupyterHub on loopback, two learners'
-# servers running 00 and 01, everything stopped after. Kept out of `make test`, which stays a learner's check.
+# servers pulling the course by nbgitpuller and running 00 and 01, 01's exercises released, submitted, collected and
+# autograded through nbgrader's exchange, everything stopped after. Kept out of `make test`, a learner's check.
+# HUB_SIZING_RECORD=docs/measurements/<date>-sizing-<cpu class>.json also writes the sizing record it measured.
 test-hub: hub-setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -p no:cacheprovider tests/test_hub.py
 

@@ -14,7 +14,10 @@ What a record does not know it says it does not know. Four kinds:
 - ``bench``: ``runs/bench.json`` (``make bench``);
 - ``variants``: the rows of ``<run>/forgetting.json`` (``python -m benchmarks.forgetting``) under ``rows``, or
   any table of trainings that differ in one setting (the own-facts phrasings);
-- ``figures``: single figures no course file holds (memory, disk, a GPU check), one row each.
+- ``figures``: single figures no course file holds (memory, disk, a GPU check), one row each;
+- ``sizing``: each learner's peak memory and CPU seconds in a real hub run (``tests/test_hub.py`` writes it with
+  ``HUB_SIZING_RECORD``); with the newest ``local`` course record of the same CPU class it gives the table of
+  learners × VM size × expected wall time of 02.
 
 ``render`` writes the page from the records; ``render --check`` fails when the page is stale (a test runs
 it). ``add`` copies a new run's file into ``docs/measurements/`` with its ``measurement`` block, then renders.
@@ -34,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "docs" / "measurements"
 PAGE = ROOT / "docs" / "measurements.md"
 CPU_CLASSES = ("native-bf16", "avx2-only", "gpu", "unknown")
-KINDS = ("course", "bench", "variants", "figures")
+KINDS = ("course", "bench", "variants", "figures", "sizing")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 NOTEBOOKS = ("00_setup", "01_data", "02_fine_tune", "03_deploy", "04_prompt_flow_chat", "05_agent_framework")
 
@@ -50,7 +53,9 @@ def kind_of(data: Any) -> str:
         return "bench"
     if "figures" in data:
         return "figures"
-    raise ValueError("not a summary.json, bench.json, forgetting.json or figures record")
+    if "learners" in data:
+        return "sizing"
+    raise ValueError("not a summary.json, bench.json, forgetting.json, figures or sizing record")
 
 
 def check_record(name: str, record: dict[str, Any]) -> None:
@@ -346,6 +351,76 @@ def figures_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return out + notes(records)
 
 
+# What a learner's server is given on one machine (hub/course_hub.py's HUB_MEM_LIMIT and HUB_CPU_LIMIT defaults)
+# and on Kubernetes (hub/kubernetes/z2jh-values.yaml's guarantees): the `local` profile's measured peak, rounded up.
+LEARNER_GIB, LEARNER_CORES = 4, 2
+SYSTEM_GIB = 2  # the hub, its proxy and the operating system
+# cores, GiB: general-purpose sizes (4 GiB a core) and memory-optimized ones (8 GiB a core), as clouds offer them
+VM_SIZES = [(4, 16), (8, 32), (16, 64), (32, 128), (64, 256), (8, 64), (16, 128), (32, 256)]
+CLASS_SIZES = [2, 4, 8, 16, 32]
+
+
+def expected_02_seconds(seconds_02: float, learners: int, cores: int) -> float:
+    """02 with ``learners`` running it at once on ``cores``: 02 is CPU-bound, and was measured with 2 cores to
+    itself, so it takes as long until the learners need more cores than there are, then longer in proportion."""
+    return seconds_02 * max(1.0, learners * LEARNER_CORES / cores)
+
+
+def sizing_section(records: list[tuple[str, dict[str, Any]]], courses: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not records:
+        return []
+    out = ["## Sizing a class", ""]
+    rows = []
+    for name, record in records:
+        for learner in record["learners"]:
+            rows.append(
+                [
+                    source(name, record["measurement"]),
+                    learner["learner"],
+                    number(learner["peak_rss_mib"], "MiB"),
+                    number(learner["cpu_seconds"], "CPU s"),
+                    duration(record.get("wall_seconds")),
+                ]
+            )
+    out += [
+        "Each learner's own processes (server, kernel, the run) in a real two-learner hub run of 00 and 01:",
+        "",
+        *table(["record", "learner", "peak memory", "CPU time", "wall time, both at once"], rows),
+    ]
+    name, record = records[-1]
+    cpu_class = record["measurement"]["cpu_class"]
+    local = [
+        (n, r)
+        for n, r in courses
+        if r.get("profile") == "local" and r["measurement"]["cpu_class"] == cpu_class
+        and (r.get("stages") or {}).get("02_fine_tune", {}).get("seconds")
+    ]  # fmt: skip
+    if not local:
+        return [*out, f"No `local` course record of the {cpu_class} class yet: no table of expected times.", ""]
+    course_name, course = local[-1]
+    seconds_02 = float(course["stages"]["02_fine_tune"]["seconds"])
+    measured_gib = max(learner["peak_rss_mib"] for learner in record["learners"]) / 1024
+    out += [
+        f"Expected wall time of 02 (`local` profile) when every learner runs it at once, from its "
+        f"{duration(seconds_02)} with 2 cores to itself ([{course['measurement']['date']}](measurements/{course_name}),"
+        f" {cpu_class}): each learner is given {LEARNER_GIB} GiB and {LEARNER_CORES} cores (the `local` profile's "
+        f"peak, rounded up; with the smoke model a learner's processes peaked at {measured_gib:.1f} GiB above), "
+        f"{SYSTEM_GIB} GiB go to the hub and the system; past the cores, time grows in proportion; a dash: the memory "
+        "does not hold them.",
+        "",
+    ]
+    rows = []
+    for cores, gib in VM_SIZES:
+        holds = (gib - SYSTEM_GIB) // LEARNER_GIB
+        cells = [
+            duration(expected_02_seconds(seconds_02, learners, cores)) if learners <= holds else "—"
+            for learners in CLASS_SIZES
+        ]
+        rows.append([f"{cores} cores, {gib} GiB", holds, *cells])
+    out += table(["VM", "learners it holds", *(f"{n} learners" for n in CLASS_SIZES)], rows)
+    return out + notes(records)
+
+
 def render(records: list[tuple[str, dict[str, Any]]]) -> str:
     """The whole page, from the records alone (no clock, no machine: the same records give the same page)."""
     by_kind: dict[str, list[tuple[str, dict[str, Any]]]] = {kind: [] for kind in KINDS}
@@ -374,6 +449,7 @@ def render(records: list[tuple[str, dict[str, Any]]]) -> str:
     lines += bench_section(by_kind["bench"])
     lines += variants_section(by_kind["variants"])
     lines += figures_section(by_kind["figures"])
+    lines += sizing_section(by_kind["sizing"], by_kind["course"])
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,9 @@ NOT_COPIED = {".git", ".venv", "runs", "my_facts", ".env", "hub/state", "hub/nod
 NOT_COPIED_ANYWHERE = {"__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints"}
 USER_PASSWORD_MIN = 8  # SharedPasswordAuthenticator's own minimums
 ADMIN_PASSWORD_MIN = 32
+DEFAULT_EXCHANGE = Path("/srv/nbgrader/exchange")  # nbgrader's own default
+DEFAULT_COURSE_ID = "phi3-course"  # what `python -m phi3course.exercises nbgrader` writes
+ASSIGNMENTS_FOLDER = "assignments"  # in the learner's course copy: what nbgrader fetches lands here
 
 
 class HubSettingError(ValueError):
@@ -66,6 +70,10 @@ class HubSettings:
     cpu_limit: float
     cull_idle_s: int
     system_accounts: bool
+    exchange_dir: Path
+    course_id: str
+    course_repo: str | None
+    course_branch: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, is_root: bool | None = None) -> HubSettings:
@@ -113,6 +121,13 @@ class HubSettings:
             cpu = float(env.get("HUB_CPU_LIMIT", "2"))
         except ValueError as error:
             raise HubSettingError(f"HUB_PORT, HUB_CULL_IDLE_S and HUB_CPU_LIMIT are numbers ({error})") from error
+        system = accounts == "system"
+        # nbgrader's exchange: where released exercises wait and submissions arrive. Learners' own accounts must
+        # reach it, so it is never under the hub's private state folder when they have accounts of their own.
+        exchange = Path(env.get("HUB_EXCHANGE_DIR") or (DEFAULT_EXCHANGE if system else state_dir / "exchange"))
+        course_id = env.get("HUB_COURSE_ID", DEFAULT_COURSE_ID)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", course_id):
+            raise HubSettingError(f"HUB_COURSE_ID={course_id}: use letters, digits, '.', '_' or '-' (nbgrader's ids)")
         return cls(
             ip=ip,
             port=port,
@@ -127,8 +142,26 @@ class HubSettings:
             mem_limit=env.get("HUB_MEM_LIMIT", "4G"),
             cpu_limit=cpu,
             cull_idle_s=cull,
-            system_accounts=accounts == "system",
+            system_accounts=system,
+            exchange_dir=exchange.expanduser().resolve(),
+            course_id=course_id,
+            course_repo=env.get("HUB_COURSE_REPO") or None,
+            course_branch=env.get("HUB_COURSE_BRANCH", "main"),
         )
+
+
+def git_pull_path(repo: str, branch: str = "main", folder: str = COURSE_FOLDER) -> str:
+    """The part of an nbgitpuller link after the server's address: pull ``repo`` into ``~/<folder>`` (a clone the
+    first time; later, a merge that keeps the learner's edits) and open its notebooks in JupyterLab."""
+    from urllib.parse import urlencode
+
+    query = urlencode({"repo": repo, "branch": branch, "targetpath": folder, "urlpath": f"lab/tree/{folder}/notebooks"})
+    return f"git-pull?{query}"
+
+
+def git_pull_link(hub_url: str, repo: str, branch: str = "main", folder: str = COURSE_FOLDER) -> str:
+    """The link an educator shares: through the hub's login, each learner's own server pulls the course."""
+    return f"{hub_url.rstrip('/')}/hub/user-redirect/{git_pull_path(repo, branch, folder)}"
 
 
 def readable_by_all(path: Path) -> bool:
@@ -218,6 +251,36 @@ def learner_env(home: Path, cache: Path) -> dict[str, str]:
     }
 
 
+NBGRADER_LEARNER_CONFIG = """# Written by the course's hub at every start of this server; edits here are replaced.
+c = get_config()  # noqa: F821 (nbgrader provides it)
+c.CourseDirectory.course_id = {course_id!r}
+c.CourseDirectory.student_id = {student!r}  # the hub's name for this learner, whatever account the server runs as
+c.Exchange.root = {exchange!r}
+c.Exchange.assignment_dir = {assignments!r}
+"""
+
+
+def nbgrader_learner_config(home: Path, course_id: str, exchange: Path, student: str) -> Path:
+    """Write the learner's ``~/.jupyter/nbgrader_config.py``: ``nbgrader fetch_assignment``/``submit`` in their
+    server then find the class's exchange, and their submissions carry their hub name (in one-account mode every
+    server runs as one account, whose name would otherwise be every learner's)."""
+    folder = home / ".jupyter"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    config = folder / "nbgrader_config.py"
+    assignments = home / COURSE_FOLDER / ASSIGNMENTS_FOLDER
+    text = NBGRADER_LEARNER_CONFIG.format(
+        course_id=course_id, student=student, exchange=str(exchange), assignments=str(assignments)
+    )
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+def prepare_exchange(exchange: Path) -> None:
+    """nbgrader's exchange folder, writable by every learner (sticky: none can remove another's submission)."""
+    exchange.mkdir(parents=True, exist_ok=True)
+    exchange.chmod(0o1777)
+
+
 def create_account(account: str) -> pwd.struct_passwd:
     """The learner's system account with a private home (what The Littlest JupyterHub does on first login)."""
     try:
@@ -255,6 +318,10 @@ def spawner_class() -> type:
         system_accounts = Bool(True, config=True, help="one system account per learner (needs root)")
         state_dir = Unicode(config=True, help="the hub's state folder (one-account mode keeps homes in it)")
         course_cache = Unicode(config=True, help="COURSE_CACHE for every learner: the models, read-only")
+        exchange_dir = Unicode(config=True, help="nbgrader's exchange, where exercises are released and submitted")
+        course_repo = Unicode("", config=True, help="a git URL: learners pull the course with nbgitpuller")
+        course_branch = Unicode("main", config=True, help="the branch of course_repo")
+        course_id = Unicode(DEFAULT_COURSE_ID, config=True, help="the nbgrader course id")
 
         @property
         def account(self) -> str:
@@ -272,17 +339,25 @@ def spawner_class() -> type:
             else:
                 home = self._home()
                 home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if copy_course(COURSE_DIR, home / COURSE_FOLDER):
+            # With a course repository, nbgitpuller clones it when the learner's server first opens; else a copy.
+            if not self.course_repo and copy_course(COURSE_DIR, home / COURSE_FOLDER):
                 self.log.info("%s: course copied into %s", self.user.name, home / COURSE_FOLDER)
                 if self.system_accounts:
                     chown_tree(home / COURSE_FOLDER, entry.pw_uid, entry.pw_gid)
+            config = nbgrader_learner_config(home, self.course_id, Path(self.exchange_dir), self.user.name)
+            if self.system_accounts:
+                chown_tree(config.parent, entry.pw_uid, entry.pw_gid)
             return home
 
         async def start(self):  # type: ignore[override]
             import asyncio
 
             home = await asyncio.to_thread(self._prepare)
-            self.notebook_dir = str(home / COURSE_FOLDER)
+            if self.course_repo:  # the server opens on the pull link: the course lands in ~/phi3-course
+                self.notebook_dir = str(home)
+                self.default_url = "/" + git_pull_path(self.course_repo, self.course_branch)
+            else:
+                self.notebook_dir = str(home / COURSE_FOLDER)
             url = await maybe_future(super().start())
             if self.mem_limit and self.cpu_limit:
                 done = cgroup_limits(self.pid, self.account, int(self.mem_limit), float(self.cpu_limit))
@@ -322,3 +397,22 @@ def proxy_command() -> str:
 def singleuser_command() -> list[str]:
     """The learner's server in the hub's own environment (the course's .venv): its kernel imports the course."""
     return [sys.executable, "-m", "jupyterhub.singleuser"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python hub/course_hub.py link --hub URL --repo GIT_URL [--branch main]``: print the link to share."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python hub/course_hub.py", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    link = commands.add_parser("link", help="the nbgitpuller link that gives each learner the course")
+    link.add_argument("--hub", required=True, help="the hub's address, e.g. https://hub.example.org")
+    link.add_argument("--repo", required=True, help="the course's git URL, as every learner's server can reach it")
+    link.add_argument("--branch", default="main")
+    args = parser.parse_args(argv)
+    print(git_pull_link(args.hub, args.repo, args.branch))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

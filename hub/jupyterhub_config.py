@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from course_hub import (
     USERNAME_PATTERN,
     HubSettings,
+    prepare_exchange,
     proxy_command,
     singleuser_command,
     spawner_class,
@@ -50,6 +51,15 @@ c.JupyterHub.spawner_class = spawner_class()
 c.CourseSpawner.system_accounts = hub.system_accounts
 c.CourseSpawner.state_dir = str(hub.state_dir)
 c.CourseSpawner.course_cache = str(hub.course_cache)
+# nbgrader: each learner's server fetches and submits through this exchange (docs/workshop.md, "Collecting").
+prepare_exchange(hub.exchange_dir)
+c.CourseSpawner.exchange_dir = str(hub.exchange_dir)
+c.CourseSpawner.course_id = hub.course_id
+# Distribution: with HUB_COURSE_REPO (a git URL), each learner's server pulls the course with nbgitpuller when it
+# opens, and again from the link the educator shares (python hub/course_hub.py link); else the hub copies this checkout.
+if hub.course_repo:
+    c.CourseSpawner.course_repo = hub.course_repo
+    c.CourseSpawner.course_branch = hub.course_branch
 c.Spawner.cmd = singleuser_command()
 c.Spawner.default_url = "/lab/tree/notebooks"
 c.Spawner.mem_limit = hub.mem_limit

@@ -1,6 +1,10 @@
-"""The course's JupyterHub (hub/, `make hub`): its settings, then, for real and slow (two to three minutes), the hub
+"""The course's JupyterHub (hub/, `make hub`): its settings, then, for real and slow (several minutes), the hub
 on 127.0.0.1 with its npm proxy, two learners logged in through its login form, a server each, 00 and 01 (smoke) run
-by a kernel in each learner's own server, the two runs checked apart, and everything stopped, nothing left running.
+by a kernel in each learner's own server, the two runs checked apart; then a class's grading: the educator releases
+01's exercises with nbgrader, one learner submits them solved and the other untouched (each from their own server),
+the educator collects and autogrades them (solved passes, untouched fails) into one class table with the runs; and
+everything stopped, nothing left running. Each learner's peak memory and CPU seconds are measured on the way
+(HUB_SIZING_RECORD=path writes them as a record for docs/measurements/).
 
 As root the hub gives each learner a system account (created here, removed afterwards); otherwise one-account mode.
 The slow test is skipped, with the reason, where JupyterHub or the proxy is not installed (`make hub-setup` installs
@@ -126,6 +130,39 @@ def test_each_learner_gets_their_own_course_copy_run_folder_and_prompt_flow_home
     assert (copy / "notebooks" / "01_data.ipynb").read_text() == "the learner's work"
 
 
+def test_the_course_link_and_the_nbgrader_settings_each_learner_gets(tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    link = course_hub.git_pull_link("https://hub.example.org/", "https://git.example.org/phi3-course.git", "spring")
+    parts = urlsplit(link)
+    assert parts.path == "/hub/user-redirect/git-pull"  # through the hub's login to the learner's own server
+    assert parse_qs(parts.query) == {
+        "repo": ["https://git.example.org/phi3-course.git"],
+        "branch": ["spring"],
+        "targetpath": [course_hub.COURSE_FOLDER],
+        "urlpath": [f"lab/tree/{course_hub.COURSE_FOLDER}/notebooks"],
+    }
+    assert settings(HUB_COURSE_REPO="file:///srv/phi3-course.git").course_repo == "file:///srv/phi3-course.git"
+    assert settings().course_repo is None  # else the hub's checkout is copied
+    # The exchange: nbgrader's default with learners' own accounts, under the hub's state otherwise.
+    assert settings(is_root=True).exchange_dir == course_hub.DEFAULT_EXCHANGE
+    assert settings(is_root=False, HUB_STATE_DIR=str(tmp_path)).exchange_dir == tmp_path.resolve() / "exchange"
+    with pytest.raises(course_hub.HubSettingError, match="HUB_COURSE_ID"):
+        settings(HUB_COURSE_ID="phi3 course")
+    course_hub.prepare_exchange(tmp_path / "exchange")
+    assert (tmp_path / "exchange").stat().st_mode & 0o7777 == 0o1777  # all submit, none removes another's
+    (tmp_path / "ana").mkdir()
+    config = course_hub.nbgrader_learner_config(tmp_path / "ana", "phi3-course", tmp_path / "exchange", "ana")
+    from traitlets.config.loader import PyFileConfigLoader
+
+    c = PyFileConfigLoader(config.name, path=str(config.parent)).load_config()  # as nbgrader reads it
+    assert dict(c.CourseDirectory) == {"course_id": "phi3-course", "student_id": "ana"}
+    assert dict(c.Exchange) == {
+        "root": str(tmp_path / "exchange"),
+        "assignment_dir": str(tmp_path / "ana" / course_hub.COURSE_FOLDER / course_hub.ASSIGNMENTS_FOLDER),
+    }
+
+
 def test_limits_go_into_a_cgroup_where_the_machine_has_cgroup_v2(tmp_path: Path) -> None:
     assert "no cgroup v2" in course_hub.cgroup_limits(123, "jupyter-ana", 4 * 2**30, 2, root=tmp_path)
     (tmp_path / "cgroup.controllers").write_text("cpuset io pids")
@@ -159,6 +196,62 @@ def test_the_learners_accounts_must_be_able_to_read_the_environment_and_cache(mo
     assert "the model cache" in why and "COURSE_CACHE=/srv/phi3course/cache make warm" in why
 
 
+LISTEN = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('ready', flush=True)\n"
+    "time.sleep(120)"
+)
+
+
+def stand_in_service(port: int, pf_home: Path) -> subprocess.Popen:
+    """A process listening on ``port`` with ``pf_home`` as its Prompt flow home, as a learner's service would."""
+    env = {**os.environ, "PF_HOME_DIRECTORY": str(pf_home)}
+    process = subprocess.Popen([sys.executable, "-c", LISTEN, str(port)], env=env, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_two_learners_prompt_flow_services_never_collide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from phi3course import flow
+
+    ana, ben = (tmp_path / name / ".promptflow" for name in ("ana", "ben"))
+    monkeypatch.setenv("PF_HOME_DIRECTORY", str(ana))
+    port_a = flow.claim_pf_service_port()
+    # Prompt flow itself reads the port from the file written for this home.
+    env = {**os.environ, "PF_HOME_DIRECTORY": str(ana)}
+    read = "from promptflow._sdk._service.utils.utils import get_port_from_config as g; print(g('127.0.0.1'))"
+    done = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == str(port_a), done.stderr[-2000:]
+    service_a = stand_in_service(port_a, ana)
+    try:
+        # Ben's home recorded the same port in an earlier session: his stop never ends Ana's service, and his next
+        # client takes another port instead of sending his traces to hers.
+        (ben / "pfs").mkdir(parents=True)
+        shutil.copy(flow.pf_service_port_file(ana), flow.pf_service_port_file(ben))
+        monkeypatch.setenv("PF_HOME_DIRECTORY", str(ben))
+        assert flow.pf_service_port() == port_a
+        assert flow.stop_pf_service() is False and service_a.poll() is None
+        port_b = flow.claim_pf_service_port()
+        assert port_b != port_a and flow.pf_service_port() == port_b
+        # Ana keeps hers (her own service holds it), and her stop ends it.
+        monkeypatch.setenv("PF_HOME_DIRECTORY", str(ana))
+        assert flow.claim_pf_service_port() == port_a
+        # What serve() checks before it trusts an answer on its port: that its own server gave it.
+        other = subprocess.Popen(["sleep", "30"])
+        try:
+            assert flow._serves(service_a.pid, port_a) and not flow._serves(other.pid, port_a)
+        finally:
+            other.kill()
+            other.wait()
+        assert flow.stop_pf_service() is True
+        assert service_a.wait(10) is not None
+        assert flow.stop_pf_service() is False
+    finally:
+        if service_a.poll() is None:
+            service_a.kill()
+            service_a.wait()
+
+
 def three_free_ports() -> int:
     """A port with the two after it free too (the hub's proxy API and the hub's own API use them)."""
     for _ in range(50):
@@ -187,6 +280,8 @@ class Hub:
     log: Path
     state: Path
     system_accounts: bool  # one system account per learner; otherwise all servers run as this test's account
+    exchange: Path  # nbgrader's exchange (HUB_EXCHANGE_DIR)
+    course_repo: str  # the git URL learners pull the course from (HUB_COURSE_REPO)
 
     def post_login(self, name: str, password: str) -> tuple[requests.Session, requests.Response]:
         """The hub's login form, filled in as a browser does (its _xsrf field included)."""
@@ -229,9 +324,26 @@ class Hub:
         raise AssertionError(f"{name}'s server not ready after {timeout_s:.0f} s; hub log: {self.log}")
 
 
+def git_pull(hub: Hub, name: str, token: str) -> list[str]:
+    """What a learner's click on the shared link does: their server's nbgitpuller pulls the course (its event
+    stream, read to the end); returns the phases it reported."""
+    query = course_hub.git_pull_path(hub.course_repo).split("?", 1)[1]
+    answer = hub.api("GET", f"/user/{name}/git-pull/api?{query}", token, stream=True)
+    assert answer.status_code == 200, answer.text
+    phases, lines = [], []
+    for line in answer.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            event = json.loads(line[5:])
+            phases.append(event.get("phase", ""))
+            lines.append(str(event.get("output") or event.get("message") or ""))
+    assert phases[-1:] == ["finished"], "".join(lines)[-3000:]
+    return phases
+
+
 def execute(hub: Hub, name: str, token: str, code: str, timeout_s: float = 240) -> str:
     """Run ``code`` in a new kernel of ``name``'s server (its REST API and kernel websocket); returns its stdout."""
-    kernel = hub.api("POST", f"/user/{name}/api/kernels", token, json={"name": "python3", "path": "notebooks"})
+    where = f"{course_hub.COURSE_FOLDER}/notebooks"  # below the server's root, the learner's home
+    kernel = hub.api("POST", f"/user/{name}/api/kernels", token, json={"name": "python3", "path": where})
     assert kernel.status_code == 201, kernel.text
     kernel_id = kernel.json()["id"]
     try:
@@ -284,6 +396,98 @@ print(json.dumps({"rc": done.returncode, "tail": (done.stdout + done.stderr)[-30
 """
 
 
+# What each learner's kernel runs to hand in 01's exercises: nbgrader's fetch and submit, as the learner (their
+# server's ~/.jupyter/nbgrader_config.py, written by the hub, names the exchange and their student id). SOLVE puts
+# the reference solutions in, as a learner who solved them would have.
+HAND_IN = """
+import json, os, subprocess, sys
+from pathlib import Path
+import nbformat
+from phi3course import exercises
+nbgrader = [sys.executable, "-m", "nbgrader"]
+fetched = subprocess.run(nbgrader + ["fetch_assignment", "01_data"], capture_output=True, text=True)
+notebook = Path(os.environ["COURSE_ROOT"]) / "assignments" / "01_data" / "01_data.ipynb"
+if SOLVE and fetched.returncode == 0:
+    ours = Path(os.environ["COURSE_ROOT"]) / "notebooks" / "01_data.ipynb"
+    solved = exercises.apply(nbformat.read(notebook, as_version=4),
+                             exercises.load_solutions(exercises.solutions_path(ours)), ours)
+    nbformat.write(solved, notebook)
+submitted = subprocess.run(nbgrader + ["submit", "01_data"], capture_output=True, text=True,
+                           cwd=notebook.parent.parent)
+print(json.dumps({"rc": [fetched.returncode, submitted.returncode], "fetched": notebook.is_file(),
+                  "tail": (fetched.stdout + fetched.stderr + submitted.stdout + submitted.stderr)[-3000:]}))
+"""
+
+
+def educator_nbgrader(course: Path, *args: str, **env: str) -> str:
+    """``nbgrader <args>`` in the educator's course folder, from the course's environment (as docs/workshop.md)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args], cwd=course, env={**os.environ, "PATH": path, **env},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+class Sizing:
+    """Each learner's peak memory (resident, all their processes together) and CPU seconds, sampled every 0.5 s:
+    their processes are those of their account, or (one-account mode) those whose HOME is their home."""
+
+    def __init__(self, owners: dict[str, object]) -> None:
+        import threading
+
+        self.owners = owners  # learner -> account name (str) or home (Path)
+        self.peak = dict.fromkeys(owners, 0)
+        self.cpu: dict[str, dict[int, float]] = {name: {} for name in owners}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _owner(self, proc: psutil.Process) -> str | None:
+        try:
+            user, home = proc.username(), None
+            for name, owner in self.owners.items():
+                if isinstance(owner, str) and user == owner:
+                    return name
+                if isinstance(owner, Path):
+                    home = home or proc.environ().get("HOME", "")
+                    if home == str(owner):
+                        return name
+        except psutil.Error:
+            return None
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = dict.fromkeys(self.owners, 0)
+            for proc in psutil.process_iter():
+                name = self._owner(proc)
+                if name is None:
+                    continue
+                try:
+                    with proc.oneshot():
+                        rss[name] += proc.memory_info().rss
+                        times = proc.cpu_times()
+                        self.cpu[name][proc.pid] = times.user + times.system
+                except psutil.Error:
+                    continue
+            for name, used in rss.items():
+                self.peak[name] = max(self.peak[name], used)
+            self._stop.wait(0.5)
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        self._stop.set()
+        self._thread.join(10)
+        return {
+            name: {
+                "peak_rss_mib": round(self.peak[name] / 2**20),
+                "cpu_seconds": round(sum(self.cpu[name].values()), 1),
+            }
+            for name in self.owners
+        }
+
+
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[tuple[Hub, list[str]]]:
     if missing := _missing():
@@ -295,6 +499,15 @@ def hub(tmp_path: Path) -> Iterator[tuple[Hub, list[str]]]:
     state = tmp_path / "state"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HUB_", "PF_", "COURSE_"))}
     cache = None
+    exchange = Path(tempfile.mkdtemp(prefix="hub-exchange-"))  # learners' own accounts reach it (not under tmp_path)
+    # The course as an educator publishes it: a git repository (here a bare one of this checkout's commit), which
+    # each learner's server pulls with nbgitpuller.
+    published = Path(tempfile.mkdtemp(prefix="hub-course-"))
+    repo = published / "phi3-course.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(course_root()), "push", "--quiet", str(repo), "HEAD:refs/heads/main"], check=True)
+    for path in (published, *published.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     if ROOT:  # the learners' accounts read a copy of the smoke model that every account can read
         cache = Path(tempfile.mkdtemp(prefix="hub-cache-"))
         shutil.copytree(cache_dir() / "phi-3-tiny", cache / "phi-3-tiny")
@@ -313,6 +526,8 @@ def hub(tmp_path: Path) -> Iterator[tuple[Hub, list[str]]]:
         HUB_LEARNERS=" ".join(learners),
         HUB_CULL_IDLE_S="600",
         HUB_ACCOUNTS="system" if system else "one",
+        HUB_EXCHANGE_DIR=str(exchange),
+        HUB_COURSE_REPO=repo.as_uri(),
         COURSE_CACHE=str(cache or cache_dir()),
         HF_HUB_OFFLINE="1",
     )
@@ -322,7 +537,7 @@ def hub(tmp_path: Path) -> Iterator[tuple[Hub, list[str]]]:
             [sys.executable, "-m", "jupyterhub", "-f", str(HUB_DIR / "jupyterhub_config.py")],
             cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    running = Hub(f"http://127.0.0.1:{port}", password, process, log, state, system)
+    running = Hub(f"http://127.0.0.1:{port}", password, process, log, state, system, exchange, repo.as_uri())
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -352,6 +567,8 @@ def hub(tmp_path: Path) -> Iterator[tuple[Hub, list[str]]]:
                 subprocess.run(["userdel", "--remove", account], capture_output=True)
         if cache:
             shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(exchange, ignore_errors=True)
+        shutil.rmtree(published, ignore_errors=True)
 
 
 def processes_of(state: Path, accounts: set[str]) -> list[str]:
@@ -374,6 +591,8 @@ def processes_of(state: Path, accounts: set[str]) -> list[str]:
 
 
 def test_two_learners_run_the_course_in_their_own_servers_through_the_hub(hub: tuple[Hub, list[str]]) -> None:
+    from urllib.parse import parse_qs
+
     running, learners = hub
     tokens = {name: running.login(name) for name in learners}
     _, wrong = running.post_login(learners[0], "not-the-workshop-password")
@@ -382,18 +601,29 @@ def test_two_learners_run_the_course_in_their_own_servers_through_the_hub(hub: t
         running.spawn(name, tokens[name])
     for name in learners:
         running.wait_ready(name, tokens[name])
+        # The server opens on the course's pull link, which then opens its notebooks in JupyterLab.
         opened = running.api("GET", f"/user/{name}/", tokens[name], allow_redirects=False)
-        assert opened.headers["Location"].split("?")[0] == f"/user/{name}/lab/tree/notebooks", "JupyterLab opens"
+        where, _, query = opened.headers["Location"].partition("?")
+        expected = course_hub.git_pull_path(running.course_repo).split("?")[1]
+        assert where == f"/user/{name}/git-pull" and parse_qs(query) == parse_qs(expected), opened.headers["Location"]
+        git_pull(running, name, tokens[name])
 
+    owners: dict[str, object] = {
+        name: course_hub.ACCOUNT_PREFIX + name if running.system_accounts else running.state / "homes" / name
+        for name in learners
+    }
+    sizing, started = Sizing(owners), time.monotonic()
     with ThreadPoolExecutor(len(learners)) as pool:  # both learners at once, as in a class
-        outputs = pool.map(lambda name: execute(running, name, tokens[name], IN_THE_KERNEL), learners)
+        outputs = list(pool.map(lambda name: execute(running, name, tokens[name], IN_THE_KERNEL), learners))
+    measured, wall = sizing.stop(), time.monotonic() - started
     seen = {name: json.loads(out.strip().splitlines()[-1]) for name, out in zip(learners, outputs, strict=True)}
     for name, facts in seen.items():
         assert facts["rc"] == 0, f"{name}'s run failed:\n{facts['tail']}"
         home = Path(facts["home"])
         assert Path(facts["run"]) == home / course_hub.COURSE_FOLDER / "runs" / "smoke"
         assert Path(facts["pf_home"]) == home / ".promptflow"
-        assert Path(facts["cwd"]) == home / course_hub.COURSE_FOLDER / "notebooks"  # the server opens the copy
+        assert Path(facts["cwd"]) == home / course_hub.COURSE_FOLDER / "notebooks"  # the kernel runs in the pull
+        assert (home / course_hub.COURSE_FOLDER / ".git").is_dir(), "the course came by nbgitpuller, a clone"
         summary = json.loads((Path(facts["run"]) / "summary.json").read_text())
         assert [stage for stage in summary["stages"]][:2] == ["00_setup", "01_data"], summary["stages"]
         if running.system_accounts:
@@ -407,6 +637,43 @@ def test_two_learners_run_the_course_in_their_own_servers_through_the_hub(hub: t
     assert first["home"] != second["home"] and first["run"] != second["run"] and first["pf_home"] != second["pf_home"]
     if running.system_accounts:
         assert first["uid"] != second["uid"]
+    for name, figures in measured.items():  # the sampler saw each learner's server, kernel and run
+        assert figures["peak_rss_mib"] > 200 and figures["cpu_seconds"] > 1, (name, measured)
+    if record := os.environ.get("HUB_SIZING_RECORD"):
+        write_sizing_record(Path(record), measured, wall, running.system_accounts)
+
+    # The class's grading: release 01's exercises, each learner hands them in from their own server, collect, grade.
+    from phi3course import exercises
+    from phi3course.paths import course_notebooks
+    from phi3course.tools import classroom
+
+    course = running.state.parent / "grading"
+    exercises.nbgrader_course([next(p for p in course_notebooks() if p.stem == "01_data")], course)
+    exchange = f"--Exchange.root={running.exchange}"
+    educator_nbgrader(course, "generate_assignment", "01_data", "--force")
+    educator_nbgrader(course, "release_assignment", "01_data", exchange)
+    solved, untouched = learners
+    for name in learners:
+        code = HAND_IN.replace("SOLVE", str(name == solved), 1)
+        handed = json.loads(execute(running, name, tokens[name], code).strip().splitlines()[-1])
+        assert handed["rc"] == [0, 0] and handed["fetched"], f"{name} could not hand in 01:\n{handed['tail']}"
+    educator_nbgrader(course, "collect", "01_data", exchange)
+    assert sorted(path.name for path in (course / "submitted").iterdir()) == sorted(learners)
+    grading = {
+        exercises.MODE_ENV: "grade",  # a check that does not pass raises: 0 points
+        "COURSE_PROFILE": "smoke",
+        "COURSE_RUN_DIR": str(running.state.parent / "grading-run"),
+        "COURSE_CACHE": str(cache_dir()),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(course_root() / "lib"), os.environ.get("PYTHONPATH")])),
+    }
+    educator_nbgrader(course, "autograde", "01_data", "--force", **grading)
+    homes = [Path(seen[name]["run"]) for name in learners]
+    table = classroom.collect(homes, since=None, gradebook=course / "gradebook.db")
+    account = course_hub.ACCOUNT_PREFIX if running.system_accounts else ""
+    assert table.loc[account + solved, "grade"] == "3/3 (01_data 3/3)", table.to_string()
+    assert table.loc[account + untouched, "grade"] == "0/3 (01_data 0/3)", table.to_string()
+    assert all(table["notebooks ok"].str.startswith("2/")), table.to_string()  # 00 and 01 ran, for both
 
     for name in learners:
         stopped = running.api("DELETE", f"/hub/api/users/{name}/server", tokens[name])
@@ -418,6 +685,34 @@ def test_two_learners_run_the_course_in_their_own_servers_through_the_hub(hub: t
     while (left := processes_of(running.state, accounts)) and time.monotonic() < deadline:
         time.sleep(1)
     assert left == [], f"still running after the hub stopped: {left}"
+
+
+def write_sizing_record(path: Path, measured: dict[str, dict[str, float]], wall: float, system: bool) -> None:
+    """The figures as a ``sizing`` record for docs/measurements/ (benchmarks/measurements.py renders its table)."""
+    from datetime import date
+
+    sys.path.insert(0, str(course_root()))
+    from benchmarks.measurements import check_record, detect_cpu_class
+
+    record = {
+        "measurement": {
+            "kind": "sizing",
+            "cpu_class": detect_cpu_class(),
+            "date": date.today().isoformat(),
+            "command": "HUB_SIZING_RECORD=<record> make test-hub",
+            "what": "two learners running 00 and 01 (smoke) at once, each in their own server through the hub",
+            "conditions": (
+                f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU; not idle (other "
+                "work ran on the machine at the same time); "
+                f"{'one account per learner' if system else 'one-account mode'}; no memory/CPU limit held (no "
+                "cgroup v2 here); each learner's processes sampled every 0.5 s with psutil"
+            ),
+        },
+        "learners": [{"learner": f"learner {i + 1}", **figures} for i, figures in enumerate(measured.values())],
+        "wall_seconds": round(wall, 1),
+    }
+    check_record(path.name, record)
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 # --- when a class outgrows one machine: Zero to JupyterHub on AKS ------------------------------------------------

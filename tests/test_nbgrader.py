@@ -98,6 +98,13 @@ def test_autograde_gives_an_untouched_submission_0_and_a_solved_one_full_marks(c
             for student in submissions
         }
     assert scores == {"untouched": dict.fromkeys(checks, 0.0), "solved": dict.fromkeys(checks, 1.0)}
+    # The class table reads the same gradebook: one column, each learner's score.
+    from phi3course.tools import classroom
+
+    assert classroom.gradebook_grades(course / "gradebook.db") == {
+        "solved": f"3/3 ({ASSIGNMENT} 3/3)",
+        "untouched": f"0/3 ({ASSIGNMENT} 0/3)",
+    }
 
     def check_lines(student: str) -> list[str]:
         graded = nbformat.read(course / "autograded" / student / ASSIGNMENT / NOTEBOOK.name, as_version=4)
@@ -106,3 +113,27 @@ def test_autograde_gives_an_untouched_submission_0_and_a_solved_one_full_marks(c
 
     assert check_lines("untouched") == ["✗ 01.1 not yet", "✗ 01.2 not yet", "✗ 01.3 not yet"]
     assert check_lines("solved") == ["✓ 01.1 passed", "✓ 01.2 passed", "✓ 01.3 passed"]
+
+
+def test_the_class_table_joins_runs_and_grades(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grades join the runs by learner: a hub account's ``jupyter-`` prefix is dropped to match nbgrader's student id,
+    and a learner who submitted but has no run still gets a row. (The autograde test above reads a real gradebook.)"""
+    import json
+
+    from phi3course.tools import classroom
+
+    with pytest.raises(FileNotFoundError, match="nbgrader autograde"):
+        classroom.gradebook_grades(tmp_path / "gradebook.db")
+    for name in ("jupyter-ana", "jupyter-ben"):
+        run = tmp_path / "home" / name / "phi3-course" / "runs" / "local"
+        run.mkdir(parents=True)
+        stages = {"00_setup": {"ok": True, "seconds": 1}, "01_data": {"ok": True, "seconds": 2}}
+        (run / "summary.json").write_text(json.dumps({"profile": "local", "stages": stages}))
+    grades = {"ana": "3/3 (01_data 3/3)", "cleo": "0/3 (01_data 0/3)"}
+    monkeypatch.setattr(classroom, "gradebook_grades", lambda path: grades)
+    table = classroom.collect([tmp_path / "home"], expected_notebooks=6, gradebook=tmp_path / "gradebook.db")
+    assert table["grade"].to_dict() == {"jupyter-ana": grades["ana"], "jupyter-ben": "", "cleo": grades["cleo"]}
+    assert table["notebooks ok"].to_dict() == {"jupyter-ana": "2/6", "jupyter-ben": "2/6", "cleo": "0/6"}
+    assert "grade" not in classroom.collect([tmp_path / "home"], expected_notebooks=6).replace("", None).dropna(
+        axis=1, how="all"
+    )

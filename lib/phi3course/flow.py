@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -38,7 +37,116 @@ class FlowError(ServerError):
     """The served flow did not start or did not answer."""
 
 
-PF_SERVICE_PORT = 23333
+# Prompt flow's local service (traces, the run history UI) listens on a port it records in its home
+# (PF_HOME_DIRECTORY/pfs/<environment>_pfs.port), starting from 23333. Two learners on one machine each have their
+# own home (the hub gives them one), so each gets a port of their own: the first free one from a start that differs
+# per home, claimed before Prompt flow would reuse a port another learner's service holds.
+PF_SERVICE_FIRST_PORT = 23333
+PF_SERVICE_PORT_SPREAD = 2000
+
+
+def pf_home() -> Path:
+    """This process's Prompt flow home: ``PF_HOME_DIRECTORY``, else ``~/.promptflow`` (as Prompt flow decides)."""
+    configured = os.environ.get("PF_HOME_DIRECTORY")
+    return Path(configured).expanduser().resolve() if configured else Path.home().resolve() / ".promptflow"
+
+
+def pf_service_port_file(home: Path | None = None) -> Path:
+    """Where Prompt flow records its service's port for this environment (its ``get_current_env_pfs_file``)."""
+    import hashlib
+
+    executable = Path(sys.executable.lower()).as_posix()
+    digest = hashlib.sha1(executable.encode()).hexdigest()  # Prompt flow's own file name
+    return (home or pf_home()) / "pfs" / f"{os.path.basename(os.path.dirname(executable))}_{digest}_pfs.port"
+
+
+def pf_service_port(home: Path | None = None) -> int | None:
+    """The port this home's Prompt flow service uses (or will), or None when none is recorded yet."""
+    import yaml
+
+    try:
+        recorded = yaml.safe_load(pf_service_port_file(home).read_text(encoding="utf-8")) or {}
+        port = recorded.get("service", {}).get("port") if isinstance(recorded, dict) else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return port if isinstance(port, int) else None
+
+
+def _listener(port: int) -> Any:
+    """The process listening on ``HOST:port`` (a ``psutil.Process``), or None; one of another account is None too
+    (this account cannot see whose it is, and it is not ours)."""
+    import psutil
+
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            try:
+                return psutil.Process(connection.pid)
+            except psutil.Error:
+                return None
+    return None
+
+
+def _in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((HOST, port)) == 0
+
+
+def _pf_home_of(process: Any) -> Path | None:
+    """The Prompt flow home a process runs with (from its environment), or None where it cannot be read."""
+    import psutil
+
+    try:
+        env = process.environ()
+    except psutil.Error:
+        return None
+    if env.get("PF_HOME_DIRECTORY"):
+        return Path(env["PF_HOME_DIRECTORY"]).expanduser().resolve()
+    return Path(env["HOME"]).resolve() / ".promptflow" if env.get("HOME") else None
+
+
+def _ours(process: Any, home: Path) -> bool:
+    """Whether ``process`` runs as this account with this Prompt flow home: this learner's, no one else's."""
+    import psutil
+
+    try:
+        return process.uids().real == os.getuid() and _pf_home_of(process) == home
+    except psutil.Error:
+        return False
+
+
+def claim_pf_service_port(home: Path | None = None) -> int:
+    """The port this home's Prompt flow service is to use, recorded where Prompt flow reads it.
+
+    The recorded port is kept while it is free or this home's own service holds it. Otherwise (none recorded, or
+    another learner's service holds it, so that Prompt flow would send this learner's traces there) a free port is
+    chosen, from a start that differs per home so that two learners starting at once do not pick the same one.
+    """
+    import zlib
+
+    import yaml
+
+    home = home or pf_home()
+    recorded = pf_service_port(home)
+    if recorded is not None and (not _in_use(recorded) or ((owner := _listener(recorded)) and _ours(owner, home))):
+        return recorded
+    offset = zlib.crc32(str(home).encode()) % PF_SERVICE_PORT_SPREAD
+    for step in range(PF_SERVICE_PORT_SPREAD):
+        port = PF_SERVICE_FIRST_PORT + (offset + step) % PF_SERVICE_PORT_SPREAD
+        if port != recorded and not _in_use(port) and free_port(port) == port:
+            break
+    else:
+        raise FlowError(
+            f"no free port for Prompt flow's service in {PF_SERVICE_FIRST_PORT}-"
+            f"{PF_SERVICE_FIRST_PORT + PF_SERVICE_PORT_SPREAD - 1}: stop services left running (pf service stop)"
+        )
+    path = pf_service_port_file(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"service": {"port": port}}), encoding="utf-8")
+    path.chmod(0o600)
+    return port
 
 
 def chat_flow() -> Path:
@@ -55,6 +163,7 @@ def client() -> Any:
     from .telemetry import disable_promptflow_telemetry
 
     disable_promptflow_telemetry()
+    claim_pf_service_port()  # before Prompt flow could find another learner's service on a port recorded here
     return PFClient()
 
 
@@ -137,8 +246,28 @@ def stop_serving(run: RunDir) -> bool:
     return stopped
 
 
+def _serves(pid: int, port: int) -> bool:
+    """Whether the process ``pid`` (or one it started) is what listens on ``port``."""
+    import psutil
+
+    listener = _listener(port)
+    if listener is None:
+        return False
+    try:
+        return listener.pid == pid or pid in {parent.pid for parent in listener.parents()}
+    except psutil.Error:
+        return False
+
+
+LOST_PORT = ("address already in use", "errno 98")  # how a server that lost its port to another says so
+
+
 def serve(run: RunDir, port: int = 8080, timeout_s: float = 120) -> FlowServer:
-    """``pf flow serve`` the chat flow on 127.0.0.1 in the background and wait until it answers."""
+    """``pf flow serve`` the chat flow on 127.0.0.1 in the background and wait until it answers.
+
+    Two learners on one machine may both find the same port free and start at once: the one that loses it moves
+    to another port, and an answer from a server that is not this one (the other learner's) never counts as ready.
+    """
     stop_serving(run)
     chosen = free_port(port)
     if chosen != port:
@@ -146,38 +275,48 @@ def serve(run: RunDir, port: int = 8080, timeout_s: float = 120) -> FlowServer:
     client()  # writes the telemetry and trace settings the server will read
     log_path = run.path / "flow_serve.log"
     pf = Path(sys.executable).with_name("pf")
-    command = [
-        str(pf),
-        "flow",
-        "serve",
-        "--source",
-        str(chat_flow()),
-        "--host",
-        HOST,
-        "--port",
-        str(chosen),
-        "--skip-open-browser",
-    ]
-    process = launch(command, log_path, {**os.environ, "PF_DISABLE_TRACING": "true"})
-    run.remember(flow_pid=identify(process.pid))  # what identifies it, so that only it is ever signalled
-    server = FlowServer(f"http://{HOST}:{chosen}", process.pid, log_path, command)
-    try:
-        wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve")
-    except ServerError as error:
-        raise FlowError(str(error)) from None
-    run.remember(flow_url=server.url)
-    return server
+    for attempt in range(3):
+        command = [str(pf), "flow", "serve", "--source", str(chat_flow()), "--host", HOST, "--port", str(chosen)]
+        command.append("--skip-open-browser")
+        process = launch(command, log_path, {**os.environ, "PF_DISABLE_TRACING": "true"})
+        run.remember(flow_pid=identify(process.pid))  # what identifies it, so that only it is ever signalled
+        server = FlowServer(f"http://{HOST}:{chosen}", process.pid, log_path, command)
+        try:
+            wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve")
+        except ServerError as error:
+            lost = any(words in log_path.read_text(errors="replace").lower() for words in LOST_PORT)
+            if not lost or attempt == 2:
+                raise FlowError(str(error)) from None
+        else:
+            if _serves(process.pid, chosen):
+                run.remember(flow_url=server.url)
+                return server
+        stop_serving(run)
+        taken, chosen = chosen, free_port(chosen)
+        print(f"Port {taken} was taken by another server as this one started; the flow is served on {chosen}.")
+    raise FlowError(f"pf flow serve could not keep a port: each one it was given was taken. Log: {log_path}")
 
 
 def stop_pf_service() -> bool:
-    """Stop Prompt flow's local service (port 23333) if something started it; returns whether it ran."""
-    import socket
+    """Stop this home's Prompt flow service if it runs; returns whether it did.
 
-    with socket.socket() as probe:
-        if probe.connect_ex((HOST, PF_SERVICE_PORT)) != 0:
-            return False
-    pf = Path(sys.executable).with_name("pf")
-    subprocess.run([str(pf), "service", "stop"], capture_output=True, timeout=60)
+    Only a service of this account with this Prompt flow home is stopped: on a machine several learners share,
+    the port recorded here may since be another learner's service, which ``pf service stop`` would end.
+    """
+    import psutil
+
+    home = pf_home()
+    port = pf_service_port(home)
+    if port is None or not _in_use(port):
+        return False
+    service = _listener(port)
+    if service is None or not _ours(service, home):
+        return False
+    service.terminate()
+    try:
+        service.wait(10)
+    except psutil.TimeoutExpired:
+        service.kill()
     return True
 
 

@@ -2,7 +2,7 @@
 
     python -m phi3course.tools.classroom run --learners ana ben cleo --profile smoke [--to 02] [--notebooks-root DIR]
     python -m phi3course.tools.classroom collect runs/class [/home/*/phi3-course/runs/local ...] [--csv class.csv]
-        [--since 2025-05-01T09:00]
+        [--since 2025-05-01T09:00] [--gradebook COURSE/gradebook.db]
 
 ``run`` executes the course once per learner with papermill (one after the other: the notebooks use fixed
 ports and one Prompt flow connection name), each into ``runs/class/<learner>/``; with ``--notebooks-root``
@@ -13,6 +13,8 @@ from a run that started before the class run (or ``--since``) is marked stale: t
 skipped or failed before it began, so its numbers are not theirs now. Learners' runs on other accounts can be
 read when they set ``COURSE_SHARE_GROUP`` (see :func:`phi3course.rundir.share_with_group`). The CSV is escaped
 against spreadsheet formulas: a text starting with ``=``, ``+``, ``-``, ``@``, a tab or a CR gets a leading ``'``.
+With ``--gradebook``, the table also shows each learner's nbgrader grade (``nbgrader autograde``'s gradebook), so
+one table holds how far each learner got and what their submitted exercises scored.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ COLUMNS = [
     "endpoint p50 ms",
     "chat answer",
     "exercises",
+    "grade",
 ]
+HUB_ACCOUNT_PREFIX = "jupyter-"  # the course's hub runs learner <name> as account jupyter-<name> (hub/course_hub.py)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may take for a formula
 UNREADABLE_HINT = (
     "the learner's run is not readable by you: have them set COURSE_SHARE_GROUP=<a group you are in> before "
@@ -181,13 +185,52 @@ def stale_row(learner: str, summary: dict[str, Any], since: datetime, expected_n
     }
 
 
+def gradebook_grades(gradebook: str | Path) -> dict[str, str]:
+    """``{student: "3/3 (01_data 3/3)"}``: each student's autograded score in nbgrader's ``gradebook.db``."""
+    path = Path(gradebook).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: it is the gradebook.db in the nbgrader course folder, written by "
+            "`nbgrader autograde` (docs/workshop.md)"
+        )
+    try:
+        from nbgrader.api import Gradebook, MissingEntry
+    except ImportError:
+        raise ValueError("reading a gradebook needs nbgrader: `pip install -e '.[dev]'` installs it") from None
+    grades: dict[str, str] = {}
+    with Gradebook(f"sqlite:///{path.resolve()}") as book:
+        assignments = [assignment.name for assignment in book.assignments]
+        for student in book.students:
+            parts, score, possible = [], 0.0, 0.0
+            for name in assignments:
+                try:
+                    submission = book.find_submission(name, student.id)
+                except MissingEntry:  # not submitted
+                    continue
+                score, possible = score + submission.score, possible + submission.max_score
+                parts.append(f"{name} {submission.score:g}/{submission.max_score:g}")
+            if parts:
+                grades[student.id] = f"{score:g}/{possible:g} ({', '.join(parts)})"
+    return grades
+
+
+def grade_of(learner: str, grades: dict[str, str]) -> str:
+    """The learner's grade: nbgrader knows them by their hub name, a run folder may carry their account's."""
+    return grades.get(learner) or grades.get(learner.removeprefix(HUB_ACCOUNT_PREFIX)) or ""
+
+
 def collect(
-    paths: Iterable[str | Path], expected_notebooks: int | None = None, since: str | datetime | None = None
+    paths: Iterable[str | Path],
+    expected_notebooks: int | None = None,
+    since: str | datetime | None = None,
+    gradebook: str | Path | None = None,
 ) -> pd.DataFrame:
     """The class table: one row per run directory found under ``paths``.
 
     A summary that cannot be read becomes a row that says so, instead of stopping the collection. With
-    ``since``, a summary whose run started before that time is marked stale (see :func:`stale_row`).
+    ``since``, a summary whose run started before that time is marked stale (see :func:`stale_row`). With
+    ``gradebook`` (nbgrader's ``gradebook.db``), the ``grade`` column holds each learner's autograded score, and a
+    graded learner without a run gets a row of their own.
     """
     from ..paths import course_notebooks
 
@@ -208,6 +251,18 @@ def collect(
             continue
         stale = stale_row(name, summary, cutoff, expected) if cutoff is not None else None
         rows.append(stale or row(name, summary, expected))
+    if gradebook is not None:
+        grades = gradebook_grades(gradebook)
+        for entry in rows:
+            entry["grade"] = grade_of(entry["learner"], grades)
+        ran = {entry["learner"] for entry in rows} | {
+            entry["learner"].removeprefix(HUB_ACCOUNT_PREFIX) for entry in rows
+        }
+        rows += [
+            {"learner": student, "notebooks ok": f"0/{expected}", "grade": grade}
+            for student, grade in grades.items()
+            if student not in ran
+        ]
     return pd.DataFrame(rows, columns=COLUMNS).fillna("").set_index("learner")
 
 
@@ -278,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     collect_cmd.add_argument(
         "--since", help="mark summaries of runs started before this time stale (e.g. 2025-05-01T09:00, local time)"
     )
+    collect_cmd.add_argument("--gradebook", help="nbgrader's gradebook.db: add each learner's autograded score")
     run_cmd = commands.add_parser("run", help="run the course headless for each learner, then collect")
     run_cmd.add_argument("--learners", nargs="+", required=True, help="names; each gets runs/class/<name>/")
     run_cmd.add_argument("--profile", default="smoke", help="smoke (default), local or azureml")
@@ -288,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "collect":
-            frame = collect(args.paths, since=args.since)
+            frame = collect(args.paths, since=args.since, gradebook=args.gradebook)
         else:
             frame = run_class(args.learners, args.profile, args.out, args.notebooks_root, args.stop)
     except (FileNotFoundError, ValueError, profiles.ProfileError) as error:
