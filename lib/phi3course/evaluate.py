@@ -1,4 +1,4 @@
-"""Did the fine-tune work? Perplexity on the test split and exact-match on held-out questions.
+"""Did the fine-tune work? Contains-answer accuracy on held-out questions, and perplexity on the test split.
 
 Generation is the slow part on a CPU, so it asks for no more tokens than an answer needs
 (:func:`answer_budget`: the longest expected answer plus a margin) and stops at the end of the turn.
@@ -82,7 +82,9 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], generation_prompt:
 
 
 def contains_answer(reply: str, expected: str) -> bool:
-    """The course's exact-match: the expected value appears in the reply (case and spacing ignored)."""
+    """Contains-answer: the expected value appears in the reply (case and spacing ignored), not an exact match.
+
+    The share of replies for which this holds is what the course calls *contains-answer accuracy*."""
     return " ".join(expected.lower().split()) in " ".join(reply.lower().split())
 
 

@@ -47,30 +47,56 @@ def loss_curve(history: Sequence[dict[str, float]], title: str = "Training loss"
     return fig
 
 
+# The same colour for the same model in every figure: grey the base, blue the tuned one, then the exercises' variants.
+MODEL_COLOURS = {"base": "#999999", "tuned": "#2a7ab9"}
+OTHER_COLOURS = ("#e08a2c", "#3a9b5c", "#b94a7a", "#7a5cb9")
+
+
+def model_colours(labels: Sequence[str]) -> list[str]:
+    """Each label's colour: base and tuned fixed, other labels from a palette in their order."""
+    others = iter(OTHER_COLOURS * (1 + len(labels) // len(OTHER_COLOURS)))
+    return [MODEL_COLOURS.get(label) or next(others) for label in labels]
+
+
 def eval_bars(scores: dict[str, dict[str, float | None]], title: str = "Base vs fine-tuned") -> Any:
-    """Held-out exact-match and, where measured, the general-knowledge probe (left); answer perplexity (right)."""
+    """Contains-answer accuracy on the held-out facts and the general probe per model (left); answer perplexity
+    (right, only where measured). Base first, then tuned, in the same colours as every figure of the course; a
+    score that was not measured (``None``) gets no bar, rather than a bar at zero."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = list(scores)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
-    shown = [("exact_match", "held-out facts", "#2a7ab9")]
-    if any(scores[k].get("general") is not None for k in labels):
-        shown.append(("general", "general knowledge", "#e08a2c"))
-    width = 0.8 / len(shown)
-    at = np.arange(len(labels))
-    for index, (key, name, colour) in enumerate(shown):
-        values = [(scores[k].get(key) or 0.0) * 100 for k in labels]
-        bars = left.bar(at + (index - (len(shown) - 1) / 2) * width, values, width, label=name, color=colour)
+    from .display import SCORE_COLUMNS, score_order
+
+    labels = score_order(scores)
+    metrics = [("exact_match", "held-out facts"), ("general", "general knowledge")]
+    metrics = [(key, name) for key, name in metrics if any(scores[k].get(key) is not None for k in labels)]
+    with_ppl = any(scores[k].get("perplexity") is not None for k in labels)
+    if with_ppl:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2), width_ratios=(3, 2))
+    else:
+        fig, left = plt.subplots(figsize=(5.5, 3.2))
+    width = 0.8 / len(labels)
+    at = np.arange(len(metrics))
+    for index, (label, colour) in enumerate(zip(labels, model_colours(labels), strict=True)):
+        measured = [(i, scores[label].get(key)) for i, (key, _) in enumerate(metrics)]
+        measured = [(i, value) for i, value in measured if value is not None]
+        if not measured:
+            continue
+        where = [at[i] + (index - (len(labels) - 1) / 2) * width for i, _ in measured]
+        bars = left.bar(where, [value * 100 for _, value in measured], width, label=label, color=colour)
         left.bar_label(bars, fmt="%.0f%%", fontsize=8)
-    left.set_xticks(at, labels)
-    left.set(ylim=(0, 115), ylabel="answered right (%)", title="exact-match")
-    if len(shown) > 1:
-        left.legend(loc="upper left", fontsize=8, ncols=2)
-    ppl = [scores[k].get("perplexity") or 0.0 for k in labels]
-    bars = right.bar(labels, ppl, color=["#999999", "#2a7ab9"][: len(labels)])
-    right.bar_label(bars, fmt="%.2f")
-    right.set(yscale="log", ylabel="perplexity of the answers", title="perplexity (lower is better)")
+    left.set_xticks(at, [name for _, name in metrics])
+    left.set(ylim=(0, 115), ylabel="answered right (%)", title="contains-answer accuracy")
+    left.legend(loc="upper left", fontsize=8, ncols=len(labels))
+    if with_ppl:
+        shown = [label for label in labels if scores[label].get("perplexity") is not None]
+        bars = right.bar(
+            shown,
+            [scores[k]["perplexity"] for k in shown],
+            color=[model_colours(labels)[labels.index(k)] for k in shown],
+        )
+        right.bar_label(bars, fmt="%.2f")
+        right.set(yscale="log", ylabel=SCORE_COLUMNS[2], title="perplexity (lower is better)")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
