@@ -563,8 +563,6 @@ def job_outcome(folder: str | os.PathLike[str]) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m phi3course.train", description=__doc__.splitlines()[0])
     for f in fields(TrainSettings):
-        if f.name == "extra":
-            continue
         flag = "--" + f.name.replace("_", "-")
         kind = {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
         default = {} if f.default is MISSING else {"default": f.default}  # no default: the flag is required
@@ -589,8 +587,6 @@ def job_arguments(settings: TrainSettings, paths: dict[str, str]) -> str:
     (``${{inputs.train}}``) in place of the local path fields. :func:`_parser` reads it back (a test round-trips it)."""
     flags = []
     for f in fields(TrainSettings):
-        if f.name == "extra":
-            continue
         value = paths.get(f.name) if f.name in PATH_FIELDS else getattr(settings, f.name)
         if value in (None, ""):
             continue
