@@ -128,7 +128,7 @@ def test_the_job_command_carries_every_setting_back(files, tmp_path) -> None:
     }
     for name, reference in references.items():
         assert parsed.pop(name) == reference
-    expected = {k: v for k, v in dataclasses.asdict(settings).items() if k not in references and k != "extra"}
+    expected = {k: v for k, v in dataclasses.asdict(settings).items() if k not in references}
     assert parsed == expected and parsed["cluster_size"] == "Standard_NC4as_T4_v3"  # the job checks its GPU
     assert set(job.inputs) == {"train", "test", "base_model"} and set(job.outputs) == {"model", "report"}
     uploaded = azure.code_files(job.code)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from phi3course import data, evaluate, hardware, models, profiles, recipe, schema, sizes, train
-from phi3course.trainer_hooks import score_answers_only
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +96,30 @@ def test_memory_is_checked_where_the_training_runs(tiny_data) -> None:
 
 def test_chat_rows_become_prompt_and_completion() -> None:
     row = schema.chat_row("Q?", "A.")
-    assert train.to_training_rows([row]) == [
+    assert recipe.to_training_rows([row]) == [
         {"prompt": [{"role": "user", "content": "Q?"}], "completion": [{"role": "assistant", "content": "A."}]}
     ]
-    assert train.to_training_rows([{"text": "t"}]) == [{"text": "t"}]
+    assert recipe.to_training_rows([{"text": "t"}]) == [{"text": "t"}]
+    with pytest.raises(ValueError, match="must end with the assistant's answer"):
+        recipe.to_training_rows([{"messages": [{"role": "user", "content": "Q?"}]}])
+
+
+def test_rows_too_long_are_left_out_and_counted(tiny_data, tmp_path, capsys) -> None:
+    """fit_length leaves out the rows longer than max_length (trl does not cut them: padding-free, no packing) and
+    says how many; the run trains on the others. Rows all too long stop the run, naming the setting to raise."""
+    tokenizer = models.load_tokenizer(models.PRESETS["phi-3-tiny"])
+    rows = recipe.to_training_rows(tiny_data.train)
+    lengths = sorted(len(tokenizer.apply_chat_template(r["prompt"] + r["completion"])["input_ids"]) for r in rows)
+    limit = lengths[len(lengths) // 2]  # the median: about half the rows are longer
+    kept, dropped = recipe.fit_length(rows, tokenizer, limit)
+    assert dropped == sum(length > limit for length in lengths) > 0 and len(kept) + dropped == len(rows)
+    result = train.train(settings(tiny_data, tmp_path / "out", max_length=limit, max_steps=2))
+    assert (
+        f"{len(kept)} rows train; {dropped} longer than max_length={limit} tokens left out." in capsys.readouterr().out
+    )
+    assert result.steps == 2
+    with pytest.raises(train.TrainError, match=r"every row is longer than max_length=2 tokens: raise max_length"):
+        train.train(settings(tiny_data, tmp_path / "none", max_length=2, max_steps=2))
 
 
 def test_adapters_on_the_upper_layers_leave_the_lower_ones_as_they_were(tiny_data, tmp_path) -> None:
@@ -186,6 +205,60 @@ def test_the_jobs_config_scores_answers_only_without_padding_or_recomputation() 
     assert config.warmup_steps == round(0.05 * 30)  # 3 epochs of 10 steps
 
 
+@pytest.mark.parametrize("profile", ["local", "smoke", "azureml"])
+def test_every_setting_that_differs_from_trls_default_is_written_in_sft_config(profile) -> None:
+    """Nothing reaches SFTConfig but the keywords 02's sft_config cell writes out: each value that differs from trl's
+    default is one of them (no keywords passed through from elsewhere)."""
+    import ast
+    import dataclasses
+    import inspect
+
+    from trl import SFTConfig
+
+    settings = train.settings_from_profile(profiles.parameters(profile), train_file="x", output_dir="/tmp/y")
+    config = recipe.sft_config(settings, "fp32", 10)
+    call = next(
+        node
+        for node in ast.walk(ast.parse(inspect.getsource(recipe.sft_config)))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "SFTConfig"
+    )
+    written = {keyword.arg for keyword in call.keywords}
+    assert None not in written, "SFTConfig(**...) would pass keywords the cell does not show"
+    default = SFTConfig(output_dir=config.output_dir, use_cpu=config.use_cpu)
+    # set by transformers from what the cell writes: logging_dir from output_dir, activation_checkpointing (the new
+    # name) from gradient_checkpointing
+    derived = {"logging_dir", "activation_checkpointing"}
+    differ = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)}
+    assert differ - derived <= written, differ - derived - written
+    assert {"optim", "max_grad_norm", "loss_type", "weight_decay", "learning_rate", "bf16", "fp16"} <= written
+
+
+def test_the_model_loads_in_the_format_the_memory_estimate_assumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's model_kwargs: fp32 on a CPU and for what trains; a 16-bit frozen base for LoRA on a GPU; QLoRA's
+    4-bit NF4 base computing in the run's 16-bit format. phi3course.memory estimates with the same formats."""
+    import torch
+
+    from phi3course import memory
+
+    formats = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: None)
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        for method in ("lora", "full", "qlora"):
+            for precision in ("fp32", "bf16", "fp16"):
+                kwargs = recipe.model_kwargs(method, precision)
+                held = memory.weight_dtype(method, precision, "cuda" if cuda else "cpu")
+                if method == "qlora":
+                    quantization = kwargs["quantization_config"]
+                    assert held == "nf4" and quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+                    assert "dtype" not in kwargs
+                    assert quantization.bnb_4bit_compute_dtype == (
+                        torch.bfloat16 if precision == "bf16" else torch.float16
+                    )
+                else:
+                    assert formats[kwargs["dtype"]] == held, (method, precision, cuda)
+
+
 def test_mlflow_forwards_the_generation_params_a_request_sets() -> None:
     """Without params in the signature MLflow drops them with a warning (the original tutorial's bug)."""
     from mlflow.exceptions import MlflowException
@@ -260,49 +333,56 @@ def test_on_cuda_the_model_loads_onto_this_process_gpu_without_cudnn_attention(
     cuDNN's attention, which replans for every new sequence length, is off (seen costing 3 s a step on an H200)."""
     import torch
 
-    from phi3course import train
-
-    assert "device_map" not in train.model_kwargs("lora", "fp32"), "on a CPU the model stays where it loads"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on a node
     monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: calls.append(on))
     calls: list[bool] = []
-    assert train.model_kwargs("lora", "bf16") == {"dtype": torch.bfloat16, "device_map": {"": 1}}
-    assert train.model_kwargs("full", "bf16")["device_map"] == {"": 1}
+    assert "device_map" not in recipe.model_kwargs("lora", "fp32"), "on a CPU the model stays where it loads"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on a node
+    assert recipe.model_kwargs("lora", "bf16") == {"dtype": torch.bfloat16, "device_map": {"": 1}}
+    assert recipe.model_kwargs("full", "bf16")["device_map"] == {"": 1}
     assert calls == [False, False]
     from phi3course.serving import score
 
     score.steady_attention()  # the scoring script's own copy (it travels without the course)
     assert calls == [False, False, False]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    train.steady_attention()
+    recipe.model_kwargs("lora", "fp32")
     score.steady_attention()
     assert calls == [False, False, False], "on a CPU, torch's settings are left alone"
 
 
-def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path) -> None:
-    """score_answers_only changes the work, not the number: the same loss as trl's completion-only loss."""
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path, method) -> None:
+    """The recipe's trainer changes the work, not the number: on a batch of the course's rows its loss and its
+    gradients are those of trl's own completion-only loss."""
     import torch
-    from datasets import Dataset
     from trl import SFTTrainer
 
-    s = settings(tiny_data, tmp_path, method="full", batch_size=4)
-    rows = train.to_training_rows(train.load_rows(s.train_file))[:4]
+    s = settings(tiny_data, tmp_path, method=method, batch_size=4)
+    rows = recipe.to_training_rows(train.load_rows(s.train_file))[:4]
     model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
-    trainer = SFTTrainer(
-        model=model,
-        args=recipe.sft_config(s, "fp32", 1),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
+    adapters = recipe.lora_config(s, model.config.num_hidden_layers) if method == "lora" else None
+    trainer = recipe.make_trainer(model, tokenizer, rows, s, recipe.sft_config(s, "fp32", 1), adapters)
+    assert type(trainer) is recipe.AnswerLogitsSFTTrainer
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     assert batch["labels"].shape[0] == 1  # padding-free: one flattened sequence
     count = int((batch["labels"][0, 1:] != -100).sum())
-    with torch.no_grad():
-        theirs = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(count))
-        score_answers_only(trainer)
-        ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(count))
-    assert torch.isclose(ours, theirs, rtol=1e-4), (float(ours), float(theirs))
+    assert 0 < count < batch["labels"].shape[1] - 1  # the questions are not scored, the answers and the text are
+
+    def loss_and_gradients(compute_loss):
+        trainer.model.zero_grad()
+        # the step's answer tokens over two batches of this size (gradient accumulation): the sum is divided by them
+        loss = compute_loss(trainer, trainer.model, dict(batch), num_items_in_batch=torch.tensor(2 * count))
+        loss.backward()
+        trained = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+        return loss.detach(), {n: p.grad.clone() for n, p in trained}
+
+    ours, our_gradients = loss_and_gradients(recipe.AnswerLogitsSFTTrainer.compute_loss)
+    theirs, their_gradients = loss_and_gradients(SFTTrainer.compute_loss)
+    assert torch.isclose(ours, theirs, rtol=1e-5), (float(ours), float(theirs))
+    assert our_gradients.keys() == their_gradients.keys() and len(our_gradients) > 0
+    for name, gradient in their_gradients.items():
+        torch.testing.assert_close(our_gradients[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_new_data_in_the_same_file_trains_again(tiny_data, tmp_path) -> None:

@@ -5,21 +5,66 @@ The block between the markers is generated from ``notebooks/02_fine_tune.ipynb``
 ``export``: the notebook is the source the learner reads and edits, and the Azure ML job
 (``python -m phi3course.train``), the benchmarks and the tests run this copy of it. Edit the notebook, then run
 ``python -m phi3course.tools.export`` to regenerate the block; ``tests/test_export.py`` fails while the two differ.
+
+The training cells import torch, datasets, peft, transformers and trl alone, so they run copied into a notebook of
+one's own (``tests/test_recipe_copy.py`` does that); the evaluation's cell imports the course's scoring helpers
+beside ``held_out``, below the training's imports.
 """
 
+# ruff: noqa: E402
+
 # --- generated from notebooks/02_fine_tune.ipynb (cells tagged "export"): edit the notebook, not this ---
+# torch, datasets, peft, transformers and trl alone: the recipe's cells train without the course's library (only the
+# evaluation, held_out below, scores with its helpers)
 import math
+import os
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import AutoModelForCausalLM, set_seed
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTConfig, SFTTrainer
 
+
+def model_kwargs(method, precision):
+    """What ``from_pretrained`` gets to load the base model for ``method`` trained in ``precision``: the number format
+    its weights are held in, 4-bit quantisation for QLoRA, and on a GPU the device of this process."""
+    cuda = torch.cuda.is_available()
+    place = {"device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}} if cuda else {}  # torchrun: a GPU per process
+    if cuda:  # cuDNN's attention plans anew for every sequence length, and padding-free batches change length each step
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    half = torch.bfloat16 if precision == "bf16" else torch.float16
+    if method == "qlora":  # QLoRA: the frozen base held in 4-bit NF4, dequantised to 16 bit for each matrix product
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=half)
+        return {"quantization_config": quantization, **place}
+    if method == "lora" and cuda and precision in ("bf16", "fp16"):  # a frozen base needs no fp32 copy on a GPU
+        return {"dtype": half, **place}
+    # what trains stays in fp32 (bf16/fp16 mixed precision computes in 16 bit, the weights it updates are fp32),
+    # and a CPU holds the base in fp32 too
+    return {"dtype": torch.float32, **place}
+
+
+def to_training_rows(rows):
+    """Chat rows as trl's prompt/completion pairs: the turns before the assistant's answer are the prompt, the
+    answer is the completion, so that the loss counts the answer alone (``completion_only_loss`` below). Plain text
+    rows stay text (the loss then covers every token)."""
+    converted = []
+    for row in rows:
+        if "messages" not in row:
+            converted.append({"text": row["text"]})
+            continue
+        *prompt, answer = row["messages"]
+        if answer["role"] != "assistant":
+            raise ValueError("every chat row must end with the assistant's answer to learn from.")
+        converted.append({"prompt": prompt, "completion": [answer]})
+    return converted
+
+
+# The course's scoring helpers: this cell evaluates, and the training cells need nothing from it
 from phi3course.evaluate import answer_budget, contains_answer, generate, perplexity
 from phi3course.probe import probe_score
-from phi3course.trainer_hooks import quiet_trainer, score_answers_only
 
 
 def held_out(model, tokenizer, test_rows, label):
@@ -55,7 +100,7 @@ def lora_config(settings, layers):
     first = min(layers - 1, round((1 - settings.lora_layers) * layers))  # the lowest layer that gets adapters
     return LoraConfig(
         r=settings.lora_r,  # rank of each update: 8–64; more rank, more capacity and memory
-        lora_alpha=settings.lora_alpha,  # the update is scaled by alpha / r; the course keeps alpha = 2 × r
+        lora_alpha=2 * settings.lora_r,  # the update is scaled by alpha / r: 2 here
         lora_dropout=settings.lora_dropout,  # 0 for short runs; 0.05–0.1 against overfitting on long ones
         target_modules=LORA_TARGETS,  # every attention and MLP projection
         layers_to_transform=list(range(first, layers)),  # the layers below keep their weights; backprop stops there
@@ -77,14 +122,17 @@ def sft_config(settings, precision, per_epoch):
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.scheduler,
         warmup_steps=round(settings.warmup * total),  # transformers 5 takes steps, not a ratio
+        optim="adamw_torch_fused",  # AdamW (betas 0.9 and 0.999), one fused kernel per step
         weight_decay=0.0,  # no pull towards zero: a few epochs over a few facts
+        max_grad_norm=1.0,  # gradients clipped to this norm: no single batch throws the weights far
         # number format and memory: chosen in section 2; checkpointing trades compute for memory
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         gradient_checkpointing=settings.gradient_checkpointing,
         # what the loss sees
-        completion_only_loss=True,
-        padding_free=True,
+        loss_type="nll",  # cross-entropy of the next token
+        completion_only_loss=True,  # on the completion (the answer) alone: to_training_rows made the pairs
+        padding_free=True,  # a batch's rows end to end in one sequence, no padding computed
         packing=False,  # rows are not cut and joined: each one is a whole question and answer
         max_length=None,  # padding-free without packing cannot truncate: longer rows are left out before training
         seed=settings.seed,
@@ -102,14 +150,40 @@ def sft_config(settings, precision, per_epoch):
         dataloader_num_workers=0,
         dataset_num_proc=None,
         use_cpu=not torch.cuda.is_available(),
-        **settings.extra,
     )
+
+
+class AnswerLogitsSFTTrainer(SFTTrainer):
+    """trl's ``SFTTrainer``, its loss computed from the answer positions' logits alone: the same number, less work.
+
+    The loss is trl's completion-only loss: each answer token's cross-entropy, summed, over the answer tokens of the
+    optimizer step (``num_items_in_batch``). trl computes the output layer's logits (in fp32, with their entropy) at
+    every position, the question's too; on a CPU that is a large share of a step. With padding-free batches (one
+    flattened sequence) the model can be asked for the answer positions' logits alone (``logits_to_keep``), and the
+    same sum taken over them. trl's own ``compute_loss`` is the reference: on a batch the two give the same loss and
+    the same gradients (tests/test_train.py). With ``SFTTrainer`` in its place ``make_trainer`` trains the same model,
+    only slower on a CPU."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        if labels.shape[0] != 1 or return_outputs:  # not one padding-free sequence, or logits wanted: trl's own path
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        targets = labels[0, 1:]  # the logits at position i predict the token at i + 1
+        answer = (targets != -100).nonzero().squeeze(-1)  # positions whose next token is an answer token
+        forward = {key: value for key, value in inputs.items() if key != "labels"}
+        logits = model(**forward, use_cache=False, logits_to_keep=answer).logits[0].float()
+        count = answer.numel() if num_items_in_batch is None else num_items_in_batch  # answer tokens in the step
+        loss = torch.nn.functional.cross_entropy(logits, targets[answer], reduction="sum")
+        loss = loss / torch.as_tensor(count).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # the count spans every process, and DDP averages gradients
+        return loss
 
 
 def make_trainer(model, tokenizer, rows, settings, args, peft_config, callbacks=()):
     """The trainer over ``rows`` (prompt/completion pairs); ``peft_config`` None trains every weight."""
     set_seed(settings.seed)  # the adapters' initialisation and the data order: the same run twice
-    trainer = SFTTrainer(
+    trainer = AnswerLogitsSFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
@@ -117,9 +191,29 @@ def make_trainer(model, tokenizer, rows, settings, args, peft_config, callbacks=
         peft_config=peft_config,
         callbacks=list(callbacks),
     )
-    score_answers_only(trainer)  # trl's loss, computed on the answer positions alone
-    quiet_trainer(trainer)  # the history callback's one bar instead of a line per step
+    if callbacks:  # the callbacks given show the progress (02's: one bar and the loss curve)
+        for printer in (PrinterCallback, ProgressCallback):  # transformers' own would add a line per step
+            trainer.remove_callback(printer)
     return trainer
+
+
+def fit_length(rows, tokenizer, max_length):
+    """The rows no longer than ``max_length`` tokens with the chat template applied, and how many were left out.
+
+    Padding-free batches without packing are not cut to a length (``max_length=None`` in ``sft_config``): a row too
+    long for memory is left out here, and counted, rather than cut off in the middle of its answer."""
+    kept = []
+    for row in rows:
+        if "prompt" in row:
+            ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+            length = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        else:
+            length = len(tokenizer(row["text"])["input_ids"])
+        if length <= max_length:
+            kept.append(row)
+    if not kept:
+        raise ValueError(f"every row is longer than max_length={max_length} tokens: raise max_length.")
+    return kept, len(rows) - len(kept)
 
 
 def merge_and_save(trainer, tokenizer, folder):

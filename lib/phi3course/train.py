@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,6 @@ class TrainSettings:
     report_dir: str = ""  # a folder that gets result.json and eval.json too (the job's small output); "": none
     cluster_size: str = ""  # the VM size of the Azure ML cluster when a job trains (sizes.VM_SIZES); "": this machine
     memory_gib: float = 0.0  # 0: this machine's (GPU memory on CUDA, RAM otherwise)
-    extra: dict[str, Any] = field(default_factory=dict)  # more SFTConfig keywords (the benchmarks)
 
     @property
     def lora_alpha(self) -> int:
@@ -148,18 +147,6 @@ def settings_from_profile(parameters: dict[str, Any], **fields: Any) -> TrainSet
     ``fields`` (files, ``output_dir``, ``model``, …) on top. Notebook 02's settings cell does the same mapping."""
     values = {key: value for key, value in parameters.items() if key in TrainSettings.__dataclass_fields__}
     return TrainSettings(**{**values, **fields})
-
-
-def steady_attention() -> None:
-    """On CUDA, leave cuDNN's attention kernels out of ``scaled_dot_product_attention`` (flash, memory-efficient
-    and math remain). cuDNN builds a plan for every new sequence length, and here lengths change all the time
-    (padding-free training batches, left-padded serving batches, a growing KV cache): measured on an H200, 3.1 s
-    of CPU per training step went into cuDNN's attention against 4 ms of GPU work; without it a step took 0.05 s.
-    The scoring script, which imports only ``hardware`` from the course, has its own copy."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 # --- hardware-dependent choices ---------------------------------------------------------------------
@@ -306,34 +293,18 @@ def method_options(
 
 
 # --- data -------------------------------------------------------------------------------------------
-def to_training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Chat rows → prompt/completion pairs (loss on the answer only); text rows stay text."""
-    converted = []
-    for row in rows:
-        if "messages" in row:
-            messages = row["messages"]
-            if messages[-1]["role"] != "assistant":
-                raise DataError("every chat row must end with the assistant's answer to learn from.")
-            converted.append({"prompt": messages[:-1], "completion": [messages[-1]]})
-        else:
-            converted.append({"text": row["text"]})
-    return converted
+# The recipe's data and loading steps are notebook 02's export cells (phi3course.recipe): to_training_rows, fit_length
+# and model_kwargs. They are also reachable here, as train.<name>, without importing torch and trl before they are
+# used.
+RECIPE_NAMES = ("to_training_rows", "fit_length", "model_kwargs")
 
 
-def fit_length(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
-    """The rows no longer than ``max_length`` tokens, and how many were dropped."""
-    kept = []
-    for row in rows:
-        if "prompt" in row:
-            ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
-            length = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        else:
-            length = len(tokenizer(row["text"])["input_ids"])
-        if length <= max_length:
-            kept.append(row)
-    if not kept:
-        raise TrainError(f"every row is longer than max_length={max_length} tokens: raise max_length.")
-    return kept, len(rows) - len(kept)
+def __getattr__(name: str) -> Any:
+    if name in RECIPE_NAMES:
+        from . import recipe
+
+        return getattr(recipe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_rows(path: str) -> list[dict[str, Any]]:
@@ -367,30 +338,6 @@ class TrainResult:
         return asdict(self)
 
 
-def model_kwargs(method: str, precision: str) -> dict[str, Any]:
-    """How to load the base model for ``method``: dtype, 4-bit quantisation for QLoRA, and on CUDA the GPU of
-    this process (``LOCAL_RANK`` under torchrun), so that the base model's evaluation and its replay answers run
-    there too, not on the CPU before the trainer moves the model."""
-    import torch
-
-    cuda = hardware.cuda_available()
-    if cuda:
-        steady_attention()  # padding-free batches change length every step: cuDNN's attention replans each time
-    place = {"device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}} if cuda else {}
-    held = weight_dtype(method, precision, cuda)
-    if held != "nf4":
-        return {"dtype": getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[held]), **place}
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise TrainError("method='qlora' needs bitsandbytes on a CUDA machine: pip install bitsandbytes") from None
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if precision == "bf16" else torch.float16
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-    return {"quantization_config": quantization, **place}
-
-
 def steps_per_epoch(settings: TrainSettings, rows: int) -> int:
     """Optimizer steps in one pass over ``rows`` rows, over every process."""
     return max(1, math.ceil(rows / (settings.batch_size * settings.grad_accum * _world_size())))
@@ -404,7 +351,7 @@ def _settings_record(settings: TrainSettings) -> dict[str, Any]:
     """The settings a finished run is recognised by, with the training data's content (new facts, same path)."""
     import hashlib
 
-    record = {k: v for k, v in asdict(settings).items() if k not in {"output_dir", "report_dir", "extra"}}
+    record = {k: v for k, v in asdict(settings).items() if k not in {"output_dir", "report_dir"}}
     data = Path(settings.train_file)
     record["train_sha256"] = hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else None
     return record
@@ -472,8 +419,16 @@ def base_model_folders(path: str) -> tuple[str, str]:
 
 
 def load_base(settings: TrainSettings, preset: Preset, precision: str) -> tuple[Any, Any]:
-    """(model, tokenizer) to fine-tune: from ``settings.model_path`` when set (the job's input), else the preset."""
-    kwargs = model_kwargs(settings.method, precision)
+    """(model, tokenizer) to fine-tune: from ``settings.model_path`` when set (the job's input), else the preset; loaded
+    as the recipe's ``model_kwargs`` says."""
+    from . import recipe
+
+    if settings.method == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise TrainError("method='qlora' needs bitsandbytes on a CUDA machine: pip install bitsandbytes") from None
+    kwargs = recipe.model_kwargs(settings.method, precision)
     if settings.model_path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -519,7 +474,7 @@ def train(
         copy_report(settings)
         return done
     _prepare_output(settings)
-    train_rows = to_training_rows(load_rows(settings.train_file))
+    train_rows = recipe.to_training_rows(load_rows(settings.train_file))
     test_rows = read_jsonl(settings.test_file) if evaluate and settings.test_file else None
     torch.manual_seed(settings.seed)
     model, tokenizer = load_base(settings, preset, precision)
@@ -527,10 +482,12 @@ def train(
     if settings.replay:  # the base model's own answers, so the fine-tune keeps them (notebook 02 shows it)
         from .probe import replay_rows
 
-        train_rows += to_training_rows(replay_rows(model, tokenizer, settings.replay))
-    train_rows, dropped = fit_length(train_rows, tokenizer, settings.max_length)
-    if dropped:
-        print(f"Dropped {dropped} rows longer than max_length={settings.max_length} tokens.")
+        train_rows += recipe.to_training_rows(replay_rows(model, tokenizer, settings.replay))
+    try:
+        train_rows, dropped = recipe.fit_length(train_rows, tokenizer, settings.max_length)
+    except ValueError as error:  # every row too long
+        raise TrainError(str(error)) from None
+    print(f"{len(train_rows)} rows train; {dropped} longer than max_length={settings.max_length} tokens left out.")
     config = recipe.sft_config(settings, precision, steps_per_epoch(settings, len(train_rows)))
     history = history_callback(mlflow_run)
     adapters = recipe.lora_config(settings, model.config.num_hidden_layers) if settings.method != "full" else None
@@ -606,8 +563,6 @@ def job_outcome(folder: str | os.PathLike[str]) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m phi3course.train", description=__doc__.splitlines()[0])
     for f in fields(TrainSettings):
-        if f.name == "extra":
-            continue
         flag = "--" + f.name.replace("_", "-")
         kind = {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
         default = {} if f.default is MISSING else {"default": f.default}  # no default: the flag is required
@@ -632,8 +587,6 @@ def job_arguments(settings: TrainSettings, paths: dict[str, str]) -> str:
     (``${{inputs.train}}``) in place of the local path fields. :func:`_parser` reads it back (a test round-trips it)."""
     flags = []
     for f in fields(TrainSettings):
-        if f.name == "extra":
-            continue
         value = paths.get(f.name) if f.name in PATH_FIELDS else getattr(settings, f.name)
         if value in (None, ""):
             continue

@@ -1,8 +1,7 @@
-"""Hooks on trl's ``SFTTrainer`` that change what a learner sees and what a step costs, never what it learns.
+"""A hook on trl's ``SFTTrainer`` that changes what a learner sees, never what it learns.
 
-- :func:`history_callback`: the loss curve kept for the plot and MLflow, one progress bar, the step time;
-- :func:`quiet_trainer`: the trainer's own printer and bar removed (they print a line per step);
-- :func:`score_answers_only`: trl's completion-only loss computed on the answer positions alone.
+:func:`history_callback`: the loss curve kept for the plot and MLflow, one progress bar, the step time. The recipe's
+``make_trainer`` (notebook 02) removes transformers' own printer and bar when it is given.
 """
 
 from __future__ import annotations
@@ -78,53 +77,3 @@ def history_callback(mlflow_run: bool) -> Any:
                 self.bar.close()
 
     return History()
-
-
-def quiet_trainer(trainer: Any) -> Any:
-    """Drop the trainer's own printer and bar (they print every log line); :func:`history_callback` shows one bar."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-def score_answers_only(trainer: Any) -> Any:
-    """Make an ``SFTTrainer`` project only the answer positions through the LM head; returns the trainer.
-
-    The loss is trl's completion-only loss, unchanged (a test compares the two). What changes is the
-    work: trl scores every position through an fp32, chunked LM head (and its entropy) unless Triton is
-    present; on a CPU that was ~45 % of a step here. With padding-free batches (one flattened sequence)
-    ``logits_to_keep`` asks the model for the logits of the answer positions alone, in the training
-    precision, through the model's own forward (so DDP and peft still apply).
-    """
-    import types
-
-    import torch
-
-    parent = trainer.compute_loss
-
-    def compute_loss(self: Any, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
-        labels = inputs["labels"]
-        if labels.shape[0] != 1 or return_outputs:  # not a padding-free batch: trl's own path
-            return parent(model, inputs, return_outputs, num_items_in_batch)
-        targets = labels[0, 1:]
-        keep = (targets != -100).nonzero().squeeze(-1)
-        forward = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**forward, use_cache=False, logits_to_keep=keep)
-        logits = outputs.logits[0].float()
-        wanted = targets[keep]
-        count = num_items_in_batch if num_items_in_batch is not None else wanted.numel()
-        loss = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum") / max(int(count), 1)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
-        correct = self.accelerator.gather_for_metrics((logits.argmax(-1) == wanted).sum()).sum()
-        valid = self.accelerator.gather_for_metrics(torch.tensor(wanted.numel(), device=logits.device)).sum()
-        self._metrics["train"]["mean_token_accuracy"].append((correct / valid.clamp(min=1)).item())
-        local = torch.tensor(inputs["input_ids"].size(1), device=logits.device)
-        self._total_train_tokens += int(self.accelerator.gather_for_metrics(local).sum().item())
-        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-        return loss
-
-    trainer.compute_loss = types.MethodType(compute_loss, trainer)
-    return trainer
