@@ -208,10 +208,8 @@ def resolve(name: str, machine: Any = None, hub: bool = False) -> Preset:
 
 def on_stand_in_node() -> bool:
     """Whether this process is a job that a stand-in of Azure ML runs on its own machine (the rehearsal sets
-    ``train.STAND_IN_NODE``). There a hub preset resolves to its :func:`stand_in`, as the rehearsal's catalog
+    :data:`STAND_IN_NODE`). There a hub preset resolves to its :func:`stand_in`, as the rehearsal's catalog
     resolves the catalog's copy: a dry run never downloads the real model's gigabytes."""
-    from .train import STAND_IN_NODE
-
     return bool(os.environ.get(STAND_IN_NODE))
 
 
@@ -222,6 +220,10 @@ def preset_dir(preset: Preset) -> Path:
 
 # --- stand-ins: a hub model's architecture, shrunk, for rehearsals -----------------------------------------
 STAND_IN = "stand-in"
+# Set in a job's environment by a stand-in that runs the job on a machine other than the cluster's node (the
+# rehearsal, phi3course.rehearsal): the job then says that it lacks the cluster's GPU instead of stopping,
+# and a hub preset resolves to its stand-in.
+STAND_IN_NODE = "COURSE_STAND_IN_NODE"
 STAND_IN_LAYERS = 2
 STAND_IN_HEAD_SIZE = 16  # with partial_rotary_factor 0.75, 12 of 16 dimensions rotate: an even count, as RoPE needs
 STAND_IN_MIN_HEADS = 4

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import hardware, sizes
 from .data import DataError, read_jsonl
-from .models import AUTO, PRESETS, ModelError, Preset, load_model, resolve, shape_of
+from .models import AUTO, PRESETS, STAND_IN_NODE, ModelError, Preset, load_model, resolve, shape_of
 from .system import GIB
 
 METHODS = ("lora", "full", "qlora")
@@ -176,12 +176,7 @@ def pick_precision(
     if precision == "bf16":
         flags = ", ".join(hardware.cpu_bf16_flags()) if here else "native bf16"
         return "bf16", f"this CPU has {flags}: bf16 matmuls"
-    return "fp32", "this CPU has no native bf16 (AVX2 only): bf16 would be emulated and many times slower"
-
-
-# Set in a job's environment by a stand-in that runs the job on a machine other than the cluster's node (the
-# rehearsal, phi3course.rehearsal): the job then says that it lacks the cluster's GPU instead of stopping.
-STAND_IN_NODE = "COURSE_STAND_IN_NODE"
+    return "fp32", "this CPU has no native bf16 (AVX2 only): torch would only emulate bf16, so fp32"
 
 
 def check_cluster_gpu(settings: TrainSettings, machine: hardware.Machine | None = None) -> None:

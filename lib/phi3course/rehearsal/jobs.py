@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..azure import pip_requirements
 from ..files import read_json, write_json
-from ..train import STAND_IN_NODE
+from ..models import STAND_IN_NODE
 from .common import HOST, Poller, RehearsalError, base_env, copy_tree, free_port, not_found, tail
 from .guard import normalise
 

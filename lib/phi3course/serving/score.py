@@ -400,7 +400,7 @@ def serving_dtype(machine: hardware.Machine | None = None) -> Any:
 
 def steady_attention() -> None:
     """On CUDA, cuDNN's attention kernels off (this script travels without the course, so it keeps its own copy of
-    ``phi3course.train.steady_attention``, which says why; tests/test_train.py holds the two alike)."""
+    the rule in the recipe's ``model_kwargs``, which says why; tests/test_train.py holds the two alike)."""
     import torch
 
     if torch.cuda.is_available():
