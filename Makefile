@@ -63,16 +63,18 @@ cleanup: $(STAMP)
 # cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote,
 # and what a learner sees in 02–05 as tests/expected_outputs/<profile>/ expects it (tests/test_outputs.py).
 # The notebooks with exercises also run with the reference solutions filled in, every check strict (02, 03 and 04
-# on the smoke run's state, after it).
+# on the smoke run's state, after it). The browser test (tests/test_browser.py) steps through 04 in JupyterLab on a
+# copy of nbval's smoke run, rather than running 00→03 again (on its own it runs them itself).
 # Tests and notebooks keep their Prompt flow connections in a home of their own, never the learner's ~/.promptflow.
 test: export PF_HOME_DIRECTORY := $(CURDIR)/runs/promptflow-home
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
-	HF_HUB_OFFLINE=1 $(PY) -m pytest --durations=15 --ignore=tests/test_hub.py tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest --durations=15 --ignore=tests/test_hub.py --ignore=tests/test_browser.py tests
 	rm -rf runs/nbval runs/solved
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -p tests.nbval_outputs \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
 	HF_HUB_OFFLINE=1 COURSE_OUTPUTS_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_outputs.py tests/test_noise.py
+	HF_HUB_OFFLINE=1 COURSE_BROWSER_FROM_RUN=runs/nbval $(PY) -m pytest -p no:cacheprovider --durations=5 tests/test_browser.py
 	COURSE_UNTOUCHED_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -q tests/test_exercises.py -k test_untouched_notebooks_pass_no_exercise
 	$(PY) -m phi3course.exercises solve --out runs/solved/notebooks
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/solved COURSE_EXERCISES=solutions $(PY) -m pytest \
