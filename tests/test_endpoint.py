@@ -17,7 +17,7 @@ import requests
 from werkzeug.test import EnvironBuilder
 
 from benchmarks import loadtest
-from phi3course import endpoint, models, snapshot
+from phi3course import endpoint, models, processes, snapshot
 from phi3course.rundir import RunDir
 from phi3course.serving import score
 
@@ -167,6 +167,39 @@ def test_busy_port_restart_and_stop_leave_nothing_behind(registered, tmp_path) -
     with pytest.raises(endpoint.EndpointError, match="run notebook 03_deploy first"):
         endpoint.attach(run)
     assert endpoint.stop(run) is False
+
+
+def test_a_port_taken_at_the_start_moves_the_endpoint_and_never_answers_for_another(
+    registered, tmp_path, monkeypatch, capsys
+) -> None:
+    """Two runs find the same port free and start at once: the other's server answers 200 there, yet this
+    endpoint is ready only when its own server answers, on another port."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    run, uri = own_run(registered, tmp_path)
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    taken = other.server_address[1]
+    real_free_port = endpoint.free_port
+    picks = iter([taken])  # the first check saw the port free; the other server bound it just after
+    monkeypatch.setattr(endpoint, "free_port", lambda port=5001: next(picks, None) or real_free_port(port))
+    try:
+        started = endpoint.start_local(run, uri, port=taken)
+        assert f":{taken}/" not in started.scoring_uri
+        assert processes.serves(started.pid, int(started.scoring_uri.rsplit(":", 1)[1].split("/")[0]))
+        assert f"Port {taken} was taken by another server" in capsys.readouterr().out
+        assert isinstance(started.score({"input_data": ["hi"], "params": {"max_new_tokens": 2}})[0], str)
+    finally:
+        other.shutdown()
+        endpoint.stop(run)
 
 
 def test_a_server_that_cannot_start_shows_its_log(registered, tmp_path) -> None:

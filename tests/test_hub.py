@@ -36,6 +36,7 @@ import psutil
 import pytest
 import requests
 
+from phi3course import processes
 from phi3course.paths import cache_dir, course_root
 
 HUB_DIR = course_root() / "hub"
@@ -239,7 +240,7 @@ def test_two_learners_prompt_flow_services_never_collide(tmp_path: Path, monkeyp
         # What serve() checks before it trusts an answer on its port: that its own server gave it.
         other = subprocess.Popen(["sleep", "30"])
         try:
-            assert flow._serves(service_a.pid, port_a) and not flow._serves(other.pid, port_a)
+            assert processes.serves(service_a.pid, port_a) and not processes.serves(other.pid, port_a)
         finally:
             other.kill()
             other.wait()

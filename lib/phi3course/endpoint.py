@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from . import snapshot
-from .processes import ServerError, alive, identify, launch, pid_of, stop_group, wait_healthy
+from .processes import ServerError, alive, identify, launch, lost_port, pid_of, stop_group, wait_healthy
 from .rundir import RunDir, mask
 from .tracking import store_uri
 
@@ -174,29 +174,35 @@ def start_local(
         "TOKENIZERS_PARALLELISM": "false",
         **(env or {}),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"{HOST}:{chosen}",
-        "--workers",
-        "1",
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(THREADS),
-        "--timeout",
-        "600",
-        "azureml_inference_server_http.server.entry:app",
-    ]
-    process = launch(command, log_path, environment, cwd=code)
-    run.remember(**{f"{name}_pid": identify(process.pid)})
-    endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
-    try:
-        wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint")
-    except ServerError as error:
-        raise EndpointError(str(error)) from None
+    for attempt in range(3):  # two runs on one machine may both find a port free: the one that loses it moves
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"{HOST}:{chosen}",
+            "--workers",
+            "1",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(THREADS),
+            "--timeout",
+            "600",
+            "azureml_inference_server_http.server.entry:app",
+        ]
+        process = launch(command, log_path, environment, cwd=code)
+        run.remember(**{f"{name}_pid": identify(process.pid)})
+        endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
+        try:  # an answer counts only from this server, not from another that holds the port
+            wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint", port=chosen)
+            break
+        except ServerError as error:
+            if not lost_port(log_path) or attempt == 2:
+                raise EndpointError(str(error)) from None
+        stop(run, name)
+        taken, chosen = chosen, free_port(chosen)
+        print(f"Port {taken} was taken by another server as this one started; the endpoint uses {chosen}.")
     record(run, name, "local", endpoint.scoring_uri, key_path, in_flight=THREADS)
     if name == TUNED:
         run.update_summary(endpoint={"kind": "local", "scoring_uri": endpoint.scoring_uri})

@@ -23,7 +23,7 @@ from .endpoint import HOST, free_port, stop_all
 from .endpoint_client import REQUEST_TIMEOUT_S
 from .files import DamagedFileError
 from .paths import course_root
-from .processes import ServerError, identify, launch, stop_group, wait_healthy
+from .processes import ServerError, identify, launch, listener, lost_port, stop_group, wait_healthy
 from .rundir import RunDir
 
 CONNECTION = "phi3-course-endpoint"  # the name flows/chat/flow.dag.yaml uses
@@ -72,20 +72,6 @@ def pf_service_port(home: Path | None = None) -> int | None:
     return port if isinstance(port, int) else None
 
 
-def _listener(port: int) -> Any:
-    """The process listening on ``HOST:port`` (a ``psutil.Process``), or None; one of another account is None too
-    (this account cannot see whose it is, and it is not ours)."""
-    import psutil
-
-    for connection in psutil.net_connections(kind="tcp"):
-        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
-            try:
-                return psutil.Process(connection.pid)
-            except psutil.Error:
-                return None
-    return None
-
-
 def _in_use(port: int) -> bool:
     import socket
 
@@ -130,7 +116,7 @@ def claim_pf_service_port(home: Path | None = None) -> int:
 
     home = home or pf_home()
     recorded = pf_service_port(home)
-    if recorded is not None and (not _in_use(recorded) or ((owner := _listener(recorded)) and _ours(owner, home))):
+    if recorded is not None and (not _in_use(recorded) or ((owner := listener(recorded)) and _ours(owner, home))):
         return recorded
     offset = zlib.crc32(str(home).encode()) % PF_SERVICE_PORT_SPREAD
     for step in range(PF_SERVICE_PORT_SPREAD):
@@ -246,22 +232,6 @@ def stop_serving(run: RunDir) -> bool:
     return stopped
 
 
-def _serves(pid: int, port: int) -> bool:
-    """Whether the process ``pid`` (or one it started) is what listens on ``port``."""
-    import psutil
-
-    listener = _listener(port)
-    if listener is None:
-        return False
-    try:
-        return listener.pid == pid or pid in {parent.pid for parent in listener.parents()}
-    except psutil.Error:
-        return False
-
-
-LOST_PORT = ("address already in use", "errno 98")  # how a server that lost its port to another says so
-
-
 def serve(run: RunDir, port: int = 8080, timeout_s: float = 120) -> FlowServer:
     """``pf flow serve`` the chat flow on 127.0.0.1 in the background and wait until it answers.
 
@@ -281,16 +251,14 @@ def serve(run: RunDir, port: int = 8080, timeout_s: float = 120) -> FlowServer:
         process = launch(command, log_path, {**os.environ, "PF_DISABLE_TRACING": "true"})
         run.remember(flow_pid=identify(process.pid))  # what identifies it, so that only it is ever signalled
         server = FlowServer(f"http://{HOST}:{chosen}", process.pid, log_path, command)
-        try:
-            wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve")
+        try:  # an answer counts only from this server: the other learner's may answer on the same port
+            wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve", port=chosen)
         except ServerError as error:
-            lost = any(words in log_path.read_text(errors="replace").lower() for words in LOST_PORT)
-            if not lost or attempt == 2:
+            if not lost_port(log_path) or attempt == 2:
                 raise FlowError(str(error)) from None
         else:
-            if _serves(process.pid, chosen):
-                run.remember(flow_url=server.url)
-                return server
+            run.remember(flow_url=server.url)
+            return server
         stop_serving(run)
         taken, chosen = chosen, free_port(chosen)
         print(f"Port {taken} was taken by another server as this one started; the flow is served on {chosen}.")
@@ -309,7 +277,7 @@ def stop_pf_service() -> bool:
     port = pf_service_port(home)
     if port is None or not _in_use(port):
         return False
-    service = _listener(port)
+    service = listener(port)
     if service is None or not _ours(service, home):
         return False
     service.terminate()

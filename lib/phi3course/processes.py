@@ -185,8 +185,57 @@ def launch(command: list[str], log_path: Path, env: dict[str, str], cwd: Path | 
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_healthy(process: subprocess.Popen, health_url: str, log_path: Path, timeout_s: float, what: str) -> None:
-    """Poll ``health_url`` until it answers 200; if the process dies or time runs out, stop it and show its log."""
+def listener(port: int, host: str = "127.0.0.1") -> Any:
+    """The process listening on ``host:port`` (a ``psutil.Process``), or None; one of another account is None too
+    (this account cannot see whose it is, and it is not ours)."""
+    import psutil
+
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            if connection.laddr.ip not in (host, "0.0.0.0", "::"):
+                continue
+            try:
+                return psutil.Process(connection.pid)
+            except psutil.Error:
+                return None
+    return None
+
+
+def serves(pid: int, port: int) -> bool:
+    """Whether the process ``pid`` (or one it started) is what listens on ``port``."""
+    import psutil
+
+    found = listener(port)
+    if found is None:
+        return False
+    try:
+        return found.pid == pid or pid in {parent.pid for parent in found.parents()}
+    except psutil.Error:
+        return False
+
+
+# How a server that lost its port to another says so: gunicorn ("Connection in use", then "Can't connect"),
+# uvicorn and waitress ("address already in use", errno 98).
+LOST_PORT = ("address already in use", "errno 98", "connection in use")
+
+
+def lost_port(log_path: Path) -> bool:
+    """Whether the server logging to ``log_path`` stopped because another process held its port."""
+    try:
+        text = log_path.read_text(errors="replace").lower()
+    except OSError:
+        return False
+    return any(words in text for words in LOST_PORT)
+
+
+def wait_healthy(
+    process: subprocess.Popen, health_url: str, log_path: Path, timeout_s: float, what: str, port: int | None = None
+) -> None:
+    """Poll ``health_url`` until it answers 200; if the process dies or time runs out, stop it and show its log.
+
+    With ``port``, a 200 counts only when this process (or one it started) is what listens there: two servers
+    started at once on one machine may both find a port free, and the one that lost it must not take the other's
+    answer for its own."""
     import requests
 
     deadline = time.monotonic() + timeout_s
@@ -194,7 +243,7 @@ def wait_healthy(process: subprocess.Popen, health_url: str, log_path: Path, tim
         if process.poll() is not None:
             raise ServerError(f"{what} exited with code {process.returncode}. Log:\n{log_tail(log_path)}")
         try:
-            if requests.get(health_url, timeout=2).status_code == 200:
+            if requests.get(health_url, timeout=2).status_code == 200 and (port is None or serves(process.pid, port)):
                 return
         except requests.RequestException:
             pass
