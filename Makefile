@@ -16,7 +16,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := true
 
-.PHONY: setup course cleanup test lint bench lab clean class collect screenshots warm measurements hub hub-setup test-hub
+.PHONY: setup course cleanup test test-notebooks lint bench lab clean class collect screenshots warm measurements hub hub-setup test-hub
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -59,17 +59,29 @@ course: $(STAMP)
 cleanup: $(STAMP)
 	$(PY) -m phi3course.tools.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) --from 99 --cleanup
 
-# Unit tests, then nbval over every notebook in order under the smoke profile, then the Azure dry run (every Azure
-# cell against the local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote,
-# and what a learner sees in 02–05 as tests/expected_outputs/<profile>/ expects it (tests/test_outputs.py).
-# The notebooks with exercises also run with the reference solutions filled in, every check strict (02, 03 and 04
-# on the smoke run's state, after it). The browser test (tests/test_browser.py) steps through 04 in JupyterLab on a
-# copy of nbval's smoke run, rather than running 00→03 again (on its own it runs them itself).
-# Tests and notebooks keep their Prompt flow connections in a home of their own, never the learner's ~/.promptflow.
+# Unit tests beside the notebook checks (`make test-notebooks`, its own Prompt flow home and run folders): each
+# stream keeps about one core busy, so on two cores they run side by side; the notebooks' log is printed at the end.
+# The models are converted into the cache first, so the two streams never convert the same one at once.
+# Tests and notebooks keep their Prompt flow connections in homes of their own, never the learner's ~/.promptflow.
 test: export PF_HOME_DIRECTORY := $(CURDIR)/runs/promptflow-home
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
-	HF_HUB_OFFLINE=1 $(PY) -m pytest --durations=15 --ignore=tests/test_hub.py --ignore=tests/test_browser.py tests
+	HF_HUB_OFFLINE=1 $(PY) -m phi3course.tools.cli warm
+	@mkdir -p runs; \
+	$(MAKE) --no-print-directory test-notebooks > runs/test-notebooks.log 2>&1 & notebooks=$$!; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest --durations=15 --ignore=tests/test_hub.py --ignore=tests/test_browser.py tests; \
+	units=$$?; wait $$notebooks; checks=$$?; \
+	echo "=== make test-notebooks (ran beside the unit tests) ==="; cat runs/test-notebooks.log; \
+	echo "unit tests: exit $$units; notebook checks: exit $$checks"; [ $$units -eq 0 ] && [ $$checks -eq 0 ]
+
+# nbval over every notebook in order under the smoke profile, then the Azure dry run (every Azure cell against the
+# local stand-in of the workspace) under nbval too; after each, no key in anything the run wrote, and what a learner
+# sees in 02–05 as tests/expected_outputs/<profile>/ expects it (tests/test_outputs.py). The notebooks with exercises
+# also run with the reference solutions filled in, every check strict (02, 03 and 04 on the smoke run's state, after
+# it). The browser test (tests/test_browser.py) steps through 04 in JupyterLab on a copy of nbval's smoke run, rather
+# than running 00→03 again (on its own it runs them itself).
+test-notebooks: export PF_HOME_DIRECTORY := $(CURDIR)/runs/promptflow-home-notebooks
+test-notebooks: $(STAMP)
 	rm -rf runs/nbval runs/solved
 	HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke COURSE_RUN_DIR=runs/nbval $(PY) -m pytest -p no:cacheprovider -p tests.nbval_outputs \
 	  --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks

@@ -870,12 +870,14 @@ def part_profile_lora(out: Path, prepared: Any, work: Path, layers: int, batch: 
     switch off one suspect at a time (cuDNN attention; 16-bit base weights; the course's answer-only loss), and the
     full fine-tune as the baseline."""
     import torch
+    from trl import SFTTrainer
 
     import phi3course.train as train_module
+    from phi3course import recipe
 
     shaped, folder = shaped_model(SHAPED_PRESETS[1], layers, work, cpu_smoke=False)
-    original_weight_dtype = train_module.weight_dtype
-    original_scorer = train_module.score_answers_only
+    original_model_kwargs = recipe.model_kwargs
+    original_loss = recipe.AnswerLogitsSFTTrainer.compute_loss
     variants = [
         ("lora", {}),
         ("lora_without_cudnn_sdp", {"cudnn_sdp": False}),
@@ -902,10 +904,13 @@ def part_profile_lora(out: Path, prepared: Any, work: Path, layers: int, batch: 
         callback = _profiler_callback(3)
         if change.get("cudnn_sdp") is False:
             torch.backends.cuda.enable_cudnn_sdp(False)
-        if change.get("fp32_base"):
-            train_module.weight_dtype = lambda method, precision, cuda: "fp32"
-        if change.get("trl_loss"):
-            train_module.score_answers_only = lambda trainer: trainer
+        if change.get("fp32_base"):  # the frozen base weights load in fp32 instead of the 16-bit format
+            recipe.model_kwargs = lambda method, precision: {
+                **original_model_kwargs(method, precision),
+                "dtype": torch.float32,
+            }
+        if change.get("trl_loss"):  # trl's own loss: the output layer's logits at every position
+            recipe.AnswerLogitsSFTTrainer.compute_loss = SFTTrainer.compute_loss
         began = time.perf_counter()
         try:
             result = train_module.train(settings, callbacks=[callback])
@@ -920,8 +925,8 @@ def part_profile_lora(out: Path, prepared: Any, work: Path, layers: int, batch: 
             found[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-3000:]}
         finally:
             torch.backends.cuda.enable_cudnn_sdp(True)
-            train_module.weight_dtype = original_weight_dtype
-            train_module.score_answers_only = original_scorer
+            recipe.model_kwargs = original_model_kwargs
+            recipe.AnswerLogitsSFTTrainer.compute_loss = original_loss
             shutil.rmtree(work / f"profile_{name}", ignore_errors=True)
             torch.cuda.empty_cache()
         REPORT["profile_lora"] = {**REPORT.get("profile_lora", {}), **found}

@@ -52,11 +52,11 @@ def test_collect_makes_one_row_per_learner_and_says_where_each_is_stuck(tmp_path
     assert list(frame.index) == ["ana", "ben", "cleo"]
     ana, ben, cleo = (frame.loc[name] for name in ["ana", "ben", "cleo"])
     assert ana["notebooks ok"] == "3/5" and ana["stuck at"] == "" and ana["minutes"] == 4.0
-    assert ana["exact-match base"] == "0.0 %" and ana["exact-match tuned"] == "98.3 %" and ana["via flow"] == "95.0 %"
+    assert ana["held-out base"] == "0.0 %" and ana["held-out tuned"] == "98.3 %" and ana["via flow"] == "95.0 %"
     assert ana["train tokens/s"] == 233.8 and ana["endpoint p50 ms"] == 1105.4
     assert len(ana["chat answer"]) == 60 and ana["chat answer"].endswith("…")
     assert ben["notebooks ok"] == "2/5" and ben["stuck at"] == "02_fine_tune cell 7: MemoryError: out of memory"
-    assert ben["exact-match tuned"] == "" and ben["train tokens/s"] == ""
+    assert ben["held-out tuned"] == "" and ben["train tokens/s"] == ""
     assert cleo["stuck at"].startswith("unreadable") and "summary.json" in cleo["stuck at"]
 
 
@@ -209,7 +209,7 @@ def test_a_summary_older_than_the_class_run_is_marked_stale(tmp_path, capsys) ->
     ben = frame.loc["ben"]
     assert ben["stuck at"].startswith("stale: this summary is from a run started 2020-01-06T09:00:00+00:00, before ")
     assert ben["stuck at"].endswith("the newest run did not write one (skipped, or failed before it began)")
-    assert ben["notebooks ok"] == "0/2" and ben["exact-match tuned"] == "" and ben["chat answer"] == ""
+    assert ben["notebooks ok"] == "0/2" and ben["held-out tuned"] == "" and ben["chat answer"] == ""
     assert "no numbered notebooks" in capsys.readouterr().err
 
 
@@ -218,10 +218,10 @@ def test_collect_since_marks_older_runs_stale_and_keeps_newer_ones(tmp_path, cap
     write(tmp_path / "class" / "ben", {**COMPLETE, "started": "2025-04-24T09:30:00+00:00"})
     write(tmp_path / "class" / "cleo", COMPLETE)  # no start time: cannot be shown to be current
     frame = classroom.collect([tmp_path / "class"], expected_notebooks=5, since="2025-05-01T09:00:00+00:00")
-    assert frame.loc["ana", "stuck at"] == "" and frame.loc["ana", "exact-match tuned"] == "98.3 %"
+    assert frame.loc["ana", "stuck at"] == "" and frame.loc["ana", "held-out tuned"] == "98.3 %"
     assert frame.loc["ben", "stuck at"].startswith("stale: this summary is from a run started 2025-04-24T09:30")
     assert frame.loc["cleo", "stuck at"].startswith("stale: this summary is from a run with no start time")
-    assert frame.loc["ben", "exact-match tuned"] == frame.loc["cleo", "exact-match tuned"] == ""
+    assert frame.loc["ben", "held-out tuned"] == frame.loc["cleo", "held-out tuned"] == ""
     assert classroom.collect([tmp_path / "class"], expected_notebooks=5).loc["ben", "stuck at"] == ""
     assert classroom.main(["collect", str(tmp_path / "class"), "--since", "2025-05-01T09:00"]) == 0
     assert "stale" in capsys.readouterr().out

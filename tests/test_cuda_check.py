@@ -115,3 +115,16 @@ def test_on_a_gpu_each_way_trains_for_its_cluster_and_validates_against_it(tmp_p
         assert (settings.method, settings.cluster_size) == (method, size)
         assert settings.precision == sizes.vm_size(size).precision and settings.model_path == str(tmp_path / "model")
         assert settings.validate().name == "phi-4-mini-instruct"
+
+
+def test_the_lora_profile_patches_what_training_calls() -> None:
+    """profile_lora switches off one suspect at a time by replacing a recipe function; a replaced name that training
+    no longer calls would make that variant measure nothing."""
+    import inspect
+
+    from phi3course import recipe, train
+
+    source = inspect.getsource(cuda_check.part_profile_lora)
+    assert "recipe.model_kwargs = " in source and "recipe.AnswerLogitsSFTTrainer.compute_loss = " in source
+    assert "recipe.model_kwargs(" in inspect.getsource(train.load_base)
+    assert "AnswerLogitsSFTTrainer(" in inspect.getsource(recipe.make_trainer)

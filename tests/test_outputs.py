@@ -140,7 +140,7 @@ KEPT_LINES: list[tuple[re.Pattern[str], Callable[[str], str]]] = [
     (re.compile(r"→ 2\d\d\b"), lambda line: re.sub(r"^(.*→ 2\d\d ).*$", r"\1<reply>", line)),  # an answer: its shape
     (re.compile(r"^\d{3} \S"), lambda line: line),  # a status, then the question asked
     (QUESTION, lambda line: line),
-    (re.compile(r"held-out facts|general knowledge|exact-match"), _numbers),  # a score
+    (re.compile(r"held-out facts|general knowledge|exact-match|contains-answer"), _numbers),  # a score
     (re.compile(r"^the session holds \d+ messages"), _numbers),  # 05: the conversation the agent keeps
 ]
 

@@ -1,6 +1,6 @@
 """Prompt flow plumbing: where the flows are, ``pf flow serve`` as a background process, the batch's inputs.
 
-The flows live in ``flows/`` (``chat``: the chat flow; ``eval``: exact-match grading). Notebook 04 builds the
+The flows live in ``flows/`` (``chat``: the chat flow; ``eval``: contains-answer grading). Notebook 04 builds the
 connection, ``pf.test`` and the ``pf.run`` batches in its cells; this module keeps what a learner need not read.
 The endpoint's URL and key reach the flow only through a Prompt flow *custom connection*, whose key is a secret
 kept by Prompt flow's local store — never in code, YAML, notebook outputs or logs.
