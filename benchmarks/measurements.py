@@ -7,14 +7,16 @@ A record is a JSON file in ``docs/measurements/``, in the format the course itse
 ``measurement``, that says where the figures come from: the CPU class (``native-bf16``: the CPU lists
 ``avx512_bf16`` or ``amx_bf16`` and trains in bf16; ``avx2-only``: it does not, and trains in fp32), the date,
 the command that produced them, the conditions (idle or shared machine, fresh clone or not) and the recipe.
-What a record does not know it says it does not know. Four kinds:
+What a record does not know it says it does not know. Five kinds:
 
 - ``course``: a run's ``runs/<profile>/summary.json`` (``make course``), with the install's seconds when the
   run was a fresh clone;
 - ``bench``: ``runs/bench.json`` (``make bench``);
 - ``variants``: the rows of ``<run>/forgetting.json`` (``python -m benchmarks.forgetting``) under ``rows``, or
   any table of trainings that differ in one setting (the own-facts phrasings);
-- ``figures``: single figures no course file holds (memory, disk, a GPU check), one row each.
+- ``figures``: single figures no course file holds (memory, disk, a GPU check), one row each;
+- ``exercises``: each "Try it" exercise's wall time (its exercise cell and its check cell, solutions in place),
+  ``exercises`` a list of ``{"id", "title", "tier", "seconds"}``, as papermill timed the cells.
 
 ``render`` writes the page from the records; ``render --check`` fails when the page is stale (a test runs
 it). ``add`` copies a new run's file into ``docs/measurements/`` with its ``measurement`` block, then renders.
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "docs" / "measurements"
 PAGE = ROOT / "docs" / "measurements.md"
 CPU_CLASSES = ("native-bf16", "avx2-only", "gpu", "unknown")
-KINDS = ("course", "bench", "variants", "figures")
+KINDS = ("course", "bench", "variants", "figures", "exercises")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 NOTEBOOKS = ("00_setup", "01_data", "02_fine_tune", "03_deploy", "04_prompt_flow_chat", "05_agent_framework")
 
@@ -44,13 +46,15 @@ def kind_of(data: Any) -> str:
     """Which course file ``data`` is: a summary.json, a bench.json, a forgetting.json (or its rows), figures."""
     if isinstance(data, list) or "rows" in data:
         return "variants"
+    if isinstance(data.get("exercises"), list):  # a summary.json's "exercises" is a dict of passes
+        return "exercises"
     if "stages" in data:
         return "course"
     if "machine" in data or ("train" in data and "endpoint" in data):
         return "bench"
     if "figures" in data:
         return "figures"
-    raise ValueError("not a summary.json, bench.json, forgetting.json or figures record")
+    raise ValueError("not a summary.json, bench.json, forgetting.json, figures or exercises record")
 
 
 def check_record(name: str, record: dict[str, Any]) -> None:
@@ -346,6 +350,33 @@ def figures_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return out + notes(records)
 
 
+def exercises_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not records:
+        return []
+    out = ["## The exercises: how long each takes to run", ""]
+    out += [
+        'Wall time of each "Try it" exercise with its reference solution in place: the exercise cell and its',
+        "check cell, as papermill timed them, in a run of the solved notebooks. The time a learner needs to read,",
+        "predict and write comes on top; an exercise that trains (02.1, 02.2) is mostly machine time.",
+        "",
+    ]
+    rows = []
+    for name, record in records:
+        for row in record["exercises"]:
+            rows.append(
+                [
+                    source(name, record["measurement"]),
+                    f"`{record.get('profile', '?')}`",
+                    f"{row['id']} {row.get('title', '')}".strip(),
+                    row.get("tier", ""),
+                    duration(row.get("seconds")),
+                    row.get("note", ""),
+                ]
+            )
+    out += table(["record", "profile", "exercise", "tier", "wall time", "note"], rows)
+    return out + notes(records)
+
+
 def render(records: list[tuple[str, dict[str, Any]]]) -> str:
     """The whole page, from the records alone (no clock, no machine: the same records give the same page)."""
     by_kind: dict[str, list[tuple[str, dict[str, Any]]]] = {kind: [] for kind in KINDS}
@@ -374,6 +405,7 @@ def render(records: list[tuple[str, dict[str, Any]]]) -> str:
     lines += bench_section(by_kind["bench"])
     lines += variants_section(by_kind["variants"])
     lines += figures_section(by_kind["figures"])
+    lines += exercises_section(by_kind["exercises"])
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -409,6 +441,7 @@ def add(args: argparse.Namespace) -> Path:
         "bench": ("make bench", "make bench"),
         "variants": ("python -m benchmarks.forgetting", "trainings that differ in one setting"),
         "figures": ("unknown", "figures"),
+        "exercises": ("python -m phi3course.exercises solve, then the solved notebooks", "the exercises' wall time"),
     }[kind]
     record = make_record(
         data,
@@ -422,7 +455,7 @@ def add(args: argparse.Namespace) -> Path:
         recipe=args.recipe,
     )
     check_record("new record", record)
-    label = data.get("profile", "") if kind == "course" else ""
+    label = data.get("profile", "") if kind in ("course", "exercises") else ""
     stem = "-".join(filter(None, [args.date, kind, label, cpu_class, args.name]))
     target = Path(args.records) / f"{stem}.json"
     if target.exists():
