@@ -315,3 +315,17 @@ def test_untouched_notebooks_pass_no_exercise() -> None:
     every = {exercise.id for exercise in exercises.course_exercises(NOTEBOOKS)}
     assert len(every) >= 9
     assert summary.get("exercises") == dict.fromkeys(every, False)
+
+
+def test_measured_exercise_times_are_a_record_kind_of_their_own_and_render_as_a_table() -> None:
+    from benchmarks import measurements
+
+    measured = {"profile": "local", "exercises": [{"id": "02.1", "title": "forget", "tier": "think", "seconds": 200}]}
+    record = measurements.make_record(
+        measured, cpu_class="avx2-only", command="c", what="w", conditions="under load", day="2030-01-02"
+    )
+    measurements.check_record("r.json", record)
+    assert record["measurement"]["kind"] == "exercises"
+    assert measurements.kind_of({"stages": {}, "exercises": {"01.1": True}}) == "course", "a summary.json stays a run"
+    page = measurements.render([("r.json", record)])
+    assert "| [2030-01-02](measurements/r.json) · avx2-only | `local` | 02.1 forget | think | 3 min 20 s |  |" in page
