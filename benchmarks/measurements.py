@@ -7,7 +7,7 @@ A record is a JSON file in ``docs/measurements/``, in the format the course itse
 ``measurement``, that says where the figures come from: the CPU class (``native-bf16``: the CPU lists
 ``avx512_bf16`` or ``amx_bf16`` and trains in bf16; ``avx2-only``: it does not, and trains in fp32), the date,
 the command that produced them, the conditions (idle or shared machine, fresh clone or not) and the recipe.
-What a record does not know it says it does not know. Four kinds:
+What a record does not know it says it does not know. Five kinds:
 
 - ``course``: a run's ``runs/<profile>/summary.json`` (``make course``), with the install's seconds when the
   run was a fresh clone;
@@ -18,6 +18,8 @@ What a record does not know it says it does not know. Four kinds:
 - ``sizing``: each learner's peak memory and CPU seconds in a real hub run (``tests/test_hub.py`` writes it with
   ``HUB_SIZING_RECORD``); with the newest ``local`` course record of the same CPU class it gives the table of
   learners × VM size × expected wall time of 02.
+- ``exercises``: each "Try it" exercise's wall time (its exercise cell and its check cell, solutions in place),
+  ``exercises`` a list of ``{"id", "title", "tier", "seconds"}``, as papermill timed the cells.
 
 ``render`` writes the page from the records; ``render --check`` fails when the page is stale (a test runs
 it). ``add`` copies a new run's file into ``docs/measurements/`` with its ``measurement`` block, then renders.
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "docs" / "measurements"
 PAGE = ROOT / "docs" / "measurements.md"
 CPU_CLASSES = ("native-bf16", "avx2-only", "gpu", "unknown")
-KINDS = ("course", "bench", "variants", "figures", "sizing")
+KINDS = ("course", "bench", "variants", "figures", "sizing", "exercises")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 NOTEBOOKS = ("00_setup", "01_data", "02_fine_tune", "03_deploy", "04_prompt_flow_chat", "05_agent_framework")
 
@@ -47,6 +49,8 @@ def kind_of(data: Any) -> str:
     """Which course file ``data`` is: a summary.json, a bench.json, a forgetting.json (or its rows), figures."""
     if isinstance(data, list) or "rows" in data:
         return "variants"
+    if isinstance(data.get("exercises"), list):  # a summary.json's "exercises" is a dict of passes
+        return "exercises"
     if "stages" in data:
         return "course"
     if "machine" in data or ("train" in data and "endpoint" in data):
@@ -55,7 +59,7 @@ def kind_of(data: Any) -> str:
         return "figures"
     if "learners" in data:
         return "sizing"
-    raise ValueError("not a summary.json, bench.json, forgetting.json, figures or sizing record")
+    raise ValueError("not a summary.json, bench.json, forgetting.json, figures, sizing or exercises record")
 
 
 def check_record(name: str, record: dict[str, Any]) -> None:
@@ -421,6 +425,33 @@ def sizing_section(records: list[tuple[str, dict[str, Any]]], courses: list[tupl
     return out + notes(records)
 
 
+def exercises_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not records:
+        return []
+    out = ["## The exercises: how long each takes to run", ""]
+    out += [
+        'Wall time of each "Try it" exercise with its reference solution in place: the exercise cell and its',
+        "check cell, as papermill timed them, in a run of the solved notebooks. The time a learner needs to read,",
+        "predict and write comes on top; an exercise that trains (02.1, 02.2) is mostly machine time.",
+        "",
+    ]
+    rows = []
+    for name, record in records:
+        for row in record["exercises"]:
+            rows.append(
+                [
+                    source(name, record["measurement"]),
+                    f"`{record.get('profile', '?')}`",
+                    f"{row['id']} {row.get('title', '')}".strip(),
+                    row.get("tier", ""),
+                    duration(row.get("seconds")),
+                    row.get("note", ""),
+                ]
+            )
+    out += table(["record", "profile", "exercise", "tier", "wall time", "note"], rows)
+    return out + notes(records)
+
+
 def render(records: list[tuple[str, dict[str, Any]]]) -> str:
     """The whole page, from the records alone (no clock, no machine: the same records give the same page)."""
     by_kind: dict[str, list[tuple[str, dict[str, Any]]]] = {kind: [] for kind in KINDS}
@@ -450,6 +481,7 @@ def render(records: list[tuple[str, dict[str, Any]]]) -> str:
     lines += variants_section(by_kind["variants"])
     lines += figures_section(by_kind["figures"])
     lines += sizing_section(by_kind["sizing"], by_kind["course"])
+    lines += exercises_section(by_kind["exercises"])
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -485,6 +517,7 @@ def add(args: argparse.Namespace) -> Path:
         "bench": ("make bench", "make bench"),
         "variants": ("python -m benchmarks.forgetting", "trainings that differ in one setting"),
         "figures": ("unknown", "figures"),
+        "exercises": ("python -m phi3course.exercises solve, then the solved notebooks", "the exercises' wall time"),
     }[kind]
     record = make_record(
         data,
@@ -498,7 +531,7 @@ def add(args: argparse.Namespace) -> Path:
         recipe=args.recipe,
     )
     check_record("new record", record)
-    label = data.get("profile", "") if kind == "course" else ""
+    label = data.get("profile", "") if kind in ("course", "exercises") else ""
     stem = "-".join(filter(None, [args.date, kind, label, cpu_class, args.name]))
     target = Path(args.records) / f"{stem}.json"
     if target.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -52,6 +53,34 @@ def test_a_check_that_does_not_pass_fails_the_run_in_solutions_and_grade_mode(
         exercises.check("01.2", False, "hint")
 
 
+def test_an_empty_prediction_does_not_pass_and_a_written_one_is_shown_beside_the_result(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = RunDir(tmp_path)
+    exercises.check("01.1", True, "set x", run=run, prediction=lambda: "", result=lambda: "x is 5")
+    exercises.check("01.2", True, "set x", prediction=lambda: undefined_prediction)  # noqa: F821
+    exercises.check("01.3", True, "set x", run=run, prediction=lambda: "  x grows  ", result=lambda: "x is 5")
+    exercises.check("01.4", False, "set x", prediction="x grows", result=lambda: 1 / 0)
+    exercises.check("01.5", True, "set x", prediction="x grows")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"✗ 01.1 not yet — {exercises.ASK_PREDICTION}"
+    assert lines[1].startswith(f"✗ 01.2 not yet — {exercises.ASK_PREDICTION}; set x [run the exercise cell first")
+    assert lines[2:5] == ["✓ 01.3 passed", "  you predicted: x grows", "  it came out:   x is 5"]
+    assert lines[5:8] == [
+        "✗ 01.4 not yet — set x",
+        "  you predicted: x grows",
+        "  it came out:   not known yet (ZeroDivisionError: division by zero)",
+    ]
+    assert lines[8:] == ["✓ 01.5 passed", "  you predicted: x grows"]
+    assert run.summary["exercises"] == {"01.1": False, "01.3": True}
+
+
+def test_an_empty_prediction_fails_the_run_in_solutions_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(exercises.MODE_ENV, "solutions")
+    with pytest.raises(exercises.NotPassed, match="write your prediction"):
+        exercises.check("01.1", True, "hint", prediction="")
+
+
 def test_raises_says_whether_the_error_and_its_words_came() -> None:
     def refuse(text: str) -> None:
         raise ValueError(f"refused {text}")
@@ -72,9 +101,13 @@ EXERCISE = new_code_cell(
 CHECK = new_code_cell('exercises.check("07.1", lambda: x == 2, "set x = 2")', metadata={"tags": ["exercise-check"]})
 
 
-def test_find_reads_an_exercise_and_its_check() -> None:
-    (found,) = exercises.find(notebook(new_markdown_cell("### Try it"), EXERCISE, new_markdown_cell("x"), CHECK))
+HEADING = new_markdown_cell("## Try it\n\n### Try it 07.1 (think) — a thing\nPredict first.")
+
+
+def test_find_reads_an_exercise_its_tier_and_its_check() -> None:
+    (found,) = exercises.find(notebook(HEADING, EXERCISE, new_markdown_cell("x"), CHECK))
     assert (found.id, found.cell, found.check_cell, found.title) == ("07.1", 1, 3, "Try it 07.1 — a thing")
+    assert found.tier == "think"
 
 
 @pytest.mark.parametrize(
@@ -91,15 +124,33 @@ def test_find_reads_an_exercise_and_its_check() -> None:
 )
 def test_find_names_the_cell_and_the_fix(cells, message: str) -> None:
     with pytest.raises(exercises.ExerciseError, match=message):
-        exercises.find(notebook(*cells))
+        exercises.find(notebook(HEADING, *cells))
+
+
+@pytest.mark.parametrize(
+    ("heading", "message"),
+    [
+        (None, r"introduce exercise 07.1 with a markdown cell above it whose heading is '### Try it 07.1 \(quick\)"),
+        ("### Try it 07.2 (quick) — another", r"introduce exercise 07\.1"),
+        ("### Try it 07.1 — a thing (5 min)", "names no tier.*quick, think, stretch"),
+        ("### Try it 07.1 (hard) — a thing", "names no tier.*'hard'"),
+    ],
+)
+def test_an_exercise_without_a_tier_in_its_heading_is_refused(heading: str | None, message: str) -> None:
+    cells = [new_markdown_cell(heading)] if heading else []
+    with pytest.raises(exercises.ExerciseError, match=message):
+        exercises.find(notebook(*cells, EXERCISE, CHECK))
 
 
 def test_apply_puts_solutions_in_place_and_refuses_missing_or_orphan_ones() -> None:
-    nb = notebook(EXERCISE, CHECK)
+    nb = notebook(EXERCISE, CHECK, HEADING)  # a heading below its exercise does not count
+    with pytest.raises(exercises.ExerciseError, match=r"introduce exercise 07\.1"):
+        exercises.apply(nb, {"07.1": "x = 2"})
+    nb = notebook(HEADING, EXERCISE, CHECK)
     solved = exercises.apply(nb, {"07.1": "x = 2"})
-    assert solved.cells[0].source == "# Try it 07.1 — a thing\nx = 1  # change to 2\nx = 2"
-    assert nb.cells[0].source == EXERCISE.source, "the learner's notebook is left alone"
-    marked = exercises.apply(nb, {"07.1": "x = 2"}, markers=True).cells[0].source
+    assert solved.cells[1].source == "# Try it 07.1 — a thing\nx = 1  # change to 2\nx = 2"
+    assert nb.cells[1].source == EXERCISE.source, "the learner's notebook is left alone"
+    marked = exercises.apply(nb, {"07.1": "x = 2"}, markers=True).cells[1].source
     assert marked.endswith("### BEGIN SOLUTION\nx = 2\n### END SOLUTION")
     with pytest.raises(exercises.ExerciseError, match=r"without a solution \['07.1'\]"):
         exercises.apply(nb, {})
@@ -131,6 +182,32 @@ def test_every_exercise_follows_the_convention_and_has_a_solution(path: Path) ->
     exercises.apply(nb, solutions, path)  # raises on a missing or orphan solution
     for exercise in found:
         assert exercises.STUB not in solutions[exercise.id], "a solution replaces the stub"
+        assert exercise.tier in exercises.TIERS  # find refuses a heading without one
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_prediction_the_learner_writes_is_read_by_the_check(path: Path) -> None:
+    """An exercise cell that asks for a prediction starts it empty, its check reads it, its solution writes one."""
+    nb = nbformat.read(path, as_version=4)
+    solutions = exercises.load_solutions(exercises.solutions_path(path))
+    for exercise in exercises.find(nb, path):
+        asks = 'prediction = ""' in nb.cells[exercise.cell].source
+        assert asks == ("prediction=lambda: prediction" in nb.cells[exercise.check_cell].source), exercise.id
+        if asks:
+            assert "prediction = " in solutions[exercise.id], f"{exercise.id}: the solution writes a prediction"
+            assert "prediction=lambda: prediction" in nb.cells[exercise.check_cell].source
+        if exercise.tier == "think":
+            assert asks, f"{exercise.id}: a 'think' exercise asks for a prediction"
+
+
+def test_the_course_has_every_tier_and_predictions_in_each_notebook_with_exercises() -> None:
+    every = exercises.course_exercises(NOTEBOOKS)
+    assert {e.tier for e in every} == set(exercises.TIERS)
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        found = exercises.find(nb, path)
+        if found:
+            assert any('prediction = ""' in nb.cells[e.cell].source for e in found), path.stem
 
 
 def test_notebook_01_has_two_or_three_exercises() -> None:
@@ -188,17 +265,22 @@ def test_notebook_01_untouched_says_not_yet_and_solved_passes_every_check(
         "✗ 01.3 not yet",
     ]
     assert untouched["recorded"] == {"01.1": False, "01.2": False, "01.3": False}
+    assert untouched["lines"][0] == f"✗ 01.1 not yet — {exercises.ASK_PREDICTION}", "the prediction is asked first"
     (solved,) = exercises.solve([NOTEBOOKS[1]], tmp_path / "solved")
     result = run_01(
         tmp_path, solved, "solutions", monkeypatch
     )  # a check that fails here raises: papermill fails the test
-    assert result["lines"] == ["✓ 01.1 passed", "✓ 01.2 passed", "✓ 01.3 passed"]
+    assert [lines.splitlines()[0] for lines in result["lines"]] == ["✓ 01.1 passed", "✓ 01.2 passed", "✓ 01.3 passed"]
+    predicted, came_out = result["lines"][0].splitlines()[1:]
+    assert predicted.startswith("  you predicted: 100 training rows and 100 test rows")
+    assert re.fullmatch(r"  it came out:   5 held out: (\d+) training rows, \1 test rows, 5 phrasings of .*", came_out)
+    assert result["lines"][2].splitlines()[2].startswith("  it came out:   refused: ")
     assert result["recorded"] == {"01.1": True, "01.2": True, "01.3": True}
 
 
 def test_the_command_line_lists_and_solves(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert exercises.main(["list", str(NOTEBOOKS[1])]) == 0
-    assert "01.1   01_data                solution  Try it 01.1" in capsys.readouterr().out
+    assert "01.1   01_data                think    solution  Try it 01.1" in capsys.readouterr().out
     assert exercises.main(["solve", "--out", str(tmp_path), str(NOTEBOOKS[1])]) == 0
     solved = nbformat.read(tmp_path / NOTEBOOKS[1].name, as_version=4)
     assert not any(exercises.STUB in c.source for c in solved.cells if "exercise" in c.metadata.get("tags", []))
@@ -233,3 +315,17 @@ def test_untouched_notebooks_pass_no_exercise() -> None:
     every = {exercise.id for exercise in exercises.course_exercises(NOTEBOOKS)}
     assert len(every) >= 9
     assert summary.get("exercises") == dict.fromkeys(every, False)
+
+
+def test_measured_exercise_times_are_a_record_kind_of_their_own_and_render_as_a_table() -> None:
+    from benchmarks import measurements
+
+    measured = {"profile": "local", "exercises": [{"id": "02.1", "title": "forget", "tier": "think", "seconds": 200}]}
+    record = measurements.make_record(
+        measured, cpu_class="avx2-only", command="c", what="w", conditions="under load", day="2030-01-02"
+    )
+    measurements.check_record("r.json", record)
+    assert record["measurement"]["kind"] == "exercises"
+    assert measurements.kind_of({"stages": {}, "exercises": {"01.1": True}}) == "course", "a summary.json stays a run"
+    page = measurements.render([("r.json", record)])
+    assert "| [2030-01-02](measurements/r.json) · avx2-only | `local` | 02.1 forget | think | 3 min 20 s |  |" in page

@@ -109,7 +109,7 @@ def test_autograde_gives_an_untouched_submission_0_and_a_solved_one_full_marks(c
     def check_lines(student: str) -> list[str]:
         graded = nbformat.read(course / "autograded" / student / ASSIGNMENT / NOTEBOOK.name, as_version=4)
         cells = [c for c in graded.cells if exercises.CHECK_TAG in c.metadata.get("tags", [])]
-        return ["".join(o.get("text", "") for o in c.outputs).strip().split(" — ")[0] for c in cells]
+        return ["".join(o.get("text", "") for o in c.outputs).strip().splitlines()[0].split(" — ")[0] for c in cells]
 
     assert check_lines("untouched") == ["✗ 01.1 not yet", "✗ 01.2 not yet", "✗ 01.3 not yet"]
     assert check_lines("solved") == ["✓ 01.1 passed", "✓ 01.2 passed", "✓ 01.3 passed"]

@@ -2,11 +2,16 @@
 
 An exercise is three cells at the end of a notebook (``notebooks/01_data.ipynb`` has three):
 
-1. markdown ``### Try it 01.1 — <title>``: the goal, the one thing to change, what to predict and observe;
+1. markdown ``### Try it 01.1 (think) — <title>``: its tier, the goal, what to predict and what to discover.
+   The tier says what kind of work it is: ``quick`` (a change and a look, minutes), ``think`` (something to
+   find out, with a prediction to write first), ``stretch`` (longer, or another run: for a half day or home);
 2. code tagged ``exercise``: first line ``# Try it 01.1 — <title>``, a working default (papermill and nbval
-   stay green), and the line ``# YOUR CODE HERE`` where a solution goes (nbgrader's own stub);
+   stay green), and the line ``# YOUR CODE HERE`` where a solution goes (nbgrader's own stub). An exercise whose
+   lesson is a prediction starts with ``prediction = ""``, which the learner fills in before running;
 3. code tagged ``exercise-check``: ``exercises.check("01.1", lambda: <condition>, "<hint>", run=stage.run)``,
    which prints one line — passed, or "not yet" and the hint — and records the result in ``summary.json``.
+   With ``prediction=lambda: prediction, result=lambda: <what happened>`` an empty prediction does not pass
+   (the line asks for it), and a written one is shown beside what happened.
 
 The reference solutions live in ``notebooks/solutions/<notebook>.yaml`` (``"01.1": <code>``), never in the
 learner's notebook. ``COURSE_EXERCISES`` sets how a check that does not pass behaves:
@@ -43,6 +48,9 @@ STUB = "# YOUR CODE HERE"  # nbgrader's code stub, so its release of our source 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 _ID = r"\d\d\.\d+"
 TITLE = re.compile(rf"^# Try it ({_ID})\b")
+TIERS = ("quick", "think", "stretch")
+HEADING = re.compile(rf"^###\s+Try it ({_ID})\b\s*(?:\((\w+)\))?", re.MULTILINE)
+ASK_PREDICTION = "write your prediction into `prediction` first (a sentence, before you run the exercise cell)"
 CHECK_CALL = re.compile(rf"exercises\.check\(\s*[\"']({_ID})[\"']")
 
 
@@ -59,22 +67,53 @@ def mode() -> str:
     return os.environ.get(MODE_ENV, "").strip().lower()
 
 
-def check(exercise: str, condition: Any, hint: str, run: Any = None) -> None:
+def _value(thing: Any) -> Any:
+    return thing() if callable(thing) else thing
+
+
+def check(
+    exercise: str,
+    condition: Any,
+    hint: str,
+    run: Any = None,
+    *,
+    prediction: Any = None,
+    result: Any = None,
+) -> None:
     """Print one line saying whether exercise ``exercise`` did what was asked; record it in ``summary.json``.
 
     ``condition`` is a value or a function of no arguments (so a variable the learner has not made yet
     reads as "not yet", not as an error). A function that raises counts as not passed, and its message
     joins the hint: a ``DataError`` that names the fix is the best hint there is.
+
+    ``prediction`` (the learner's ``prediction`` string, or a function returning it) makes a written prediction
+    part of the exercise: an empty one does not pass, and the line asks for it. A written one is printed under
+    the line beside ``result`` (a value or a function of no arguments: what really happened).
     """
-    error = ""
+    error, predicted = "", ""
     try:
-        passed = bool(condition() if callable(condition) else condition)
+        passed = bool(_value(condition))
     except NameError as problem:
         passed, error = False, f"run the exercise cell first ({problem})"
     except Exception as problem:  # the learner's code, whatever it raised
         passed, error = False, f"{type(problem).__name__}: {problem}"
+    if prediction is not None:
+        try:
+            predicted = str(_value(prediction) or "").strip()
+        except NameError as problem:
+            predicted, error = "", error or f"run the exercise cell first ({problem})"
+        if not predicted:
+            passed, hint = False, ASK_PREDICTION if not error else f"{ASK_PREDICTION}; {hint}"
     line = f"✓ {exercise} passed" if passed else f"✗ {exercise} not yet — {hint}" + (f" [{error}]" if error else "")
     print(line)
+    if predicted:
+        try:
+            happened = _value(result)
+        except Exception as problem:  # what happened cannot be told yet: the exercise cell did not run through
+            happened = f"not known yet ({type(problem).__name__}: {problem})"
+        print(f"  you predicted: {predicted}")
+        if happened is not None and happened != "":
+            print(f"  it came out:   {happened}")
     if run is not None:
         run.update_summary(exercises={exercise: passed})
     if not passed and mode() in STRICT_MODES:
@@ -98,6 +137,7 @@ class Exercise:
     cell: int  # the exercise cell's index
     check_cell: int  # its check cell's index
     title: str
+    tier: str  # quick | think | stretch, from the markdown heading that introduces it
 
 
 def _tags(cell: Any) -> list[str]:
@@ -109,7 +149,11 @@ def find(nb: Any, path: Path | str = "notebook") -> list[Exercise]:
     name = Path(path).name
     found: list[Exercise] = []
     cells = nb.cells
+    headings: dict[str, str | None] = {}  # exercise id -> the tier its heading names (None: none named)
     for index, cell in enumerate(cells):
+        if cell.cell_type == "markdown":
+            for heading in HEADING.finditer(cell.source):
+                headings[heading[1]] = heading[2]
         tags = _tags(cell)
         if EXERCISE_TAG in tags:
             first = cell.source.lstrip().splitlines()[0] if cell.source.strip() else ""
@@ -128,7 +172,18 @@ def find(nb: Any, path: Path | str = "notebook") -> list[Exercise]:
                 raise ExerciseError(
                     f"{name} cell {following}: the check cell must call exercises.check({title[1]!r}, …) once."
                 )
-            found.append(Exercise(title[1], Path(path), index, following, first.removeprefix("# ").strip()))
+            if title[1] not in headings:
+                raise ExerciseError(
+                    f"{name} cell {index}: introduce exercise {title[1]} with a markdown cell above it whose heading "
+                    f"is '### Try it {title[1]} (quick) — <title>' (the tier: {' | '.join(TIERS)})."
+                )
+            tier = headings[title[1]]
+            if tier not in TIERS:
+                raise ExerciseError(
+                    f"{name}: the heading of exercise {title[1]} names no tier: write "
+                    f"'### Try it {title[1]} (<tier>) — <title>' with one of {', '.join(TIERS)} (it names {tier!r})."
+                )
+            found.append(Exercise(title[1], Path(path), index, following, first.removeprefix("# ").strip(), tier))
         elif CHECK_TAG in tags and not any(e.check_cell == index for e in found):
             raise ExerciseError(f"{name} cell {index}: a check cell must follow its exercise cell.")
     ids = [e.id for e in found]
@@ -286,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             for exercise in course_exercises(notebooks):
                 solved = exercise.id in load_solutions(solutions_path(exercise.notebook))
                 print(
-                    f"{exercise.id:6} {exercise.notebook.stem:22} {'solution' if solved else 'NO SOLUTION'}  "
-                    f"{exercise.title}"
+                    f"{exercise.id:6} {exercise.notebook.stem:22} {exercise.tier:8} "
+                    f"{'solution' if solved else 'NO SOLUTION'}  {exercise.title}"
                 )
             return 0
         if args.out is None:

@@ -614,7 +614,7 @@ def load_model(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for a preset; the offline presets are made once and cached as safetensors.
 
-    ``dtype``, ``quantization_config`` and ``device_map`` go to ``from_pretrained`` (see ``train.model_kwargs``).
+    ``dtype``, ``quantization_config`` and ``device_map`` go to ``from_pretrained`` (see the recipe's ``model_kwargs``).
     """
     from transformers import AutoModelForCausalLM
 
