@@ -218,9 +218,12 @@ def test_05s_batch_keeps_to_the_limit(tmp_path) -> None:
 
     with FakeEndpoint(work_s=0.3) as fake:
         run = azure_run(tmp_path, fake.url, limit=2, facts=6)
-        run.update_summary(eval={"flow": {"tuned": 1.0}})  # 04's figure, which the cell compares with
+        run.update_summary(eval={"flow": {"tuned": 1.0}})  # 04's figure and answers, which the cells compare with
+        answers = data.write_jsonl(tmp_path / "answers-tuned.jsonl", [{"question": "q", "reply": "r", "correct": True}])
+        run.remember(flow_answers_path=str(answers))
         space = {
             **{"stage": SimpleNamespace(run=run), "endpoint": endpoint, "flow": flow, "json": json, "table": table},
+            "Path": Path,
             **{"ask": agents.ask, "chat_workflow": agents.chat_workflow, "contains_answer": contains_answer},
             "client": af_client(fake.url, tmp_path),
         }
