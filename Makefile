@@ -59,17 +59,20 @@ course: $(STAMP)
 cleanup: $(STAMP)
 	$(PY) -m phi3course.tools.runner --profile $(PROFILE) $(if $(DRY_RUN),--dry-run) --from 99 --cleanup
 
-# Unit tests beside the notebook checks (`make test-notebooks`, its own Prompt flow home and run folders): each
-# stream keeps about one core busy, so on two cores they run side by side; the notebooks' log is printed at the end.
+# The learning guard first, alone (training the real offline model runs many times slower beside other work); then
+# the unit tests beside the notebook checks (`make test-notebooks`, its own Prompt flow home and run folders), each
+# stream on one torch thread so that two streams share the two cores; the notebooks' log is printed at the end.
 # The models are converted into the cache first, so the two streams never convert the same one at once.
 # Tests and notebooks keep their Prompt flow connections in homes of their own, never the learner's ~/.promptflow.
 test: export PF_HOME_DIRECTORY := $(CURDIR)/runs/promptflow-home
 test: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m phi3course.tools.cli warm
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -p no:cacheprovider --durations=3 tests/test_evaluate.py
 	@mkdir -p runs; \
-	$(MAKE) --no-print-directory test-notebooks > runs/test-notebooks.log 2>&1 & notebooks=$$!; \
-	HF_HUB_OFFLINE=1 $(PY) -m pytest --durations=15 --ignore=tests/test_hub.py --ignore=tests/test_browser.py tests; \
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory test-notebooks > runs/test-notebooks.log 2>&1 & notebooks=$$!; \
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest --durations=15 --ignore=tests/test_hub.py \
+	  --ignore=tests/test_browser.py --ignore=tests/test_evaluate.py tests; \
 	units=$$?; wait $$notebooks; checks=$$?; \
 	echo "=== make test-notebooks (ran beside the unit tests) ==="; cat runs/test-notebooks.log; \
 	echo "unit tests: exit $$units; notebook checks: exit $$checks"; [ $$units -eq 0 ] && [ $$checks -eq 0 ]
