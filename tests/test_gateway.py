@@ -92,13 +92,16 @@ def endpoint(ws):
 
 @pytest.fixture(scope="module")
 def deploy(ws, code):
-    def deploy(endpoint: str, name: str, variables: dict[str, str] | None = None, **request: int) -> str:
-        """Deploy SCORE as ``name`` with ``request`` settings; its scoring URI (the gateway's)."""
+    def deploy(
+        endpoint: str, name: str, variables: dict[str, str] | None = None, folder: Path | None = None, **request: int
+    ) -> str:
+        """Deploy SCORE (or the script in ``folder``) as ``name`` with ``request`` settings; its scoring URI (the
+        gateway's)."""
         deployment = ManagedOnlineDeployment(
             name=name,
             endpoint_name=endpoint,
             model="azureml:gateway-test:1",
-            code_configuration=CodeConfiguration(code=str(code), scoring_script="score.py"),
+            code_configuration=CodeConfiguration(code=str(folder or code), scoring_script="score.py"),
             environment=Environment(
                 image="mcr.microsoft.com/azureml/minimal-py312-inference:latest",
                 conda_file=azure.conda_spec("serve", ["azureml-inference-server-http"], []),
@@ -209,7 +212,7 @@ def test_the_gateway_checks_the_key_as_azure_words_it(ws, endpoint, single) -> N
 
 
 def test_either_endpoint_key_reaches_a_script_that_checks_its_key_and_a_regenerated_one_replaces_it(
-    ws, tmp_path
+    ws, deploy, tmp_path
 ) -> None:
     """Azure accepts the primary or the secondary key. The container never sees them: behind the gateway a script that
     checks its key (as score.py does) answers both, and after ``begin_regenerate_keys`` the old key is refused while
@@ -218,21 +221,8 @@ def test_either_endpoint_key_reaches_a_script_that_checks_its_key_and_a_regenera
     code = tmp_path / "keyed"
     code.mkdir()
     (code / "score.py").write_text(KEYED)
-    deployment = ManagedOnlineDeployment(
-        name="keyed",
-        endpoint_name=endpoint,
-        model="azureml:gateway-test:1",
-        code_configuration=CodeConfiguration(code=str(code), scoring_script="score.py"),
-        environment=Environment(
-            image="mcr.microsoft.com/azureml/minimal-py312-inference:latest",
-            conda_file=azure.conda_spec("serve", ["azureml-inference-server-http"], []),
-        ),
-        instance_type="Standard_E4s_v3",
-        instance_count=1,
-    )
     try:
-        ws.online_deployments.begin_create_or_update(deployment).result()
-        uri = ws.online_deployments.scoring_uri("keyed", endpoint)
+        uri = deploy(endpoint, "keyed", folder=code)
         before = ws.online_endpoints.get_keys(endpoint)
         for which in ("primary", "secondary"):
             answer = requests.post(uri, json={}, headers=headers(ws, endpoint, which), timeout=30)
