@@ -195,7 +195,7 @@ def start_local(
         run.remember(**{f"{name}_pid": identify(process.pid)})
         endpoint = LocalEndpoint(f"http://{HOST}:{chosen}/score", key_path, process.pid, log_path)
         try:  # an answer counts only from this server, not from another that holds the port
-            wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint", port=chosen)
+            wait_healthy(process, f"http://{HOST}:{chosen}/", log_path, timeout_s, "the endpoint", own=True)
             break
         except ServerError as error:
             if not lost_port(log_path) or attempt == 2:

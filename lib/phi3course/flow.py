@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from .endpoint import HOST, free_port, stop_all
+from .endpoint import HOST, free_port, port_free, stop_all
 from .endpoint_client import REQUEST_TIMEOUT_S
 from .files import DamagedFileError
 from .paths import course_root
@@ -121,7 +121,7 @@ def claim_pf_service_port(home: Path | None = None) -> int:
     offset = zlib.crc32(str(home).encode()) % PF_SERVICE_PORT_SPREAD
     for step in range(PF_SERVICE_PORT_SPREAD):
         port = PF_SERVICE_FIRST_PORT + (offset + step) % PF_SERVICE_PORT_SPREAD
-        if port != recorded and not _in_use(port) and free_port(port) == port:
+        if port != recorded and not _in_use(port) and port_free(port):
             break
     else:
         raise FlowError(
@@ -252,7 +252,7 @@ def serve(run: RunDir, port: int = 8080, timeout_s: float = 120) -> FlowServer:
         run.remember(flow_pid=identify(process.pid))  # what identifies it, so that only it is ever signalled
         server = FlowServer(f"http://{HOST}:{chosen}", process.pid, log_path, command)
         try:  # an answer counts only from this server: the other learner's may answer on the same port
-            wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve", port=chosen)
+            wait_healthy(process, f"{server.url}/health", log_path, timeout_s, "pf flow serve", own=True)
         except ServerError as error:
             if not lost_port(log_path) or attempt == 2:
                 raise FlowError(str(error)) from None

@@ -229,14 +229,18 @@ def lost_port(log_path: Path) -> bool:
 
 
 def wait_healthy(
-    process: subprocess.Popen, health_url: str, log_path: Path, timeout_s: float, what: str, port: int | None = None
+    process: subprocess.Popen, health_url: str, log_path: Path, timeout_s: float, what: str, own: bool = False
 ) -> None:
     """Poll ``health_url`` until it answers 200; if the process dies or time runs out, stop it and show its log.
 
-    With ``port``, a 200 counts only when this process (or one it started) is what listens there: two servers
-    started at once on one machine may both find a port free, and the one that lost it must not take the other's
-    answer for its own."""
+    With ``own``, a 200 counts only when this process (or one it started) is what listens on the URL's port: two
+    servers started at once on one machine may both find a port free, and the one that lost it must not take the
+    other's answer for its own."""
+    from urllib.parse import urlsplit
+
     import requests
+
+    port = urlsplit(health_url).port if own else None
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
