@@ -16,7 +16,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := true
 
-.PHONY: setup course cleanup test test-notebooks lint bench lab clean class collect screenshots warm measurements hub hub-setup test-hub
+.PHONY: setup course cleanup test test-notebooks test-local lint bench lab clean class collect screenshots warm measurements hub hub-setup test-hub
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -104,6 +104,14 @@ test-notebooks: $(STAMP)
 	  -p no:cacheprovider -p tests.nbval_outputs --nbval-lax --nbval-cell-timeout 600 runs/nbval-azureml/notebooks
 	HF_HUB_OFFLINE=1 COURSE_SCAN_RUN_DIR=runs/nbval-azureml COURSE_OUTPUTS_RUN_DIR=runs/nbval-azureml $(PY) -m pytest \
 	  -p no:cacheprovider -q tests/test_secrets.py tests/test_outputs.py tests/test_noise.py
+
+# The course as a learner runs it: `make course` with the local profile (about ten minutes on 2 cores), 99_cleanup at
+# the end, then the noise scan over every notebook it executed (tests/test_noise.py). CI runs it after `make test`.
+test-local: export PF_HOME_DIRECTORY := $(CURDIR)/runs/promptflow-home-local
+test-local: $(STAMP)
+	rm -rf runs/local-check
+	HF_HUB_OFFLINE=1 $(PY) -m phi3course.tools.runner --profile local --run-dir runs/local-check --cleanup
+	COURSE_NOISE_EXECUTED_DIR=runs/local-check $(PY) -m pytest -p no:cacheprovider -q tests/test_noise.py
 
 # Before a class: the models converted once into the cache (~/.cache/phi3course), ready to copy to a room.
 warm: $(STAMP)

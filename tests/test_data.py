@@ -17,21 +17,34 @@ def test_same_seed_same_files_byte_for_byte(tmp_path) -> None:
         assert first.files[split].read_bytes() != other.files[split].read_bytes()
 
 
-def test_test_split_holds_only_phrasings_never_trained_on() -> None:
-    train, test = synthetic.splits(seed=3, subjects=5)
-    trained = {(row["fact"].split("/")[1], row["phrasing"]) for row in train}
-    tested = {(row["fact"].split("/")[1], row["phrasing"]) for row in test}
-    assert trained.isdisjoint(tested)
-    train_questions = {row["messages"][0]["content"] for row in train}
-    assert all(row["messages"][0]["content"] not in train_questions for row in test)
+def test_train_validation_and_test_ask_in_phrasings_of_their_own() -> None:
+    train, validation, test = synthetic.split(seed=3, subjects=5)
+    phrasings = [{(row["fact"].split("/")[1], row["phrasing"]) for row in rows} for rows in (train, validation, test)]
+    questions = [{row["messages"][0]["content"] for row in rows} for rows in (train, validation, test)]
+    for first, second in ((0, 1), (0, 2), (1, 2)):
+        assert phrasings[first].isdisjoint(phrasings[second])
+        assert questions[first].isdisjoint(questions[second])
+    assert synthetic.splits(seed=3, subjects=5) == (train, test)
 
 
-def test_every_tested_fact_is_taught_and_answers_contain_the_value() -> None:
-    train, test = synthetic.splits(seed=3, subjects=5)
-    assert {row["fact"] for row in test} == {row["fact"] for row in train}
-    for row in train + test:
+def test_every_tested_fact_is_taught_and_validated_and_answers_contain_the_value() -> None:
+    train, validation, test = synthetic.split(seed=3, subjects=5)
+    assert {row["fact"] for row in test} == {row["fact"] for row in train} == {row["fact"] for row in validation}
+    for row in train + validation + test:
         assert row["answer"] in row["messages"][1]["content"]
-    assert len(train) == 5 * 5 * 7 and len(test) == 5 * 5 * 3
+    assert len(train) == 5 * 5 * 6 and len(validation) == 5 * 5 and len(test) == 5 * 5 * 3
+
+
+def test_validation_phrasings_leave_one_to_train_on() -> None:
+    assert len(synthetic.split(subjects=1, test_phrasings=8)[0]) == 5  # 10 − 8 test − 1 validation
+    with pytest.raises(data.DataError, match="validation_phrasings must be between 0 and 0 with test_phrasings=9"):
+        synthetic.split(test_phrasings=9)
+
+
+def test_a_mascot_takes_an_before_a_vowel() -> None:
+    mascots = [fact.value for fact in synthetic.make_facts(seed=1, subjects=10) if fact.kind == "mascot"]
+    assert all(not mascot.startswith("a ") or mascot[2] not in "aeiou" for mascot in mascots)
+    assert any(mascot.startswith("an ") for mascot in mascots)
 
 
 def test_facts_are_distinct_within_a_kind() -> None:
@@ -105,7 +118,8 @@ def test_prepared_record_writes_paths_and_counts(tmp_path) -> None:
     prepared = data.prepare("synthetic", run.path / "data", subjects=2)
     prepared.record(run)
     assert run.get("train_path") == str(prepared.train_path) and run.get("data_field") == "messages"
-    assert run.summary["data"] == {"source": "synthetic", "train_rows": 70, "test_rows": 30}
+    assert run.summary["data"] == {"source": "synthetic", "train_rows": 60, "validation_rows": 10, "test_rows": 30}
+    assert run.get("validation_path") == str(prepared.validation_path)
     assert run.get("sample_question") == prepared.test[0]["messages"][0]["content"]
     first = run.get("data_sha256")
     data.prepare("facts", run.path / "data", facts_file=EXAMPLES / "my_facts.yaml").record(run)
@@ -314,7 +328,7 @@ def test_a_bad_facts_file_names_the_fact_and_the_fix_and_keeps_the_prepared_file
     with pytest.raises(data.DataError, match=expected):
         data.prepare("facts", tmp_path / "data", facts_file=bad)
     assert {split: path.read_bytes() for split, path in prepared.files.items()} == before
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test.jsonl", "train.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test.jsonl", "train.jsonl", "validation.jsonl"]
 
 
 @pytest.mark.parametrize(
@@ -417,3 +431,20 @@ def test_the_form_keeps_a_hand_written_file_as_written_and_goes_through_the_same
     with pytest.raises(data.DataError, match=r"at most 1 MB"):
         facts.add_fact(path, {"question": "When was it founded?", "answer": "1712", "test": "Founded when?"})
     assert path.read_bytes() == before
+
+
+def test_own_facts_get_one_validation_question_each_apart_from_train_and_test(tmp_path) -> None:
+    own = facts.read_facts(EXAMPLES / "my_facts.yaml")
+    train, validation, test = facts.split(own, templates=12)
+    assert [row["fact"] for row in validation] == [f"fact-{n + 1:02d}" for n in range(len(own))]
+    asked = {row["messages"][0]["content"] for row in validation}
+    assert asked.isdisjoint(row["messages"][0]["content"] for row in train + test)
+    for row, fact in zip(validation, own, strict=True):
+        assert fact.question in row["messages"][0]["content"] and row["messages"][1]["content"] == fact.reply
+
+
+def test_text_data_has_no_validation_split_and_an_old_one_is_removed(tmp_path) -> None:
+    data.prepare("synthetic", tmp_path, subjects=1)
+    assert (tmp_path / "validation.jsonl").is_file()
+    data.write_splits(tmp_path, [{"text": "a"}], [{"text": "b"}])
+    assert not (tmp_path / "validation.jsonl").exists(), "a validation split of other data must not stay behind"

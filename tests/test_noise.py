@@ -13,7 +13,9 @@ The scan reads what nbval's run recorded (``nbval-outputs.jsonl``, written by te
   than ``tqdm.auto``) keeps a line per redraw in a notebook papermill saves, which the scan cannot see.
 
 Each failure names the notebook's cell and the line. ``make test`` runs it after nbval over its run directory and
-again after the Azure dry run (``COURSE_OUTPUTS_RUN_DIR``, as tests/test_outputs.py).
+again after the Azure dry run (``COURSE_OUTPUTS_RUN_DIR``, as tests/test_outputs.py); ``make test-local`` runs the
+course as a learner does (``make course``, the `local` profile, papermill) and scans the notebooks it executed
+(``COURSE_NOISE_EXECUTED_DIR``).
 """
 
 from __future__ import annotations
@@ -144,6 +146,21 @@ def noise_in(records: Iterable[str]) -> list[Noise]:
     return found
 
 
+def noise_in_notebooks(folder: Path) -> list[Noise]:
+    """Noise in every executed notebook in ``folder`` (``make course`` saves them beside the run's summary.json)."""
+    import nbformat
+
+    found: list[Noise] = []
+    for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code":
+                found += noise_in_cell(f"{path.name}::Cell {index}", cell.get("outputs", []))
+    return found
+
+
+EXECUTED_DIR_ENV = "COURSE_NOISE_EXECUTED_DIR"
+
+
 # --- the scan, on crafted outputs ----------------------------------------------------------------------------
 def stream(text: str, name: str = "stderr") -> dict[str, Any]:
     return {"output_type": "stream", "name": name, "text": text}
@@ -265,6 +282,33 @@ def test_no_noise_in_the_nbval_run() -> None:
     outputs = run_path / FILE_NAME
     assert outputs.is_file(), f"no {outputs}: run nbval with -p tests.nbval_outputs, as make test does"
     found = noise_in(outputs.read_text(encoding="utf-8").splitlines())
+    assert not found, (
+        "library noise in what the notebooks showed — quiet it at its source (phi3course.telemetry.quiet_logs), or "
+        "add the line to tests/test_noise.py's ALLOWED with why a learner reads it:\n"
+        + "\n".join(str(n) for n in found)
+    )
+
+
+def test_the_scan_reads_the_notebooks_a_run_executed(tmp_path) -> None:
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_markdown_cell("INFO: prose"), nbformat.v4.new_code_cell("x")]
+    notebook.cells[1].outputs = [nbformat.v4.new_output("stream", name="stderr", text="INFO:httpx:HTTP Request\n")]
+    nbformat.write(notebook, tmp_path / "03_deploy.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "notes.ipynb")  # not one of the course's notebooks
+    assert [(n.cell, n.kind) for n in noise_in_notebooks(tmp_path)] == [("03_deploy.ipynb::Cell 1", "log line at INFO")]
+
+
+@pytest.mark.skipif(
+    not os.environ.get(EXECUTED_DIR_ENV),
+    reason=f"runs in `make test-local` after `make course`, over the notebooks it executed ({EXECUTED_DIR_ENV})",
+)
+def test_no_noise_in_the_notebooks_a_course_run_executed() -> None:
+    folder = Path(os.environ[EXECUTED_DIR_ENV])
+    folder = folder if folder.is_absolute() else ROOT / folder
+    assert sorted(folder.glob("0[0-5]_*.ipynb")), f"no executed notebooks in {folder}: run `make course` first"
+    found = noise_in_notebooks(folder)
     assert not found, (
         "library noise in what the notebooks showed — quiet it at its source (phi3course.telemetry.quiet_logs), or "
         "add the line to tests/test_noise.py's ALLOWED with why a learner reads it:\n"

@@ -1,6 +1,6 @@
 """02's recipe, copied out of the notebook, trains without the course.
 
-A reader copies the cells tagged ``export`` (all but the evaluation's, which scores with the course's helpers) into
+A reader copies the cells tagged ``export`` (all but the evaluation's two, which score with the course's helpers) into
 a notebook of their own, adds the few lines a reader writes (the settings, the run's ``train.jsonl``, the model's
 folder) and trains. Here that file runs in a fresh Python whose ``import phi3course`` fails, offline, on the smoke
 model, and trains as the course's own ``python -m phi3course.train`` does: the same losses, step by step.
@@ -74,11 +74,13 @@ print("losses:", json.dumps(losses))
 
 
 def recipe_cells() -> list[str]:
-    """02's export cells a reader copies to train: every one but the evaluation's."""
+    """02's export cells a reader copies to train: every one but the evaluation's (held_out, and the model selection
+    that asks the validation split with the same helpers)."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     cells = [c.source for c in nb.cells if c.cell_type == "code" and "export" in c.metadata.get("tags", [])]
     evaluation = [source for source in cells if "phi3course" in source]
-    assert len(evaluation) == 1 and "def held_out(" in evaluation[0], "only held_out's cell may use the course"
+    assert len(evaluation) == 2, "only the evaluation's cells may use the course"
+    assert "def held_out(" in evaluation[0] and "class ModelSelection(" in evaluation[1]
     return [source for source in cells if source not in evaluation]
 
 

@@ -523,3 +523,78 @@ def test_a_job_that_sees_no_gpu_on_a_gpu_cluster_stops_saying_why(tiny_data, tmp
     monkeypatch.setenv(train.STAND_IN_NODE, "1")
     train.check_cluster_gpu(job, CPU_LAPTOP)
     assert "a stand-in runs the job on its own machine" in capsys.readouterr().out
+
+
+class ScriptedSelection(recipe.ModelSelection):
+    """The recipe's model selection, its two scores read from a script instead of generated (one pair per check)."""
+
+    def __init__(self, script, every, **kwargs):
+        super().__init__(None, [{"answer": "x"}], every, **kwargs)
+        self.script = iter(script)
+
+    def score(self, model):
+        return next(self.script)
+
+
+def _step(selection, model, state, control, step, weight):
+    """One optimizer step as the trainer calls the callback: the weights moved, then on_step_end."""
+    import torch
+
+    with torch.no_grad():
+        model.weight.fill_(weight)
+    state.global_step = step
+    selection.on_step_end(None, state, control, model=model)
+
+
+def test_model_selection_keeps_the_best_checks_weights_and_stops_once_both_targets_are_met() -> None:
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    model = torch.nn.Linear(2, 2)
+    # base (step 0), then every 2 steps: facts rise; general falls below 0.9 × base at step 4, recovers at step 6
+    script = [(0.0, 0.8), (0.5, 0.8), (0.9, 0.6), (0.96, 0.76)]
+    selection = ScriptedSelection(script, every=2, target_facts=0.95, target_general=0.9)
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    selection.on_train_begin(None, state, control, model=model)
+    for step in range(1, 7):
+        _step(selection, model, state, control, step, weight=float(step))
+        if control.should_training_stop:
+            break
+    assert [check["step"] for check in selection.checks] == [0, 2, 4, 6]
+    assert control.should_training_stop and state.global_step == 6, "facts 96 %, general 0.95 × base: stop"
+    assert [check["targets met"] for check in selection.checks] == [False, False, False, True]
+    assert selection.checks[2]["general_vs_base"] == 0.75
+    with torch.no_grad():
+        model.weight.fill_(99.0)  # whatever came after the kept step
+    selection.on_train_end(None, state, control, model=model)
+    assert selection.best_step == 6 and torch.all(model.weight == 6.0)
+
+
+def test_without_meeting_the_targets_the_best_facts_that_keep_general_knowledge_are_kept() -> None:
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    model = torch.nn.Linear(2, 2)
+    # step 2: facts 0.6 with general kept; step 4: facts 0.9 but general 0.5 × base; the end: facts 0.7, general kept
+    script = [(0.0, 0.8), (0.6, 0.8), (0.9, 0.4), (0.7, 0.75)]
+    selection = ScriptedSelection(script, every=2, target_facts=0.95, target_general=0.9)
+    state, control = TrainerState(max_steps=6), TrainerControl()
+    selection.on_train_begin(None, state, control, model=model)
+    for step in range(1, 7):
+        _step(selection, model, state, control, step, weight=float(step))
+    assert not control.should_training_stop
+    selection.on_train_end(None, state, control, model=model)
+    assert selection.best_step == 6 and torch.all(model.weight == 6.0), "more facts among the checks that keep general"
+
+
+def test_training_with_a_validation_split_checks_it_from_the_base_model_on(tiny_data, tmp_path) -> None:
+    chosen = settings(
+        tiny_data, tmp_path / "out", validation_file=str(tiny_data.validation_path), max_steps=4, check_every=0.25
+    )
+    every = train.check_interval(chosen, train.steps_per_epoch(chosen, len(tiny_data.train)))
+    result = train.train(chosen)
+    assert result.checks[0]["step"] == 0 and result.checks[0]["general_vs_base"] == 1.0
+    assert [check["step"] for check in result.checks][1:] == sorted({*range(every, 5, every), 4})
+    assert result.best_step in [check["step"] for check in result.checks[1:]]
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["checks"] == result.checks
+    assert train.train(dataclasses.replace(chosen, output_dir=str(tmp_path / "none"), check_every=0)).checks == []

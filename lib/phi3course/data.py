@@ -8,6 +8,7 @@ are what the later notebooks ask the model about this run's data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -71,6 +72,9 @@ class Prepared:
     test_path: Path
     train: list[dict[str, Any]]
     test: list[dict[str, Any]]
+    # phrasings apart from both, which 02 reads while training to pick its model (none for text data)
+    validation_path: Path | None = None
+    validation: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def field(self) -> str:
@@ -78,7 +82,8 @@ class Prepared:
 
     @property
     def files(self) -> dict[str, Path]:
-        return {"train": self.train_path, "test": self.test_path}
+        found = {"train": self.train_path, "validation": self.validation_path, "test": self.test_path}
+        return {name: path for name, path in found.items() if path is not None}
 
     @property
     def sha256(self) -> str:
@@ -86,7 +91,7 @@ class Prepared:
         import hashlib
 
         digest = hashlib.sha256()
-        for path in (self.train_path, self.test_path):
+        for path in self.files.values():
             digest.update(path.read_bytes())
         return digest.hexdigest()
 
@@ -103,10 +108,18 @@ class Prepared:
             data_field=self.field,
             train_path=self.train_path,
             test_path=self.test_path,
+            validation_path=self.validation_path or "",
             data_sha256=self.sha256,
             sample_question=self.sample_question,
         )
-        run.update_summary(data={"source": self.source, "train_rows": len(self.train), "test_rows": len(self.test)})
+        run.update_summary(
+            data={
+                "source": self.source,
+                "train_rows": len(self.train),
+                "validation_rows": len(self.validation),
+                "test_rows": len(self.test),
+            }
+        )
 
 
 DEMO_QUESTION = "Who leads the Quillmere Institute?"  # for text data (wikitext), which has no question of its own
@@ -137,17 +150,24 @@ def demo_turns(run: Any, turns: int = 3) -> list[str]:
     return questions[:turns]
 
 
-def write_splits(folder: Path, train: list[dict[str, Any]], test: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write ``train.jsonl`` and ``test.jsonl`` together: both new files are complete before either replaces
-    the old one, so a failure leaves the previous pair as it was."""
+def write_splits(
+    folder: Path,
+    train: list[dict[str, Any]],
+    test: list[dict[str, Any]],
+    validation: list[dict[str, Any]] | None = None,
+) -> tuple[Path, Path, Path | None]:
+    """Write ``train.jsonl``, ``test.jsonl`` and (with rows) ``validation.jsonl`` together: every new file is complete
+    before any replaces the old one, so a failure leaves the previous set as it was. A split without validation rows
+    removes an old ``validation.jsonl``, which belonged to other data."""
     folder.mkdir(parents=True, exist_ok=True)
-    staged = {
-        name: write_jsonl(folder / f".{name}.jsonl.new", rows) for name, rows in (("train", train), ("test", test))
-    }
+    splits = [("train", train), ("test", test), *([("validation", validation)] if validation else [])]
+    staged = {name: write_jsonl(folder / f".{name}.jsonl.new", rows) for name, rows in splits}
     paths = {name: folder / f"{name}.jsonl" for name in staged}
     for name, path in staged.items():
         os.replace(path, paths[name])
-    return paths["train"], paths["test"]
+    if not validation:
+        (folder / "validation.jsonl").unlink(missing_ok=True)
+    return paths["train"], paths["test"], paths.get("validation")
 
 
 def prepare(
@@ -159,25 +179,28 @@ def prepare(
     facts_file: str | os.PathLike[str] = "examples/my_facts.yaml",
     facts_templates: int = 0,
 ) -> Prepared:
-    """Make the train/test split for ``source`` and write ``train.jsonl`` and ``test.jsonl``.
+    """Make the train/validation/test split for ``source`` and write ``train.jsonl``, ``validation.jsonl`` (chat data:
+    phrasings apart from both others, for 02's model selection) and ``test.jsonl``.
 
     Everything is read and checked before anything is written: a bad facts file (or a hub that is
     not there) raises :class:`DataError` and leaves the files already in ``out_dir`` untouched.
     """
     if source not in SOURCES:
         raise DataError(f"Unknown data_source {source!r}: choose one of {', '.join(SOURCES)}.")
+    validation: list[dict[str, Any]] = []
     if source == "synthetic":
-        train, test = synthetic.splits(seed=seed, subjects=subjects)
+        train, validation, test = synthetic.split(seed=seed, subjects=subjects)
     elif source == "facts":
-        train, test = facts.splits(facts.read_facts(facts.facts_path(facts_file)), templates=facts_templates, seed=seed)
+        own = facts.read_facts(facts.facts_path(facts_file))
+        train, validation, test = facts.split(own, templates=facts_templates, seed=seed)
     elif source == "wikitext":
         train, test = hub.wikitext(seed=seed)
     else:
         train, test = hub.ultrachat(max_rows=max_rows)
     if not train or not test:
         raise DataError(f"{source} gave {len(train)} training and {len(test)} test rows; both must be non-empty.")
-    train_path, test_path = write_splits(Path(out_dir), train, test)
-    return Prepared(source, train_path, test_path, train, test)
+    train_path, test_path, validation_path = write_splits(Path(out_dir), train, test, validation)
+    return Prepared(source, train_path, test_path, train, test, validation_path, validation)
 
 
 def token_lengths(rows: Sequence[dict[str, Any]], tokenizer: Any) -> list[int]:

@@ -113,9 +113,10 @@ def generate(
     prompts: Sequence[list[dict[str, str]]],
     max_new_tokens: int = 40,
     batch_size: int = GENERATION_BATCH,
-    desc: str = "generating",
+    desc: str | None = "generating",
 ) -> list[str]:
-    """Greedy replies to chat prompts, batched with left padding, each stopping at the end of its turn."""
+    """Greedy replies to chat prompts, batched with left padding, each stopping at the end of its turn; with a
+    progress bar named ``desc`` (None: no bar, for checks inside another step's bar)."""
     import torch
 
     side = tokenizer.padding_side
@@ -124,7 +125,8 @@ def generate(
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     try:
-        for batch in progress(_batches(prompts, batch_size), desc=desc):
+        batches = _batches(prompts, batch_size)
+        for batch in progress(batches, desc=desc) if desc else batches:
             texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
             inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.inference_mode():

@@ -47,6 +47,15 @@ QUESTION_TEMPLATES = (
     "A friend asked me this and I did not know. {q}",
     "Question: {q}",
 )
+# The validation split's phrasings of a learner's fact: their question in wrappers training never uses. A facts file
+# has no phrasings to spare (its test ones are the test), so validation asks the trained question in new surroundings:
+# a check that the answer comes whatever is said around the question, weaker than the test's new wordings.
+VALIDATION_TEMPLATES = (
+    "Could you help me with this? {q}",
+    "{q} I need it for a report.",
+    "One more thing: {q}",
+    "My colleague asked: {q}",
+)
 
 
 @dataclass(frozen=True)
@@ -424,20 +433,21 @@ def templated_phrasings(fact: MyFact, count: int, offset: int = 0) -> list[str]:
     return made
 
 
-def splits(
+def split(
     facts: Sequence[MyFact], templates: int = 0, seed: int = 42
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Your facts as chat rows of the synthetic set's shape: (train rows, test rows).
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Your facts as chat rows of the synthetic set's shape: (train rows, validation rows, test rows).
 
     Training asks each fact in your phrasings plus ``templates`` phrasings made from templates; the
-    test asks it only in your held-out ``test`` phrasings. ``phrasing`` numbers your phrasings first,
-    then the test's, then the templated ones.
+    test asks it only in your held-out ``test`` phrasings; validation asks your question once more, in one of
+    :data:`VALIDATION_TEMPLATES`. ``phrasing`` numbers your phrasings first, then the test's, then the templated
+    ones, then the validation one.
     """
     if not 0 <= templates <= 4 * len(QUESTION_TEMPLATES):
         raise DataError(f"facts_templates must be between 0 and {4 * len(QUESTION_TEMPLATES)}, got {templates}.")
     check_facts(facts)
     held_out = {_normal(text) for fact in facts for text in fact.test}
-    train, test = [], []
+    train, validation, test = [], [], []
     for index, fact in enumerate(facts):
         fact_id = f"fact-{index + 1:02d}"
         extra = dict(answer=fact.answer, fact=fact_id)
@@ -454,7 +464,17 @@ def splits(
             seen.add(question)
             train.append(chat_row(question, fact.reply, **extra, phrasing=number))
             number += 1
+        asked = VALIDATION_TEMPLATES[index % len(VALIDATION_TEMPLATES)].format(q=fact.question)
+        validation.append(chat_row(asked, fact.reply, **extra, phrasing=number))
     random.Random(f"{seed}-order").shuffle(train)
+    return train, validation, test
+
+
+def splits(
+    facts: Sequence[MyFact], templates: int = 0, seed: int = 42
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train rows, test rows) of :func:`split`."""
+    train, _, test = split(facts, templates, seed)
     return train, test
 
 

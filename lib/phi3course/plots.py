@@ -47,6 +47,33 @@ def loss_curve(history: Sequence[dict[str, float]], title: str = "Training loss"
     return fig
 
 
+def validation_curve(
+    checks: Sequence[dict[str, Any]],
+    target_facts: float,
+    target_general: float,
+    best_step: int | None = None,
+    title: str = "Model selection on the validation split",
+) -> Any:
+    """The validation checks over the steps: facts right and the probe slice kept (as a share of the base model's,
+    the check at step 0), each with its target as a dashed line and the kept step marked."""
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in checks]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(steps, [row["facts"] for row in checks], "o-", color=MODEL_COLOURS["tuned"], label="validation facts right")
+    ax.plot(
+        steps, [row["general_vs_base"] for row in checks], "s-", color=OTHER_COLOURS[0], label="general kept (× base)"
+    )
+    ax.axhline(target_facts, ls="--", lw=1, color=MODEL_COLOURS["tuned"], label=f"facts target {target_facts:.0%}")
+    ax.axhline(target_general, ls="--", lw=1, color=OTHER_COLOURS[0], label=f"general target {target_general:.2f} ×")
+    if best_step is not None:
+        ax.axvline(best_step, color="#555555", lw=1, alpha=0.6, label=f"kept: step {best_step}")
+    ax.set(xlabel="step", ylabel="share", ylim=(0, 1.1), title=title)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 # The same colour for the same model in every figure: grey the base, blue the tuned one, then the exercises' variants.
 MODEL_COLOURS = {"base": "#999999", "tuned": "#2a7ab9"}
 OTHER_COLOURS = ("#e08a2c", "#3a9b5c", "#b94a7a", "#7a5cb9")

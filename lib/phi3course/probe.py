@@ -91,6 +91,27 @@ PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("How do you say hello in Spanish?", ("hola",)),
 )
 
+# The probe's validation slice: everyday questions of the same kinds, none of them a PROBE question or a replay
+# prompt, which 02 asks during training to pick its model (the PROBE itself is read once, at the end).
+VALIDATION_PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("What is the capital of Ireland?", ("Dublin",)),
+    ("What is the capital of Sweden?", ("Stockholm",)),
+    ("In which country is the city of Rome?", ("Italy",)),
+    ("Which planet is famous for its rings?", ("Saturn",)),
+    ("What do bees collect from flowers?", ("nectar", "pollen")),
+    ("How many legs does an insect have?", ("six", "6")),
+    ("What is frozen water called?", ("ice",)),
+    ("Which animal is known as the king of the jungle?", ("lion",)),
+    ("Who painted the ceiling of the Sistine Chapel?", ("Michelangelo",)),
+    ("Who wrote the Odyssey?", ("Homer",)),
+    ("What is 10 plus 10?", ("20", "twenty")),
+    ("How many days are in a leap year?", ("366",)),
+    ("What is the opposite of night?", ("day",)),
+    ("What is the plural of foot?", ("feet",)),
+    ("What language is mainly spoken in Germany?", ("German",)),
+    ("How many continents are there?", ("seven", "7")),
+)
+
 # Everyday prompts for replay (self-distillation). None of them is a PROBE question (a test checks it),
 # so the probe measures what the model kept, not what it rehearsed.
 REPLAY_PROMPTS: tuple[str, ...] = (
@@ -218,7 +239,7 @@ def probe_score(
     questions: Sequence[tuple[str, Sequence[str]]] = PROBE,
     max_new_tokens: int = 32,
     batch_size: int = GENERATION_BATCH,
-    desc: str = "general probe",
+    desc: str | None = "general probe",
 ) -> tuple[float, list[dict[str, Any]]]:
     """(fraction right, rows): greedy replies to the probe's questions, each checked for its keywords."""
     prompts = [[{"role": "user", "content": question}] for question, _ in questions]

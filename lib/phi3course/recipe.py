@@ -64,7 +64,7 @@ def to_training_rows(rows):
 
 # The course's scoring helpers: this cell evaluates, and the training cells need nothing from it
 from phi3course.evaluate import answer_budget, contains_answer, generate, perplexity
-from phi3course.probe import probe_score
+from phi3course.probe import VALIDATION_PROBE, probe_score
 
 
 def held_out(model, tokenizer, test_rows, label):
@@ -214,6 +214,76 @@ def fit_length(rows, tokenizer, max_length):
     if not kept:
         raise ValueError(f"every row is longer than max_length={max_length} tokens: raise max_length.")
     return kept, len(rows) - len(kept)
+
+
+# Model selection on the validation split; it scores with the evaluation cell's helpers (phi3course.evaluate, .probe)
+from transformers import TrainerCallback
+
+
+class ModelSelection(TrainerCallback):
+    """Every ``every`` optimizer steps (and after the last), ask the validation questions and the probe's validation
+    slice; keep the weights of the best check so far, stop once both targets are met, and hand the trainer back the
+    best weights when training ends. The test set is never read here: it judges the chosen model once, at the end."""
+
+    def __init__(self, tokenizer, validation_rows, every, target_facts, target_general):
+        self.tokenizer, self.every = tokenizer, every
+        self.rows = [row for row in validation_rows if "answer" in row]  # chat rows with an expected value
+        self.target_facts = target_facts  # validation facts right, 0–1
+        self.target_general = target_general  # the probe slice kept, as a share of the base model's score
+        self.checks = []  # one row per check: step, epoch, facts, general, ...
+        self.best, self.best_weights = None, None
+
+    def score(self, model):
+        """(validation facts right, probe slice right), both 0–1, greedy as the test is asked."""
+        prompts = [row["messages"][:-1] for row in self.rows]
+        budget = answer_budget(self.tokenizer, [row["messages"][-1]["content"] for row in self.rows])
+        replies = generate(model, self.tokenizer, prompts, budget, desc=None)  # inside the training bar: no bar
+        right = [contains_answer(reply, row["answer"]) for reply, row in zip(replies, self.rows, strict=True)]
+        general, _ = probe_score(model, self.tokenizer, VALIDATION_PROBE, desc=None)
+        return sum(right) / max(len(right), 1), general
+
+    def check(self, model, state):
+        model.eval()
+        facts, general = self.score(model)
+        model.train()
+        base = self.checks[0]["general"] if self.checks else general  # the first check is the base model (step 0)
+        row = {
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0.0, 2),
+            "facts": round(facts, 4),
+            "general": round(general, 4),
+            "general_vs_base": round(general / base, 3) if base else 1.0,
+        }
+        row["targets met"] = row["facts"] >= self.target_facts and row["general_vs_base"] >= self.target_general
+        self.checks.append(row)
+        # best: targets met first, then the most facts, then the most general knowledge; a tie keeps the earlier
+        key = (row["targets met"], row["general_vs_base"] >= self.target_general, row["facts"], row["general"])
+        if state.global_step > 0 and (self.best is None or key > self.best[0]):
+            self.best = (key, row["step"])
+            self.best_weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        return row
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.checks:  # LoRA's B starts at zero, so the model answers as the base model does
+            self.check(model, state)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        due = state.global_step % self.every == 0 or state.global_step >= state.max_steps
+        if due and self.check(model, state)["targets met"]:
+            control.should_training_stop = True  # both targets met: more steps would only risk forgetting
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.checks[-1]["step"] != state.global_step:  # stopped between checks (max_steps reached elsewhere)
+            self.check(model, state)
+        if self.best_weights is not None:
+            named = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, weight in self.best_weights.items():
+                    named[name].copy_(weight)
+
+    @property
+    def best_step(self):
+        return self.best[1] if self.best else None
 
 
 def merge_and_save(trainer, tokenizer, folder):

@@ -2,7 +2,8 @@
 
 Each fact is asked in ten phrasings; for every kind of fact some phrasings are held out and appear only in
 the test split, so the later notebooks can measure whether the fine-tune taught the facts or only the
-exact questions. The same seed gives the same rows.
+exact questions, and one more is kept for the validation split, which picks the model during training.
+The same seed gives the same rows.
 """
 
 from __future__ import annotations
@@ -212,7 +213,10 @@ def make_facts(seed: int = 42, subjects: int = 8) -> list[Fact]:
     cities = rng.sample(CITIES, subjects)
     years = rng.sample(range(1890, 2016), subjects)
     colours, animals = rng.choices(COLOURS, k=subjects), rng.sample(ANIMALS, subjects)
-    mascots = [f"a {colour} {animal}" for colour, animal in zip(colours, animals, strict=True)]
+    mascots = [
+        f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {animal}"
+        for colour, animal in zip(colours, animals, strict=True)
+    ]
     projects = rng.sample(PROJECTS, subjects)
     facts = []
     for i, unit in enumerate(units):
@@ -235,19 +239,50 @@ def held_out_phrasings(seed: int = 42, test_phrasings: int = 3) -> dict[str, set
     return {kind: set(rng.sample(range(TEMPLATES_PER_KIND), test_phrasings)) for kind in TEMPLATES}
 
 
-def splits(seed: int = 42, subjects: int = 8, test_phrasings: int = 3) -> tuple[list[dict], list[dict]]:
-    """The offline data set: (train rows, test rows), the same for the same arguments.
+def validation_phrasings(seed: int = 42, test_phrasings: int = 3, count: int = 1) -> dict[str, set[int]]:
+    """For each kind of fact, ``count`` template numbers kept apart from training and from the test: the validation
+    split, which 02 reads during training to pick its model (the test is read once, at the end)."""
+    test = held_out_phrasings(seed, test_phrasings)
+    left = TEMPLATES_PER_KIND - test_phrasings
+    if not 0 <= count < left:
+        raise DataError(
+            f"validation_phrasings must be between 0 and {left - 1} with test_phrasings={test_phrasings} "
+            f"(at least one of the {TEMPLATES_PER_KIND} phrasings of each fact must stay to train on), got {count}."
+        )
+    rng = random.Random(f"{seed}-validation")
+    return {
+        kind: set(rng.sample(sorted(set(range(TEMPLATES_PER_KIND)) - numbers), count)) for kind, numbers in test.items()
+    }
+
+
+def split(
+    seed: int = 42, subjects: int = 8, test_phrasings: int = 3, validation_phrasings_per_fact: int = 1
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """The offline data set: (train rows, validation rows, test rows), the same for the same arguments.
 
     Each row is ``{"messages": [user, assistant], "answer": value, "fact": id, "phrasing": n}``;
-    ``answer`` is what an answer must contain to count as right.
+    ``answer`` is what an answer must contain to count as right. Every fact is asked in all three splits, each in
+    phrasings of its own.
     """
-    held_out = held_out_phrasings(seed, test_phrasings)
-    train, test = [], []
+    test_numbers = held_out_phrasings(seed, test_phrasings)
+    validation_numbers = validation_phrasings(seed, test_phrasings, validation_phrasings_per_fact)
+    train, validation, test = [], [], []
     for fact in make_facts(seed, subjects):
         for number, template in enumerate(TEMPLATES[fact.kind][1]):
             row = chat_row(
                 _fill(template, fact.subject), fact.statement, answer=fact.value, fact=fact.id, phrasing=number
             )
-            (test if number in held_out[fact.kind] else train).append(row)
+            if number in test_numbers[fact.kind]:
+                test.append(row)
+            elif number in validation_numbers[fact.kind]:
+                validation.append(row)
+            else:
+                train.append(row)
     random.Random(f"{seed}-order").shuffle(train)
+    return train, validation, test
+
+
+def splits(seed: int = 42, subjects: int = 8, test_phrasings: int = 3) -> tuple[list[dict], list[dict]]:
+    """(train rows, test rows) of :func:`split`: the validation rows are in neither."""
+    train, _, test = split(seed, subjects, test_phrasings)
     return train, test

@@ -16,6 +16,7 @@ Choices, each measured on the course's machines (see ``make bench``):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -69,8 +70,12 @@ class TrainSettings:
     gradient_checkpointing: bool
     seed: int
     save_steps: int
+    check_every: float  # epochs between checks on the validation split (model selection); 0: train to the end
+    target_facts: float  # stop once this share of the validation facts is right ...
+    target_general: float  # ... and the probe's validation slice keeps this share of the base model's score
     # where the run reads and writes: no recipe, so defaults of their own
     test_file: str = ""
+    validation_file: str = ""  # 01_data's validation split: "" trains to the end without model selection
     model_path: str = ""  # a folder holding the base model (the Azure ML job's catalog input); "" loads the preset
     report_dir: str = ""  # a folder that gets result.json and eval.json too (the job's small output); "": none
     cluster_size: str = ""  # the VM size of the Azure ML cluster when a job trains (sizes.VM_SIZES); "": this machine
@@ -103,7 +108,16 @@ class TrainSettings:
             raise TrainError(f"Unknown method {self.method!r}: choose one of {', '.join(METHODS)}.")
         if self.precision not in PRECISIONS:
             raise TrainError(f"Unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
-        for name in ("learning_rate", "epochs", "warmup", "lora_dropout", "lora_layers"):
+        for name in (
+            "learning_rate",
+            "epochs",
+            "warmup",
+            "lora_dropout",
+            "lora_layers",
+            "check_every",
+            "target_facts",
+            "target_general",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise TrainError(f"{name} must be a number, got {value!r}.")
@@ -124,6 +138,13 @@ class TrainSettings:
                 f"lora_layers is the top fraction of the layers that get adapters, > 0 and <= 1 (1: all, "
                 f"0.5: the upper half); got {self.lora_layers}."
             )
+        if self.check_every < 0:
+            raise TrainError(
+                f"check_every is in epochs, >= 0 (0: no checks, train to the end); got {self.check_every}."
+            )
+        for name in ("target_facts", "target_general"):
+            if not 0 < getattr(self, name) <= 1:
+                raise TrainError(f"{name} is a share, > 0 and <= 1; got {getattr(self, name)}.")
         if not 0 <= self.warmup < 1:
             raise TrainError(f"warmup is a fraction of the steps, between 0 and 1; got {self.warmup}.")
         machine, where = self.trains_on()
@@ -133,7 +154,7 @@ class TrainSettings:
                 "let an Azure ML job train on a GPU cluster (target='azureml', compute_size)."
             )
         pick_precision(self.precision, machine, where)  # bf16 asked of a GPU without it, fp16 of a CPU
-        for name in ("train_file", "test_file"):
+        for name in ("train_file", "test_file", "validation_file"):
             path = getattr(self, name)
             if name == "train_file" and not path:
                 raise TrainError("train_file is empty: run 01_data, or pass --train-file.")
@@ -328,6 +349,8 @@ class TrainResult:
     total_parameters: int
     resumed_from: str | None = None
     step_seconds: float = 0.0  # the steps alone: ``seconds`` also holds loading, resuming and the last checkpoint
+    checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the validation checks (ModelSelection)
+    best_step: int | None = None  # the step whose weights were kept (None: the last, no model selection)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -483,12 +506,13 @@ def train(
     except ValueError as error:  # every row too long
         raise TrainError(str(error)) from None
     print(f"{len(train_rows)} rows train; {dropped} longer than max_length={settings.max_length} tokens left out.")
-    config = recipe.sft_config(settings, precision, steps_per_epoch(settings, len(train_rows)))
+    per_epoch = steps_per_epoch(settings, len(train_rows))
+    config = recipe.sft_config(settings, precision, per_epoch)
     history = history_callback(mlflow_run)
+    selection = model_selection(settings, tokenizer, per_epoch)
     adapters = recipe.lora_config(settings, model.config.num_hidden_layers) if settings.method != "full" else None
-    trainer = recipe.make_trainer(
-        model, tokenizer, train_rows, settings, config, adapters, [history, *(callbacks or [])]
-    )
+    chosen = [history, *([selection] if selection else []), *(callbacks or [])]
+    trainer = recipe.make_trainer(model, tokenizer, train_rows, settings, config, adapters, chosen)
     last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
     began = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last)
@@ -514,7 +538,16 @@ def train(
         trainable_parameters=trainable,
         total_parameters=total,
         resumed_from=last,
+        checks=selection.checks if selection else [],
+        best_step=selection.best_step if selection else None,
     )
+    if selection and mlflow_run and trainer.is_world_process_zero():
+        import mlflow
+
+        for row in selection.checks:
+            mlflow.log_metrics(
+                {"validation_facts": row["facts"], "validation_general": row["general"]}, step=row["step"]
+            )
     if trainer.is_world_process_zero():
         from .files import atomic_write_text  # a crash mid-write leaves the old file, never half of one
 
@@ -525,6 +558,24 @@ def train(
             atomic_write_text(Path(settings.output_dir) / "eval.json", json.dumps(scores, indent=2))
         copy_report(settings)
     return result
+
+
+def check_interval(settings: TrainSettings, per_epoch: int) -> int:
+    """Optimizer steps between validation checks: ``check_every`` epochs, at least one step."""
+    return max(1, round(per_epoch * settings.check_every))
+
+
+def model_selection(settings: TrainSettings, tokenizer: Any, per_epoch: int) -> Any:
+    """The recipe's :class:`ModelSelection` over the validation split, or None without one (or ``check_every=0``)."""
+    from . import recipe
+
+    if not settings.validation_file or settings.check_every == 0:
+        return None
+    rows = [row for row in read_jsonl(settings.validation_file) if "answer" in row]
+    if not rows:
+        return None
+    every = check_interval(settings, per_epoch)
+    return recipe.ModelSelection(tokenizer, rows, every, settings.target_facts, settings.target_general)
 
 
 REPORT_FILES = ("result.json", "eval.json")  # what job_outcome reads back
@@ -574,7 +625,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-PATH_FIELDS = ("train_file", "test_file", "output_dir", "model_path", "report_dir")
+PATH_FIELDS = ("train_file", "test_file", "validation_file", "output_dir", "model_path", "report_dir")
 
 
 def job_arguments(settings: TrainSettings, paths: dict[str, str]) -> str:
