@@ -22,6 +22,14 @@ def test_probe_and_replay_share_no_question() -> None:
     assert len(replayed) == len(probe.REPLAY_PROMPTS), "a replay prompt appears twice"
 
 
+def test_the_validation_slice_shares_no_question_with_the_probe_or_the_replay_prompts() -> None:
+    asked = [question for question, _ in probe.VALIDATION_PROBE]
+    assert len(set(asked)) == len(asked) >= 12 and all(keywords for _, keywords in probe.VALIDATION_PROBE)
+    normal = {" ".join(q.lower().split()) for q in asked}
+    assert normal.isdisjoint(" ".join(q.lower().split()) for q, _ in probe.PROBE)
+    assert normal.isdisjoint(" ".join(q.lower().split()) for q in probe.REPLAY_PROMPTS)
+
+
 def test_probe_is_big_enough_and_every_question_has_a_keyword() -> None:
     assert len(probe.PROBE) >= 50
     for question, keywords in probe.PROBE:

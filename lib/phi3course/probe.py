@@ -92,24 +92,25 @@ PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 # The probe's validation slice: everyday questions of the same kinds, none of them a PROBE question or a replay
-# prompt, which 02 asks during training to pick its model (the PROBE itself is read once, at the end).
+# prompt, which 02 asks during training to pick its model (the PROBE itself is read once, at the end). Like the
+# probe, only questions the base SmolLM2-135M-Instruct answers right (it answers all sixteen), so a drop is forgetting.
 VALIDATION_PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("What is the capital of Ireland?", ("Dublin",)),
     ("What is the capital of Sweden?", ("Stockholm",)),
+    ("What is the capital of Poland?", ("Warsaw",)),
     ("In which country is the city of Rome?", ("Italy",)),
-    ("Which planet is famous for its rings?", ("Saturn",)),
+    ("What colour is the sky on a clear day?", ("blue",)),
     ("What do bees collect from flowers?", ("nectar", "pollen")),
-    ("How many legs does an insect have?", ("six", "6")),
-    ("What is frozen water called?", ("ice",)),
-    ("Which animal is known as the king of the jungle?", ("lion",)),
-    ("Who painted the ceiling of the Sistine Chapel?", ("Michelangelo",)),
     ("Who wrote the Odyssey?", ("Homer",)),
+    ("Who wrote the Iliad?", ("Homer",)),
     ("What is 10 plus 10?", ("20", "twenty")),
-    ("How many days are in a leap year?", ("366",)),
     ("What is the opposite of night?", ("day",)),
+    ("What is the opposite of wet?", ("dry",)),
+    ("What is the opposite of early?", ("late",)),
     ("What is the plural of foot?", ("feet",)),
+    ("What is the plural of tooth?", ("teeth",)),
     ("What language is mainly spoken in Germany?", ("German",)),
-    ("How many continents are there?", ("seven", "7")),
+    ("What language is mainly spoken in Italy?", ("Italian",)),
+    ("What language is mainly spoken in Japan?", ("Japanese",)),
 )
 
 # Everyday prompts for replay (self-distillation). None of them is a PROBE question (a test checks it),
