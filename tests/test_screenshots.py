@@ -20,12 +20,9 @@ from phi3course.paths import course_root
 ROOT = course_root()
 IMAGES = ROOT / "images"
 RETAKE = "retake it with `make screenshots` (the browser test with the local profile writes the picture and its .json)"
-# Pictures known to show an older notebook 04, until `make screenshots` retakes them (then drop them from here:
-# strict, so a retaken picture fails until it is).
-OUTDATED = {
-    "chat_box.png": "shows 04's chat box as `flow.chat_box(session)` made it",
-    "jupyterlab_chat.png": "shows 04 calling `finetune.register_base` and a notebook list without 05",
-}
+# Pictures known to show an older notebook, until `make screenshots` retakes them (then drop them from here: strict,
+# so a retaken picture fails until it is).
+OUTDATED: dict[str, str] = {}
 
 
 def pictures() -> list[str]:
