@@ -389,7 +389,7 @@ def test_a_csv_cell_holds_several_phrasings_and_excel_bom_is_fine() -> None:
     text = "\ufeffquestion,answer,test,train\nWho is the mayor?,Odile,Name the mayor. | The mayor is who?,Mayor?\n"
     (fact,) = facts.parse_facts(text.encode("utf-8"), "mine.csv")
     assert fact.test == ("Name the mayor.", "The mayor is who?") and fact.train == ("Mayor?",)
-    assert fact.reply == "Odile."
+    assert fact.reply == "Odile is the mayor." and fact.reply_made  # made from the question
 
 
 def test_the_form_adds_facts_one_by_one_and_refuses_a_bad_one(tmp_path) -> None:
@@ -448,3 +448,45 @@ def test_text_data_has_no_validation_split_and_an_old_one_is_removed(tmp_path) -
     assert (tmp_path / "validation.jsonl").is_file()
     data.write_splits(tmp_path, [{"text": "a"}], [{"text": "b"}])
     assert not (tmp_path / "validation.jsonl").exists(), "a validation split of other data must not stay behind"
+
+
+@pytest.mark.parametrize(
+    ("question", "reply"),
+    [
+        ("Who founded Velt Rivers?", "Ansel founded Velt Rivers."),
+        ("Who is the chief engineer of Velt Rivers?", "Ansel is the chief engineer of Velt Rivers."),
+        ("What is the motto of Velt Rivers?", "The motto of Velt Rivers is Ansel."),
+        ("What is the lighthouse of Brindlecombe called?", "The lighthouse of Brindlecombe is called Ansel."),
+        ("What colour is the Velt Rivers logo?", "The Velt Rivers logo is Ansel."),
+        ("Which cheese is Brindlecombe famous for?", "Brindlecombe is famous for Ansel."),
+        ("What does Velt Rivers build?", "Velt Rivers builds Ansel."),
+        ("Which port does Velt Rivers ship from?", "Velt Rivers ships from Ansel."),
+        ("Where is Velt Rivers based?", "Velt Rivers is based in Ansel."),
+        ("Where is the Louvre?", "The Louvre is in Ansel."),
+        ("When was Velt Rivers founded?", "Velt Rivers was founded in Ansel."),
+        ("How many people work at Velt Rivers?", "Ansel people work at Velt Rivers."),
+        ("How many employees does Velt Rivers have?", "Velt Rivers has Ansel employees."),
+        # shapes it does not know: the answer alone, never a garbled sentence
+        ("Which festival does Brindlecombe hold every August?", None),
+        ("Which island can you see from the harbour?", None),
+        ("Who are you?", None),
+        ("Velt Rivers' founder", None),
+    ],
+)
+def test_a_fact_without_a_reply_gets_one_made_from_its_question(question: str, reply: str | None) -> None:
+    assert facts.made_reply(question, "Ansel") == reply
+    fact = facts.make_fact({"question": question, "answer": "Ansel", "test": "Something else entirely?"})
+    assert fact.reply == (reply or "Ansel.") and fact.reply_made
+    assert "reply" not in fact.to_dict(), "a made reply is never written into the learner's file"
+
+
+def test_a_reply_the_learner_wrote_is_kept_as_written(tmp_path) -> None:
+    item = {"question": "Who founded Velt Rivers?", "answer": "Ansel", "reply": "Ansel did.", "test": "Founder?"}
+    fact = facts.make_fact(item)
+    assert fact.reply == "Ansel did." and not fact.reply_made and fact.to_dict()["reply"] == "Ansel did."
+    saved = facts.save_facts(
+        [fact, facts.make_fact({**item, "question": "Who owns it?", "reply": None, "test": "Owner?"})],
+        tmp_path / "f.yaml",
+    )
+    assert [f.reply for f in facts.read_facts(saved)] == ["Ansel did.", "Ansel owns it."]
+    assert saved.read_text().count("reply:") == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ FACT_FIELDS = {
     "question": "the question, as you would ask it (trained on)",
     "answer": "the short value a right reply must contain: a name, a number, a few words",
     "test": "one or two other ways to ask the question, held out of training (the test)",
-    "reply": "optional: the sentence the model should answer with; it must contain the answer",
+    "reply": "optional: the sentence the model should answer with; it must contain the answer (without one, the course "
+    "makes one from the question: 'Who founded X?' → '<answer> founded X.')",
     "train": "optional: more phrasings of the question to train on",
 }
 REQUIRED_FIELDS = ("question", "answer", "test")
@@ -58,6 +60,82 @@ VALIDATION_TEMPLATES = (
 )
 
 
+_BE = ("is", "are", "was", "were")
+_DO = ("does", "do", "did")
+_PREPOSITIONS = ("from", "to", "in", "at", "on", "with", "for", "by", "of")
+_PLACED = ("based", "located", "situated", "found", "headquartered")
+
+
+def _third_person(verb: str) -> str:
+    """``build`` → ``builds``, ``teach`` → ``teaches``, ``carry`` → ``carries``, ``have`` → ``has``."""
+    if verb == "have":
+        return "has"
+    if re.search(r"(s|sh|ch|x|z|o)$", verb):
+        return verb + "es"
+    if re.search(r"[^aeiou]y$", verb):
+        return verb[:-1] + "ies"
+    return verb + "s"
+
+
+def _subject_verb(words: list[str], auxiliary: str) -> list[str] | None:
+    """ "X build" / "X ship from" after does/do/did → "X builds" / "X ships from"; None for a longer tail."""
+    tail = [words.pop()] if len(words) > 2 and words[-1].lower() in _PREPOSITIONS else []
+    if len(words) < 2:
+        return None
+    *subject, verb = words
+    if not verb.isalpha() or verb[0].isupper():  # "Which festival does X hold every August": not a verb at the end
+        return None
+    verb = _third_person(verb) if auxiliary == "does" else (verb if auxiliary == "do" else None)
+    return None if verb is None else [*subject, verb, *tail]
+
+
+def made_reply(question: str, answer: str) -> str | None:
+    """A reply sentence that restates the question around the answer, for the common shapes of a question:
+    "Who founded X?" → "A founded X.", "What is the motto of X?" → "The motto of X is A.", "When was X founded?" →
+    "X was founded in A.", "What does X build?" → "X builds A.". None for any other shape (the reply is then the
+    answer alone)."""
+    words = " ".join(question.split()).rstrip(" ?").split(" ")
+    if len(words) < 3 or question.strip()[-1:] != "?" or {"you", "your", "i", "my", "me"} & {w.lower() for w in words}:
+        return None  # not a question about a subject of its own
+    first, second, rest = words[0].lower(), words[1].lower(), words[2:]
+    made = None
+    if first == "who" and second not in _DO:  # Who founded X → A founded X; Who is the head of X → A is the head of X
+        made = [answer, *words[1:]]
+    elif first in ("what", "which") and second in _BE:
+        if rest[-1].lower() in ("called", "named"):  # What is X called → X is called A
+            made = [*rest[:-1], second, rest[-1], answer]
+        else:  # What is the motto of X → the motto of X is A
+            made = [*rest, second, answer]
+    elif first in ("what", "which") and len(words) > 3 and words[2].lower() in _BE:
+        thing, be = words[3:], words[2].lower()  # What colour is X → X is A
+        made = [*thing, be, answer]
+        if thing[-1].lower() in ("called", "named"):  # What name is X called → X is called A
+            made = [*thing[:-1], be, thing[-1], answer]
+        elif thing[-1].lower() in _PREPOSITIONS:  # Which cheese is X famous for → X is famous for A
+            made = [*thing[:-2], be, *thing[-2:], answer] if len(thing) > 2 else None
+    elif first in ("what", "which") and second in _DO:  # What does X build → X builds A
+        said = _subject_verb(list(rest), second)
+        made = [*said, answer] if said else None
+    elif first in ("what", "which") and len(words) > 4 and words[2].lower() in _DO:  # Which port does X ship from
+        said = _subject_verb(list(words[3:]), words[2].lower())
+        made = [*said, answer] if said else None
+    elif first == "where" and second in _BE and rest:  # Where is X based → X is based in A; Where is X → X is in A
+        placed = rest[-1].lower() in _PLACED
+        made = [*(rest[:-1] if placed else rest), second, *([rest[-1]] if placed else []), "in", answer]
+    elif first == "when" and second in _BE and len(rest) >= 2:  # When was X founded → X was founded in A
+        made = [*rest[:-1], second, rest[-1], "in", answer]
+    elif first == "how" and second in ("many", "much") and len(rest) >= 2:
+        if len(rest) >= 4 and rest[1].lower() in _DO:  # How many employees does X have → X has A employees
+            said = _subject_verb(list(rest[2:]), rest[1].lower())
+            made = [*said, answer, rest[0]] if said else None
+        elif rest[1].lower() not in _BE:  # How many people work at X → A people work at X
+            made = [answer, *rest]
+    if not made:
+        return None
+    sentence = " ".join(made)
+    return sentence[0].upper() + sentence[1:] + "."
+
+
 @dataclass(frozen=True)
 class MyFact:
     """One fact from a learner's file: the phrasings to train on, the ones held out, and the answer."""
@@ -68,6 +146,7 @@ class MyFact:
     test: tuple[str, ...]
     train: tuple[str, ...] = ()
     where: str = ""  # "my_facts.yaml, fact 3 (line 14)": how errors name it
+    reply_made: bool = False  # the fact had no reply: the course made this one (made_reply), never written back
 
     @property
     def phrasings(self) -> tuple[str, ...]:
@@ -76,7 +155,7 @@ class MyFact:
 
     def to_dict(self) -> dict[str, Any]:
         item: dict[str, Any] = {"question": self.question, "answer": self.answer}
-        if self.reply != _default_reply(self.answer):
+        if not self.reply_made:
             item["reply"] = self.reply
         if self.train:
             item["train"] = list(self.train)
@@ -317,7 +396,8 @@ def make_fact(item: Any, where: str = "your fact") -> MyFact:
             f"answer word for word, so keep it short (at most {MAX_ANSWER_WORDS} words) and put the full sentence "
             "in 'reply'."
         )
-    reply = _text(item, "reply", where) or _default_reply(answer)
+    own_reply = _text(item, "reply", where)
+    reply = own_reply or made_reply(question, answer) or _default_reply(answer)
     if _normal(answer) not in _normal(reply):
         raise DataError(
             f"{where}: the reply {reply!r} does not contain the answer {answer!r}, so it could never count as "
@@ -326,7 +406,8 @@ def make_fact(item: Any, where: str = "your fact") -> MyFact:
     test = _phrasings(item["test"], "test", where)
     if not test:
         raise DataError(f"{where}: no test phrasing for {question!r}. Add under 'test' {FACT_FIELDS['test']}.")
-    return MyFact(question, answer, reply, tuple(test), tuple(_phrasings(item.get("train"), "train", where)), where)
+    train = tuple(_phrasings(item.get("train"), "train", where))
+    return MyFact(question, answer, reply, tuple(test), train, where, reply_made=not own_reply)
 
 
 def _place(fact: MyFact) -> str:
