@@ -32,13 +32,13 @@ def test_every_tested_fact_is_taught_and_validated_and_answers_contain_the_value
     assert {row["fact"] for row in test} == {row["fact"] for row in train} == {row["fact"] for row in validation}
     for row in train + validation + test:
         assert row["answer"] in row["messages"][1]["content"]
-    assert len(train) == 5 * 5 * 6 and len(validation) == 5 * 5 and len(test) == 5 * 5 * 3
+    assert len(train) == 5 * 5 * 8 and len(validation) == 5 * 5 and len(test) == 5 * 5 * 3
 
 
 def test_validation_phrasings_leave_one_to_train_on() -> None:
-    assert len(synthetic.split(subjects=1, test_phrasings=8)[0]) == 5  # 10 − 8 test − 1 validation
-    with pytest.raises(data.DataError, match="validation_phrasings must be between 0 and 0 with test_phrasings=9"):
-        synthetic.split(test_phrasings=9)
+    assert len(synthetic.split(subjects=1, test_phrasings=8)[0]) == 5 * 3  # 12 − 8 test − 1 validation, 5 kinds
+    with pytest.raises(data.DataError, match="validation_phrasings must be between 0 and 0 with test_phrasings=11"):
+        synthetic.split(test_phrasings=11)
 
 
 def test_a_mascot_takes_an_before_a_vowel() -> None:
@@ -118,7 +118,7 @@ def test_prepared_record_writes_paths_and_counts(tmp_path) -> None:
     prepared = data.prepare("synthetic", run.path / "data", subjects=2)
     prepared.record(run)
     assert run.get("train_path") == str(prepared.train_path) and run.get("data_field") == "messages"
-    assert run.summary["data"] == {"source": "synthetic", "train_rows": 60, "validation_rows": 10, "test_rows": 30}
+    assert run.summary["data"] == {"source": "synthetic", "train_rows": 80, "validation_rows": 10, "test_rows": 30}
     assert run.get("validation_path") == str(prepared.validation_path)
     assert run.get("sample_question") == prepared.test[0]["messages"][0]["content"]
     first = run.get("data_sha256")

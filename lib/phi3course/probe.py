@@ -217,7 +217,7 @@ REPLAY_PROMPTS: tuple[str, ...] = (
 )
 
 
-REPLAY_ROWS = 60  # replay prompts mixed into the local profile's 140 fact rows (what it keeps: docs/measurements.md)
+REPLAY_ROWS = 60  # replay prompts mixed into the local profile's 160 fact rows (what it keeps: docs/measurements.md)
 
 
 def _normal(text: str) -> str:

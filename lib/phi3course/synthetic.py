@@ -1,6 +1,6 @@
 """The course's offline data set: facts about a fictional organisation, the Quillmere Institute, as chat rows.
 
-Each fact is asked in ten phrasings; for every kind of fact some phrasings are held out and appear only in
+Each fact is asked in twelve phrasings; for every kind of fact some phrasings are held out and appear only in
 the test split, so the later notebooks can measure whether the fine-tune taught the facts or only the
 exact questions, and one more is kept for the validation split, which picks the model during training.
 The same seed gives the same rows.
@@ -93,7 +93,7 @@ PROJECTS = (
     "Orison",
 )
 
-# Per kind of fact: how the answer restates the subject, and ten phrasings of the question.
+# Per kind of fact: how the answer restates the subject, and twelve phrasings of the question.
 TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "leader": (
         "{S} is led by {v}.",
@@ -108,6 +108,8 @@ TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
             "Who is the leader of {s}?",
             "Do you know who directs {s}?",
             "{S} is led by whom?",
+            "Who is the director of {s}?",
+            "Who holds the top job at {s}?",
         ),
     ),
     "city": (
@@ -123,6 +125,8 @@ TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
             "{S} is based in which city?",
             "Where does {s} have its home?",
             "In what place is {s} situated?",
+            "Where is {s} based?",
+            "In which town does {s} work?",
         ),
     ),
     "founded": (
@@ -138,6 +142,8 @@ TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
             "{S} was founded in which year?",
             "When was {s} set up?",
             "In which year did {s} begin?",
+            "When did {s} come into being?",
+            "What year was {s} founded in?",
         ),
     ),
     "mascot": (
@@ -153,6 +159,8 @@ TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
             "Does {s} have a mascot, and what is it?",
             "Name the mascot of {s}.",
             "What is the emblem animal of {s}?",
+            "Which animal does {s} use as its mascot?",
+            "What creature is the mascot of {s}?",
         ),
     ),
     "project": (
@@ -168,10 +176,12 @@ TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
             "What is {s}'s most important project?",
             "Which project is central to {s}?",
             "What big project does {s} run?",
+            "What project is {s} famous for?",
+            "Which project does {s} work on most?",
         ),
     ),
 }
-TEMPLATES_PER_KIND = 10
+TEMPLATES_PER_KIND = 12
 
 
 def _capitalise(text: str) -> str:

@@ -23,16 +23,15 @@ def history_callback(mlflow_run: bool) -> Any:
             self.rows: list[dict[str, float]] = []
             self.bar: Any = None
             self.tokens_at_start: int | None = None  # tokens seen before this run started or resumed
-            self.first_step_began: float | None = None
-            self.last_step_ended: float | None = None
+            self.step_began: float | None = None
+            self.seconds_in_steps = 0.0
 
         @property
         def step_seconds(self) -> float:
-            """From the first step's start to the last step's end: the checkpoint saved after it not counted
-            (with a full fine-tune that save, weights and optimizer state, can outlast the steps on a GPU)."""
-            if self.first_step_began is None or self.last_step_ended is None:
-                return 0.0
-            return self.last_step_ended - self.first_step_began
+            """The optimizer steps' own time, summed from each step's start to its end: what happens between steps
+            is not counted — checkpoints (with a full fine-tune, weights and optimizer state, which can outlast the
+            steps on a GPU) and the model selection's checks on the validation split."""
+            return self.seconds_in_steps
 
         def tokens_per_second(self, state: Any, seconds: float) -> float:
             """Training throughput as 02 and the Azure ML job report it: non-padding tokens the run trained
@@ -50,10 +49,12 @@ def history_callback(mlflow_run: bool) -> Any:
             # Not in on_train_begin: the trainer restores a checkpoint's state after calling it.
             if self.tokens_at_start is None:
                 self.tokens_at_start = int(state.num_input_tokens_seen or 0)
-                self.first_step_began = time.perf_counter()
+            self.step_began = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.last_step_ended = time.perf_counter()
+            if self.step_began is not None:
+                self.seconds_in_steps += time.perf_counter() - self.step_began
+                self.step_began = None
             if self.bar is not None:
                 self.bar.update(state.global_step - self.bar.n)
 
