@@ -321,7 +321,8 @@ def variants_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
         meta = record["measurement"]
         rows_in = record["rows"]
         out += [f"### {meta['what'][0].upper()}{meta['what'][1:]}", "", f"{source(name, meta)}.", ""]
-        extra = [k for k in ("train_rows", "steps", "train_seconds") if any(r.get(k) is not None for r in rows_in)]
+        kinds = ("train_rows", "steps", "best_step", "train_seconds")
+        extra = [k for k in kinds if any(r.get(k) is not None for r in rows_in)]
         rows = []
         for row in rows_in:
             changes = row.get("changes") or {}
@@ -338,7 +339,12 @@ def variants_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
                 ]
             )
         header = ["variant", "changed", "seed", "held-out facts", "general", "general × base"]
-        labels = {"train_rows": "training rows", "steps": "steps", "train_seconds": "training time"}
+        labels = {
+            "train_rows": "training rows",
+            "steps": "steps",
+            "best_step": "kept step (model selection)",
+            "train_seconds": "training time",
+        }
         out += table([*header, *(labels[k] for k in extra), "note"], rows)
     return out + notes(records)
 
