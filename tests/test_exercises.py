@@ -273,7 +273,8 @@ def test_notebook_01_untouched_says_not_yet_and_solved_passes_every_check(
     assert [lines.splitlines()[0] for lines in result["lines"]] == ["✓ 01.1 passed", "✓ 01.2 passed", "✓ 01.3 passed"]
     predicted, came_out = result["lines"][0].splitlines()[1:]
     assert predicted.startswith("  you predicted: test rows: 5 per fact; training rows: 6 per fact")
-    found = re.fullmatch(r"  it came out:   5 held out: (\d+) training rows, (\d+) test rows, 6 phrasings of .*", came_out)
+    shape = r"  it came out:   5 held out: (\d+) training rows, (\d+) test rows, 6 phrasings of .*"
+    found = re.fullmatch(shape, came_out)
     assert found and 5 * int(found[1]) == 6 * int(found[2]), came_out  # 12 phrasings: 6 train, 1 validates, 5 test
     assert result["lines"][2].splitlines()[2].startswith("  it came out:   refused: ")
     assert result["recorded"] == {"01.1": True, "01.2": True, "01.3": True}
