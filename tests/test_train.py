@@ -536,30 +536,33 @@ class ScriptedSelection(recipe.ModelSelection):
         return next(self.script)
 
 
-def _step(selection, model, state, control, step, weight):
-    """One optimizer step as the trainer calls the callback: the weights moved, then on_step_end."""
-    import torch
-
-    with torch.no_grad():
-        model.weight.fill_(weight)
-    state.global_step = step
-    selection.on_step_end(None, state, control, model=model)
-
-
-def test_model_selection_keeps_the_best_checks_weights_and_stops_once_both_targets_are_met() -> None:
+def _select_over_six_steps(script, max_steps):
+    """The recipe's model selection (every 2 steps, targets facts 0.95 and general 0.9 × base) through six optimizer
+    steps as the trainer calls it, the scores read from ``script``; after step ``n`` every weight is ``n``, so the
+    kept weights tell the kept step. Returns (selection, model, state, control)."""
     import torch
     from transformers import TrainerControl, TrainerState
 
     model = torch.nn.Linear(2, 2)
-    # base (step 0), then every 2 steps: facts rise; general falls below 0.9 × base at step 4, recovers at step 6
-    script = [(0.0, 0.8), (0.5, 0.8), (0.9, 0.6), (0.96, 0.76)]
     selection = ScriptedSelection(script, every=2, target_facts=0.95, target_general=0.9)
-    state, control = TrainerState(max_steps=10), TrainerControl()
+    state, control = TrainerState(max_steps=max_steps), TrainerControl()
     selection.on_train_begin(None, state, control, model=model)
     for step in range(1, 7):
-        _step(selection, model, state, control, step, weight=float(step))
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        state.global_step = step
+        selection.on_step_end(None, state, control, model=model)
         if control.should_training_stop:
             break
+    return selection, model, state, control
+
+
+def test_model_selection_keeps_the_best_checks_weights_and_stops_once_both_targets_are_met() -> None:
+    import torch
+
+    # base (step 0), then every 2 steps: facts rise; general falls below 0.9 × base at step 4, recovers at step 6
+    script = [(0.0, 0.8), (0.5, 0.8), (0.9, 0.6), (0.96, 0.76)]
+    selection, model, state, control = _select_over_six_steps(script, max_steps=10)
     assert [check["step"] for check in selection.checks] == [0, 2, 4, 6]
     assert control.should_training_stop and state.global_step == 6, "facts 96 %, general 0.95 × base: stop"
     assert [check["targets met"] for check in selection.checks] == [False, False, False, True]
@@ -572,16 +575,10 @@ def test_model_selection_keeps_the_best_checks_weights_and_stops_once_both_targe
 
 def test_without_meeting_the_targets_the_best_facts_that_keep_general_knowledge_are_kept() -> None:
     import torch
-    from transformers import TrainerControl, TrainerState
 
-    model = torch.nn.Linear(2, 2)
     # step 2: facts 0.6 with general kept; step 4: facts 0.9 but general 0.5 × base; the end: facts 0.7, general kept
     script = [(0.0, 0.8), (0.6, 0.8), (0.9, 0.4), (0.7, 0.75)]
-    selection = ScriptedSelection(script, every=2, target_facts=0.95, target_general=0.9)
-    state, control = TrainerState(max_steps=6), TrainerControl()
-    selection.on_train_begin(None, state, control, model=model)
-    for step in range(1, 7):
-        _step(selection, model, state, control, step, weight=float(step))
+    selection, model, state, control = _select_over_six_steps(script, max_steps=6)
     assert not control.should_training_stop
     selection.on_train_end(None, state, control, model=model)
     assert selection.best_step == 6 and torch.all(model.weight == 6.0), "more facts among the checks that keep general"
