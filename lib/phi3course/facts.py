@@ -113,11 +113,9 @@ def made_reply(question: str, answer: str) -> str | None:
             made = [*thing[:-1], be, thing[-1], answer]
         elif thing[-1].lower() in _PREPOSITIONS:  # Which cheese is X famous for → X is famous for A
             made = [*thing[:-2], be, *thing[-2:], answer] if len(thing) > 2 else None
-    elif first in ("what", "which") and second in _DO:  # What does X build → X builds A
-        said = _subject_verb(list(rest), second)
-        made = [*said, answer] if said else None
-    elif first in ("what", "which") and len(words) > 4 and words[2].lower() in _DO:  # Which port does X ship from
-        said = _subject_verb(list(words[3:]), words[2].lower())
+    elif first in ("what", "which") and (does := next((i for i in (1, 2) if words[i].lower() in _DO), 0)):
+        # What does X build → X builds A; Which port does X ship from → X ships from A
+        said = _subject_verb(words[does + 1 :], words[does].lower())
         made = [*said, answer] if said else None
     elif first == "where" and second in _BE and rest:  # Where is X based → X is based in A; Where is X → X is in A
         placed = rest[-1].lower() in _PLACED

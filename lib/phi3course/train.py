@@ -571,11 +571,9 @@ def model_selection(settings: TrainSettings, tokenizer: Any, per_epoch: int) -> 
 
     if not settings.validation_file or settings.check_every == 0:
         return None
-    rows = [row for row in read_jsonl(settings.validation_file) if "answer" in row]
-    if not rows:
-        return None
-    every = check_interval(settings, per_epoch)
-    return recipe.ModelSelection(tokenizer, rows, every, settings.target_facts, settings.target_general)
+    rows, every = read_jsonl(settings.validation_file), check_interval(settings, per_epoch)
+    selection = recipe.ModelSelection(tokenizer, rows, every, settings.target_facts, settings.target_general)
+    return selection if selection.rows else None  # it keeps the rows with an expected answer: text data has none
 
 
 REPORT_FILES = ("result.json", "eval.json")  # what job_outcome reads back
