@@ -7,9 +7,10 @@ Choices, each measured on the course's machines (see ``make bench``):
 - conversational rows become prompt/completion pairs, so the loss covers the answer only;
 - batches are padding-free: a batch's rows are flattened into one sequence, so every token computed is
   a real token, and transformers builds a block-diagonal attention mask from the position ids;
-- bf16 only where the hardware has it (Ampere GPUs, CPUs with AVX512-BF16 or AMX), fp16 on older
-  GPUs such as the T4, or the V100 the original tutorial asks bf16 of, fp32 otherwise — decided for the machine
-  that trains: this one, or the Azure ML cluster's size when a job trains (``cluster_size``);
+- bf16 only where the hardware has it (Ampere GPUs; CPUs with AVX512-BF16 or AMX, and there only if a short probe
+  times the recipe's step faster in bf16 than in fp32: ``phi3course.precision``), fp16 on older GPUs such as the
+  T4, or the V100 the original tutorial asks bf16 of, fp32 otherwise — decided for the machine that trains: this
+  one, or the Azure ML cluster's size when a job trains (``cluster_size``);
 - no gradient checkpointing unless memory asks for it: it recomputes the forward pass.
 """
 
@@ -172,10 +173,15 @@ def settings_from_profile(parameters: dict[str, Any], **fields: Any) -> TrainSet
 
 # --- hardware-dependent choices ---------------------------------------------------------------------
 def pick_precision(
-    requested: str = "auto", machine: hardware.Machine | None = None, where: str = "this machine"
+    requested: str = "auto",
+    machine: hardware.Machine | None = None,
+    where: str = "this machine",
+    model: str = AUTO,
 ) -> tuple[str, str]:
     """(precision, why) on ``machine`` (this one when None; ``TrainSettings.trains_on`` gives the cluster's). ``auto``:
-    bf16 where the hardware computes it natively, else fp16 (GPU) or fp32 (``hardware.native_precision``)."""
+    on a GPU, bf16 where it computes bf16 natively, else fp16; on a CPU without native bf16, fp32; on this machine's
+    CPU with native bf16, whichever of fp32 and bf16 trains ``model`` faster, timed once and cached
+    (:mod:`phi3course.precision`); on another machine's such CPU (a CPU cluster), bf16."""
     here = machine is None
     machine = hardware.this_machine() if machine is None else machine
     if requested == "bf16" and machine.cuda and not machine.gpu_bf16:
@@ -194,9 +200,14 @@ def pick_precision(
         if precision == "bf16":
             return "bf16", f"{machine.gpu} computes bf16 natively"
         return "fp16", f"{machine.gpu} has no native bf16 (a T4, a V100 or older): fp16 mixed precision instead"
+    if precision == "bf16" and here:
+        from . import precision as probe  # a few training steps in each format, once per CPU, torch and model
+
+        flags = ", ".join(hardware.cpu_bf16_flags())
+        measured = probe.fastest(resolve(model).name)
+        return measured.fastest, f"this CPU has {flags}; {measured.why()}"
     if precision == "bf16":
-        flags = ", ".join(hardware.cpu_bf16_flags()) if here else "native bf16"
-        return "bf16", f"this CPU has {flags}: bf16 matmuls"
+        return "bf16", f"{where} has a CPU with native bf16: bf16 matmuls"
     return "fp32", "this CPU has no native bf16 (AVX2 only): torch would only emulate bf16, so fp32"
 
 
@@ -482,7 +493,7 @@ def train(
 
     preset = settings.validate()
     check_cluster_gpu(settings)  # a job that sees no GPU on a GPU cluster stops here, saying why
-    precision, why = pick_precision(settings.precision)  # on the machine this process runs on
+    precision, why = pick_precision(settings.precision, model=settings.model)  # on the machine this process runs on
     if settings.model_path:  # the job's catalog input: the shapes of the model it holds (a rehearsal's stand-in too)
         base_model_folders(settings.model_path)
         preset = replace(preset, shape=shape_of(settings.model_path))

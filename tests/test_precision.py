@@ -1,0 +1,64 @@
+"""precision="auto" on a CPU with native bf16 trains in the format a measured probe found faster, cached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phi3course import hardware, precision, train
+
+
+def test_the_probe_times_the_recipes_step_in_both_formats() -> None:
+    probe = precision.measure("phi-3-tiny")  # bf16 is emulated on an AVX2-only CPU: slow, but it runs
+    assert set(probe.tokens_per_second) == {"fp32", "bf16"}
+    assert all(rate > 0 for rate in probe.tokens_per_second.values())
+    assert probe.key == precision.probe_key("phi-3-tiny")
+    assert probe.fastest in probe.why() and "tokens/s" in probe.why()
+
+
+def test_the_probe_runs_once_per_cpu_torch_and_model(tmp_path: Path) -> None:
+    measured: list[str] = []
+
+    def fake_measure(model: str) -> precision.Probe:
+        measured.append(model)
+        return precision.Probe(precision.probe_key(model), {"fp32": 300.0, "bf16": 250.0})
+
+    first = precision.fastest("phi-3-tiny", fake_measure, tmp_path)
+    again = precision.fastest("phi-3-tiny", fake_measure, tmp_path)
+    assert measured == ["phi-3-tiny"] and first == again and again.fastest == "fp32"
+    # another model (or CPU, or torch version: the same key) is measured on its own, beside the first
+    precision.fastest("smollm2-135m-instruct", fake_measure, tmp_path)
+    assert measured == ["phi-3-tiny", "smollm2-135m-instruct"]
+    assert len(json.loads((tmp_path / precision.CACHE_FILE).read_text())) == 2
+    (tmp_path / precision.CACHE_FILE).write_text("{not json")  # a broken cache is measured again, not an error
+    assert precision.fastest("phi-3-tiny", fake_measure, tmp_path).fastest == "fp32" and len(measured) == 3
+
+
+@pytest.mark.parametrize(
+    ("rates", "chosen"), [({"fp32": 300.0, "bf16": 250.0}, "fp32"), ({"fp32": 150.0, "bf16": 260.0}, "bf16")]
+)
+def test_auto_on_a_native_bf16_cpu_takes_the_measured_faster(monkeypatch, rates, chosen) -> None:
+    monkeypatch.setattr(hardware, "this_machine", lambda: hardware.Machine(cpu_bf16=True))
+    monkeypatch.setattr(hardware, "cpu_bf16_flags", lambda flags=None: ["amx_bf16"])
+    asked: list[str] = []
+
+    def cached(model: str) -> precision.Probe:
+        asked.append(model)
+        return precision.Probe(precision.probe_key(model), rates)
+
+    monkeypatch.setattr(precision, "fastest", cached)
+    picked, why = train.pick_precision("auto", model="auto")
+    assert picked == chosen and asked == ["smollm2-135m-instruct"]  # auto: the local model
+    assert "amx_bf16" in why and f"{chosen} trains faster" in why and f"fp32 {rates['fp32']:.0f}" in why
+    assert train.pick_precision("bf16") == ("bf16", "asked for") and len(asked) == 1  # asked for: no probe
+    # another machine's native-bf16 CPU (a CPU cluster) cannot be timed from here: bf16
+    assert train.pick_precision("auto", hardware.Machine(cpu_bf16=True), "the cluster")[0] == "bf16"
+    assert len(asked) == 1
+
+
+def test_auto_on_an_avx2_only_cpu_is_fp32_without_a_probe(monkeypatch) -> None:
+    monkeypatch.setattr(hardware, "this_machine", lambda: hardware.Machine(cpu_bf16=False))
+    monkeypatch.setattr(precision, "fastest", lambda model: pytest.fail("no probe where bf16 is only emulated"))
+    assert train.pick_precision("auto")[0] == "fp32"
