@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 "general_vs_base": round(scored["general"] / base["general"], 3) if base["general"] else None,
                 "steps": result.steps,
                 "best_step": result.best_step,  # the model selection's kept step (None: no validation split)
-                "stopped_early": bool(result.checks) and result.checks[-1]["targets met"],
+                "stopped_early": result.steps < result.planned_steps,
                 "train_seconds": result.seconds,
                 "tokens_per_second": result.tokens_per_second,
                 "minutes": round((time.perf_counter() - began) / 60, 1),

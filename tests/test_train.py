@@ -528,15 +528,15 @@ def test_a_job_that_sees_no_gpu_on_a_gpu_cluster_stops_saying_why(tiny_data, tmp
 class ScriptedSelection(recipe.ModelSelection):
     """The recipe's model selection, its two scores read from a script instead of generated (one pair per check)."""
 
-    def __init__(self, script, every, **kwargs):
-        super().__init__(None, [{"answer": "x"}], every, **kwargs)
+    def __init__(self, script, every, wrapped=False, **kwargs):
+        super().__init__(None, [{"answer": "x", **({"wrapped": True} if wrapped else {})}], every, **kwargs)
         self.script = iter(script)
 
     def score(self, model):
         return next(self.script)
 
 
-def _select_over_six_steps(script, max_steps):
+def _select_over_six_steps(script, max_steps, wrapped=False):
     """The recipe's model selection (every 2 steps, targets facts 0.95 and general 0.9 × base) through six optimizer
     steps as the trainer calls it, the scores read from ``script``; after step ``n`` every weight is ``n``, so the
     kept weights tell the kept step. Returns (selection, model, state, control)."""
@@ -544,7 +544,7 @@ def _select_over_six_steps(script, max_steps):
     from transformers import TrainerControl, TrainerState
 
     model = torch.nn.Linear(2, 2)
-    selection = ScriptedSelection(script, every=2, target_facts=0.95, target_general=0.9)
+    selection = ScriptedSelection(script, every=2, wrapped=wrapped, target_facts=0.95, target_general=0.9)
     state, control = TrainerState(max_steps=max_steps), TrainerControl()
     selection.on_train_begin(None, state, control, model=model)
     for step in range(1, 7):
@@ -584,6 +584,22 @@ def test_without_meeting_the_targets_the_best_facts_that_keep_general_knowledge_
     assert selection.best_step == 6 and torch.all(model.weight == 6.0), "more facts among the checks that keep general"
 
 
+def test_own_facts_wrapped_validation_trains_on_and_keeps_the_latest_check_that_meets_both() -> None:
+    import torch
+
+    # the trained question in new wrappers is met at step 2 already; new wordings need more steps, so no early stop
+    script = [(0.0, 0.8), (1.0, 0.8), (1.0, 0.76), (1.0, 0.6)]
+    selection, model, state, control = _select_over_six_steps(script, max_steps=6, wrapped=True)
+    assert not control.should_training_stop and state.global_step == 6
+    assert [check["targets met"] for check in selection.checks] == [False, True, True, False]
+    selection.on_train_end(None, state, control, model=model)
+    assert selection.best_step == 4 and torch.all(model.weight == 4.0), "the latest check that meets both targets"
+    from phi3course import facts
+
+    rows = facts.split(facts.read_facts("examples/minimal_facts.yaml"), templates=2)[1]
+    assert rows and all(row["wrapped"] for row in rows)  # 01 marks them so
+
+
 def test_training_with_a_validation_split_checks_it_from_the_base_model_on(tiny_data, tmp_path) -> None:
     chosen = settings(
         tiny_data, tmp_path / "out", validation_file=str(tiny_data.validation_path), max_steps=4, check_every=0.25
@@ -593,5 +609,6 @@ def test_training_with_a_validation_split_checks_it_from_the_base_model_on(tiny_
     assert result.checks[0]["step"] == 0 and result.checks[0]["general_vs_base"] == 1.0
     assert [check["step"] for check in result.checks][1:] == sorted({*range(every, 5, every), 4})
     assert result.best_step in [check["step"] for check in result.checks[1:]]
+    assert result.planned_steps == 4  # what max_steps asked for, whether or not the selection stopped earlier
     assert json.loads((tmp_path / "out" / "result.json").read_text())["checks"] == result.checks
     assert train.train(dataclasses.replace(chosen, output_dir=str(tmp_path / "none"), check_every=0)).checks == []

@@ -519,7 +519,8 @@ def split(
 
     Training asks each fact in your phrasings plus ``templates`` phrasings made from templates; the
     test asks it only in your held-out ``test`` phrasings; validation asks your question once more, in one of
-    :data:`VALIDATION_TEMPLATES`. ``phrasing`` numbers your phrasings first, then the test's, then the templated
+    :data:`VALIDATION_TEMPLATES` (marked ``wrapped``: the model selection then trains to the end, see notebook 02).
+    ``phrasing`` numbers your phrasings first, then the test's, then the templated
     ones, then the validation one.
     """
     if not 0 <= templates <= 4 * len(QUESTION_TEMPLATES):
@@ -544,7 +545,7 @@ def split(
             train.append(chat_row(question, fact.reply, **extra, phrasing=number))
             number += 1
         asked = VALIDATION_TEMPLATES[index % len(VALIDATION_TEMPLATES)].format(q=fact.question)
-        validation.append(chat_row(asked, fact.reply, **extra, phrasing=number))
+        validation.append(chat_row(asked, fact.reply, **extra, phrasing=number, wrapped=True))
     random.Random(f"{seed}-order").shuffle(train)
     return train, validation, test
 

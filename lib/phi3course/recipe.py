@@ -232,6 +232,10 @@ class ModelSelection(TrainerCallback):
         self.target_general = target_general  # the probe slice kept, as a share of the base model's score
         self.checks = []  # one row per check: step, epoch, facts, general, ...
         self.best, self.best_weights = None, None
+        # Your own facts' validation is your trained question in new wrappers (01 marks those rows "wrapped"): it shows
+        # the answer is kept, not that new wordings get it, and those improve with more steps. So then no early stop,
+        # and of the checks that meet both targets the latest is kept.
+        self.wrapped = any(row.get("wrapped") for row in self.rows)
 
     def score(self, model):
         """(validation facts right, probe slice right), both 0–1, greedy as the test is asked."""
@@ -258,6 +262,8 @@ class ModelSelection(TrainerCallback):
         self.checks.append(row)
         # best: targets met first, then the most facts, then the most general knowledge; a tie keeps the earlier
         key = (row["targets met"], row["general_vs_base"] >= self.target_general, row["facts"], row["general"])
+        if self.wrapped and row["targets met"]:
+            key = (True, True, 1.0, state.global_step)  # wrapped validation: the latest check that meets both
         if state.global_step > 0 and (self.best is None or key > self.best[0]):
             self.best = (key, row["step"])
             self.best_weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -269,7 +275,7 @@ class ModelSelection(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         due = state.global_step % self.every == 0 or state.global_step >= state.max_steps
-        if due and self.check(model, state)["targets met"]:
+        if due and self.check(model, state)["targets met"] and not self.wrapped:
             control.should_training_stop = True  # both targets met: more steps would only risk forgetting
 
     def on_train_end(self, args, state, control, model=None, **kwargs):

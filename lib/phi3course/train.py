@@ -362,6 +362,7 @@ class TrainResult:
     step_seconds: float = 0.0  # the steps alone: ``seconds`` also holds loading, resuming and the last checkpoint
     checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the validation checks (ModelSelection)
     best_step: int | None = None  # the step whose weights were kept (None: the last, no model selection)
+    planned_steps: int = 0  # the steps the settings asked for: more than ``steps`` if the model selection stopped early
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -551,6 +552,7 @@ def train(
         resumed_from=last,
         checks=selection.checks if selection else [],
         best_step=selection.best_step if selection else None,
+        planned_steps=trainer.state.max_steps,
     )
     if selection and mlflow_run and trainer.is_world_process_zero():
         import mlflow
