@@ -81,3 +81,19 @@ def test_replay_rows_have_the_training_rows_shape(monkeypatch: pytest.MonkeyPatc
     ]  # an empty reply teaches nothing, a reply stuck in a loop teaches the loop: both dropped
     with pytest.raises(ValueError, match="only"):
         probe.replay_rows(None, None, len(probe.REPLAY_PROMPTS) + 1)
+
+
+def test_only_right_replay_answers_are_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong answer, or one that rambles past the answer, would teach the fine-tune to err: left out."""
+    prompts = ("What is 3 plus 4?", "What is 9 times 3?", "Who painted The Starry Night?", "Who are you?")
+    replies = [
+        "3 plus 4 is 7.",
+        "To find 9 times 3, we can use the formula for multiplication. This is a classic example of arithmetic.",
+        "The Starry Night is a fairy tale from medieval Europe.",
+        "I am a helpful assistant.",  # no single right answer: replayed as answered
+    ]
+    monkeypatch.setattr(probe, "generate", lambda *a, **k: replies)
+    rows = probe.replay_rows(None, None, None, prompts=prompts)
+    assert [row["messages"][0]["content"] for row in rows] == ["What is 3 plus 4?", "Who are you?"]
+    assert set(probe.REPLAY_ANSWERS) <= set(probe.REPLAY_PROMPTS), "every checked prompt is a replay prompt"
+    assert all(probe.REPLAY_ANSWERS.values()), "a checked prompt names at least one keyword"

@@ -217,6 +217,90 @@ REPLAY_PROMPTS: tuple[str, ...] = (
 )
 
 
+# What a right answer to a replay prompt contains (any keyword, as the probe checks): the base model's answer is
+# replayed only when it is right. A small model answers some of these wrongly or rambles past the answer ("To find 3
+# plus 4, we can start by adding 3 to 4. This is a classic example ..."); replayed, such answers taught the fine-tune
+# to ramble and to err on the probe's neighbouring questions that the base model had got right. Prompts without an
+# entry (chat, advice) have no single right answer and are replayed as answered.
+REPLAY_ANSWERS: dict[str, tuple[str, ...]] = {
+    "What is the capital of Portugal?": ("Lisbon",),
+    "What is the capital of Greece?": ("Athens",),
+    "What is the capital of Australia?": ("Canberra",),
+    "What is the capital of India?": ("New Delhi", "Delhi"),
+    "What is the capital of Kenya?": ("Nairobi",),
+    "What is the capital of Norway?": ("Oslo",),
+    "Which is the smallest continent?": ("Australia", "Oceania"),
+    "Which river flows through London?": ("Thames",),
+    "What is the coldest continent?": ("Antarctica",),
+    "Which country is shaped like a boot?": ("Italy",),
+    "What is the chemical symbol for oxygen?": ("O",),
+    "What is the chemical symbol for iron?": ("Fe",),
+    "Which planet is closest to the Sun?": ("Mercury",),
+    "How many planets are in our solar system?": ("eight", "8"),
+    "What gas do humans breathe out?": ("carbon dioxide", "CO2", "CO₂"),
+    "What is the boiling point of water in Fahrenheit?": ("212",),
+    "What is the largest mammal?": ("blue whale",),
+    "What is the fastest land animal?": ("cheetah",),
+    "How many bones are in the adult human body?": ("206",),
+    "Who wrote Pride and Prejudice?": ("Austen",),
+    "Who painted The Starry Night?": ("van Gogh", "Gogh"),
+    "Who invented the light bulb?": ("Edison", "Swan"),
+    "Who was Cleopatra?": ("Egypt",),
+    "When did the First World War begin?": ("1914",),
+    "Who was Napoleon Bonaparte?": ("French", "France", "emperor"),
+    "Who composed the Fifth Symphony?": ("Beethoven",),
+    "Who wrote Hamlet?": ("Shakespeare",),
+    "Who built the Great Wall of China?": ("Chinese", "China", "Qin", "Ming", "dynasty", "dynasties"),
+    "What is 3 plus 4?": ("7", "seven"),
+    "What is 9 times 3?": ("27", "twenty-seven"),
+    "What is 20 divided by 4?": ("5", "five"),
+    "What is 15 minus 6?": ("9", "nine"),
+    "How many hours are in a day?": ("24", "twenty-four"),
+    "How many seconds are in a minute?": ("60", "sixty"),
+    "How many sides does a square have?": ("4", "four"),
+    "What is half of 50?": ("25", "twenty-five"),
+    "What is the opposite of big?": ("small", "little"),
+    "What is the plural of child?": ("children",),
+    "What is the past tense of eat?": ("ate",),
+    "What is the opposite of fast?": ("slow",),
+    "What language is spoken in France?": ("French",),
+    "How do you say thank you in French?": ("merci",),
+    "Who founded Apple?": ("Jobs", "Wozniak"),
+    "Who invented the printing press?": ("Gutenberg",),
+    "Who is in charge of a ship?": ("captain",),
+    "Who leads an orchestra?": ("conductor",),
+    "Where is the Louvre museum located?": ("Paris",),
+    "In which city is the Colosseum?": ("Rome",),
+    "In which country is the Taj Mahal?": ("India",),
+    "In which year did the Berlin Wall fall?": ("1989",),
+    "When was the Declaration of Independence signed?": ("1776",),
+    "What is the national animal of Scotland?": ("unicorn",),
+    "Which animal is the symbol of the WWF?": ("panda",),
+    "What is NASA best known for?": ("space", "Moon", "Apollo"),
+    "Who discovered radium?": ("Curie",),
+    "Where is Mount Fuji?": ("Japan",),
+    "Who built the first successful airplane?": ("Wright",),
+    "What are the three primary colours?": ("red",),
+    "How many colours are in a rainbow?": ("seven", "7"),
+    "What is the freezing point of water in Fahrenheit?": ("32",),
+    "What do caterpillars turn into?": ("butterfly", "butterflies", "moth"),
+    "What is the capital of Argentina?": ("Buenos Aires",),
+    "Who is the author of Harry Potter?": ("Rowling",),
+    "What is the largest organ of the human body?": ("skin",),
+    "What is the currency of Japan?": ("yen",),
+    "Which instrument has 88 keys?": ("piano",),
+    "What is the longest river in South America?": ("Amazon",),
+    "What do you call a baby cat?": ("kitten",),
+    "Which mountain range separates Europe and Asia?": ("Ural",),
+    "Name a country in Scandinavia.": ("Norway", "Sweden", "Denmark"),
+    "Which sea lies between Europe and Africa?": ("Mediterranean",),
+    "What is the hardest natural substance?": ("diamond",),
+    "Which organ do we use to breathe?": ("lungs", "lung"),
+    "What is the main gas in the air we breathe?": ("nitrogen",),
+    "What is a synonym for happy?": ("glad", "joyful", "cheerful", "content", "pleased", "delighted", "merry"),
+    "Give me a word that rhymes with cat.": ("hat", "bat", "mat", "rat", "sat", "fat", "pat", "flat", "chat"),
+}
+
 REPLAY_ROWS = 60  # replay prompts mixed into the local profile's 160 fact rows (what it keeps: docs/measurements.md)
 
 
@@ -280,13 +364,15 @@ def replay_rows(
     prompts: Sequence[str] = REPLAY_PROMPTS,
     max_new_tokens: int = 48,
     batch_size: int = GENERATION_BATCH,
+    answers: dict[str, tuple[str, ...]] = REPLAY_ANSWERS,
 ) -> list[dict[str, Any]]:
     """The base model's own greedy answers to the first ``n`` replay prompts (all when ``None``) as chat rows.
 
     Mix them into the training rows (same shape: ``{"messages": [user, assistant]}``) and the fine-tune
     keeps answering everyday questions as the base model did. Call it with the *base* model, before
-    training. Answers cut at ``max_new_tokens`` are trimmed to their last whole sentence; empty answers
-    and answers stuck in a loop ("The answer is: The answer is: …") are left out.
+    training. Answers cut at ``max_new_tokens`` are trimmed to their last whole sentence; empty answers,
+    answers stuck in a loop ("The answer is: The answer is: …") and wrong ones (a prompt in ``answers`` whose
+    answer has none of its keywords) are left out: what is replayed is what the model should keep.
     """
     chosen = list(prompts if n is None else prompts[:n])
     if n is not None and n > len(prompts):
@@ -296,7 +382,8 @@ def replay_rows(
     rows = []
     for prompt, reply in zip(chosen, replies, strict=True):
         answer = _whole_sentences(reply)
-        if answer and not _degenerate(answer):
+        right = prompt not in answers or keyword_match(answer, answers[prompt])
+        if answer and not _degenerate(answer) and right:
             rows.append(
                 {
                     "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
