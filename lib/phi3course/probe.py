@@ -93,7 +93,8 @@ PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # The probe's validation slice: everyday questions of the same kinds, none of them a PROBE question or a replay
 # prompt, which 02 asks during training to pick its model (the PROBE itself is read once, at the end). Like the
-# probe, only questions the base SmolLM2-135M-Instruct answers right (it answers all sixteen), so a drop is forgetting.
+# probe, only questions the base SmolLM2-135M-Instruct answers right (it answers all 39), so a drop is forgetting. 39,
+# not fewer: with 16, 0.9 × base needed 15 right, and a run that kept the probe lost its check to one question.
 VALIDATION_PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What is the capital of Sweden?", ("Stockholm",)),
     ("What is the capital of Poland?", ("Warsaw",)),
@@ -111,6 +112,29 @@ VALIDATION_PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What language is mainly spoken in Germany?", ("German",)),
     ("What language is mainly spoken in Italy?", ("Italian",)),
     ("What language is mainly spoken in Japan?", ("Japanese",)),
+    ("What is the capital of Mexico?", ("Mexico City",)),
+    ("What is the capital of Thailand?", ("Bangkok",)),
+    ("What is the capital of the Netherlands?", ("Amsterdam",)),
+    ("What is the capital of Peru?", ("Lima",)),
+    ("What is the capital of Ukraine?", ("Kyiv", "Kiev")),
+    ("What is the capital of Switzerland?", ("Bern",)),
+    ("What is the capital of Scotland?", ("Edinburgh",)),
+    ("In which country is the city of Paris?", ("France",)),
+    ("In which country is the city of Tokyo?", ("Japan",)),
+    ("What language is mainly spoken in Spain?", ("Spanish",)),
+    ("What language is mainly spoken in China?", ("Chinese", "Mandarin")),
+    ("What language is mainly spoken in Russia?", ("Russian",)),
+    ("What language is mainly spoken in Greece?", ("Greek",)),
+    ("What is the opposite of happy?", ("sad", "unhappy")),
+    ("What is the opposite of old?", ("young", "new")),
+    ("What is the opposite of light?", ("dark", "heavy")),
+    ("What is the opposite of open?", ("closed", "shut")),
+    ("What is the opposite of left?", ("right",)),
+    ("What is the plural of man?", ("men",)),
+    ("What is the plural of woman?", ("women",)),
+    ("What is 4 plus 4?", ("8", "eight")),
+    ("How many days are in a week?", ("7", "seven")),
+    ("How many legs does a dog have?", ("4", "four")),
 )
 
 # Everyday prompts for replay (self-distillation). None of them is a PROBE question (a test checks it),
