@@ -9,9 +9,9 @@ training job call the same code:
   history, arithmetic, language), and counts replies that contain an expected keyword. Score the base
   model and the tuned one: the drop is what the fine-tune forgot.
 - :func:`replay_rows` has the *base* model answer :data:`REPLAY_PROMPTS` (a different set of everyday
-  prompts: no question is shared with the probe) greedily, and returns those answers as chat rows.
-  Mixed into the training data they teach the model to keep answering as it did (self-distillation: no
-  hub, no extra data set needed).
+  prompts: no question is shared with the probe) greedily, and returns the right ones (:data:`REPLAY_ANSWERS`)
+  as chat rows. Mixed into the training data they teach the model to keep answering as it did
+  (self-distillation: no hub, no extra data set needed).
 
 What each lever did, over five training seeds, is in docs/measurements.md (``python -m benchmarks.forgetting``
 measures it): :data:`REPLAY_ROWS` rows, fifteen of whose prompts are shaped like the facts, keep most of the
