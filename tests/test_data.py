@@ -385,6 +385,35 @@ def test_templates_never_recreate_a_held_out_phrasing() -> None:
     assert [row["messages"][0]["content"] for row in test] == ["Hi! Who is the mayor?"]
 
 
+def test_a_question_is_reworded_with_its_relation_words_and_names_stay() -> None:
+    assert facts.reworded("Who founded Velt Rivers?") == [
+        "Who started Velt Rivers?",
+        "Who established Velt Rivers?",
+        "Who set up Velt Rivers?",
+    ]
+    assert facts.reworded("Founded when was it?")[0] == "Started when was it?"  # the first word keeps its capital
+    # "Town" and "Based" are capitalised inside the question: parts of names, never swapped; "based" is
+    assert facts.reworded("Where is the Town Hall of Based Co based?") == [
+        "Where is the Town Hall of Based Co located?",
+        "Where is the Town Hall of Based Co headquartered?",
+    ]
+    assert facts.reworded("What is the motto of the rebuilt firm?") == [
+        "What is the slogan of the rebuilt firm?",  # "built" inside "rebuilt" is no word of its own
+        "What is the motto of the rebuilt company?",
+    ]
+    assert facts.reworded("Why?") == []
+    fact = facts.make_fact(
+        {"question": "Who founded Velt Rivers?", "answer": "Ansel Korrow", "test": ["Who set up Velt Rivers?"]}
+    )
+    train, _, test = facts.split([fact], templates=6)
+    trained = [row["messages"][0]["content"] for row in train]
+    assert any("Who started Velt Rivers?" in q for q in trained) and any(
+        "Who established Velt Rivers?" in q for q in trained
+    )
+    assert "Who set up Velt Rivers?" not in trained  # a rewording that is a held-out phrasing is never trained on
+    assert [row["messages"][0]["content"] for row in test] == ["Who set up Velt Rivers?"]
+
+
 def test_a_csv_cell_holds_several_phrasings_and_excel_bom_is_fine() -> None:
     text = "\ufeffquestion,answer,test,train\nWho is the mayor?,Odile,Name the mayor. | The mayor is who?,Mayor?\n"
     (fact,) = facts.parse_facts(text.encode("utf-8"), "mine.csv")

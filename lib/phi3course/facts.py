@@ -500,10 +500,60 @@ def add_fact(path: str | os.PathLike[str], item: dict[str, Any]) -> list[MyFact]
     return read_facts(target)
 
 
-def templated_phrasings(fact: MyFact, count: int, offset: int = 0) -> list[str]:
-    """``count`` extra training phrasings: :data:`QUESTION_TEMPLATES` around the learner's phrasings."""
+# Words that name a fact's relation, each with words a reader would use instead ("Who founded X?" and "Who started
+# X?" ask the same). A model trained on one word of a group often fails the same question asked with another: it
+# learns the words, not the relation. Groups are disjoint; every word of a group can stand for every other in a
+# question, in the same grammatical form.
+RELATION_WORDS: tuple[tuple[str, ...], ...] = (
+    ("founded", "started", "established", "set up"),
+    ("founder", "creator"),
+    ("based", "located", "headquartered"),
+    ("build", "make", "produce"),
+    ("builds", "makes", "produces"),
+    ("built", "made", "produced"),
+    ("leads", "heads", "runs"),
+    ("chief", "head"),
+    ("people", "employees", "staff members"),
+    ("motto", "slogan"),
+    ("colour", "color"),
+    ("shipped", "sent"),
+    ("company", "firm"),
+    ("town", "city"),
+    ("begin", "start"),
+    ("called", "named"),
+    ("biggest", "largest"),
+    ("main", "most important"),
+)
+
+
+def reworded(question: str, limit: int = 6) -> list[str]:
+    """Up to ``limit`` rewordings of ``question``: each relation word (:data:`RELATION_WORDS`) in it swapped for the
+    others of its group, one swap at a time ("Who founded Velt Rivers?" → "Who started Velt Rivers?", …). A
+    capitalised word inside the question is part of a name and stays."""
     made: list[str] = []
-    own = fact.phrasings
+    for group in RELATION_WORDS:
+        for word in group:
+            pattern = re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])", re.IGNORECASE)
+            # a capitalised match inside the question is part of a name ("Town Hall") and stays
+            found = next(
+                (m for m in pattern.finditer(question) if m.start() == 0 or not m.group(0)[:1].isupper()), None
+            )
+            if found is None:
+                continue
+            for other in group:
+                if other == word:
+                    continue
+                swap = other[:1].upper() + other[1:] if found.group(0)[:1].isupper() else other
+                made.append(question[: found.start()] + swap + question[found.end() :])
+            break  # one word of a group is swapped, not two
+    return list(dict.fromkeys(made))[:limit]
+
+
+def templated_phrasings(fact: MyFact, count: int, offset: int = 0) -> list[str]:
+    """``count`` extra training phrasings: :data:`QUESTION_TEMPLATES` around the learner's phrasings and their
+    rewordings (:func:`reworded`), taken in turn."""
+    made: list[str] = []
+    own = [*fact.phrasings, *(w for q in fact.phrasings for w in reworded(q) if w not in fact.phrasings)]
     for step in range(count):
         template = QUESTION_TEMPLATES[(offset + step) % len(QUESTION_TEMPLATES)]
         question = own[step % len(own)]
