@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from . import hardware
@@ -74,12 +75,11 @@ def measure(model_name: str) -> Probe:
 
     from . import profiles, recipe
     from .models import load_model, resolve
-    from .train import settings_from_profile
 
     preset = resolve(model_name)
     model, _ = load_model(preset)
-    settings = settings_from_profile(profiles.parameters("local"), train_file="", output_dir="", model=model_name)
-    model = get_peft_model(model, recipe.lora_config(settings, preset.shape.layers))
+    recipe_settings = SimpleNamespace(**profiles.parameters("local"))  # lora_r, lora_dropout, lora_layers: 02's
+    model = get_peft_model(model, recipe.lora_config(recipe_settings, preset.shape.layers))
     model.train()
     rates = {name: round(time_steps(model, bf16=name == "bf16"), 1) for name in ("fp32", "bf16")}
     return Probe(probe_key(model_name), rates)
