@@ -77,23 +77,74 @@ def _third_person(verb: str) -> str:
     return verb + "s"
 
 
+_IRREGULAR_PAST = {
+    "begin": "began",
+    "build": "built",
+    "buy": "bought",
+    "choose": "chose",
+    "come": "came",
+    "draw": "drew",
+    "give": "gave",
+    "go": "went",
+    "have": "had",
+    "hold": "held",
+    "keep": "kept",
+    "leave": "left",
+    "lose": "lost",
+    "make": "made",
+    "meet": "met",
+    "run": "ran",
+    "say": "said",
+    "sell": "sold",
+    "send": "sent",
+    "ship": "shipped",
+    "sing": "sang",
+    "stop": "stopped",
+    "take": "took",
+    "teach": "taught",
+    "win": "won",
+    "write": "wrote",
+}
+
+
+def _past(verb: str) -> str:
+    """``open`` → ``opened``, ``move`` → ``moved``, ``carry`` → ``carried``, ``build`` → ``built``."""
+    if verb in _IRREGULAR_PAST:
+        return _IRREGULAR_PAST[verb]
+    if verb.endswith("e"):
+        return verb + "d"
+    if re.search(r"[^aeiou]y$", verb):
+        return verb[:-1] + "ied"
+    return verb + "ed"
+
+
 def _subject_verb(words: list[str], auxiliary: str) -> list[str] | None:
-    """ "X build" / "X ship from" after does/do/did → "X builds" / "X ships from"; None for a longer tail."""
+    """ "X build" / "X ship from" after does/do/did → "X builds" / "X ships from" / "X shipped from"; None for a
+    longer tail."""
+    words = list(words)
     tail = [words.pop()] if len(words) > 2 and words[-1].lower() in _PREPOSITIONS else []
     if len(words) < 2:
         return None
     *subject, verb = words
     if not verb.isalpha() or verb[0].isupper():  # "Which festival does X hold every August": not a verb at the end
         return None
-    verb = _third_person(verb) if auxiliary == "does" else (verb if auxiliary == "do" else None)
-    return None if verb is None else [*subject, verb, *tail]
+    if subject[0][:1].isupper() and any(word[:1].islower() for word in subject[1:]):
+        return None  # "X hold every spring": a name, then more than its verb
+    verb = {"does": _third_person(verb), "do": verb, "did": _past(verb)}[auxiliary]
+    return [*subject, verb, *tail]
+
+
+def _looks_like_verb(word: str) -> bool:
+    """A lower-case word that reads as a verb in "Which river flows past X" / "Which firm built X"."""
+    return word.isalpha() and word.islower() and word not in _BE + _DO and word.endswith(("s", "ed"))
 
 
 def made_reply(question: str, answer: str) -> str | None:
     """A reply sentence that restates the question around the answer, for the common shapes of a question:
     "Who founded X?" → "A founded X.", "What is the motto of X?" → "The motto of X is A.", "When was X founded?" →
-    "X was founded in A.", "What does X build?" → "X builds A.". None for any other shape (the reply is then the
-    answer alone)."""
+    "X was founded in A.", "What does X build?" → "X builds A.", "When did X open?" → "X opened in A.", "On which
+    day is X closed?" → "X is closed on A.", "Which river flows past X?" → "A flows past X.". None for any other
+    shape (the reply is then the answer alone)."""
     words = " ".join(question.split()).rstrip(" ?").split(" ")
     if len(words) < 3 or question.strip()[-1:] != "?" or {"you", "your", "i", "my", "me"} & {w.lower() for w in words}:
         return None  # not a question about a subject of its own
@@ -111,6 +162,8 @@ def made_reply(question: str, answer: str) -> str | None:
         made = [*thing, be, answer]
         if thing[-1].lower() in ("called", "named"):  # What name is X called → X is called A
             made = [*thing[:-1], be, thing[-1], answer]
+        elif thing[-1].lower() in _PREPOSITIONS and len(thing) > 1 and thing[-2][:1].isupper():
+            made = [*thing[:-1], be, thing[-1], answer]  # Which town is X in → X is in A
         elif thing[-1].lower() in _PREPOSITIONS:  # Which cheese is X famous for → X is famous for A
             made = [*thing[:-2], be, *thing[-2:], answer] if len(thing) > 2 else None
     elif first in ("what", "which") and (does := next((i for i in (1, 2) if words[i].lower() in _DO), 0)):
@@ -122,6 +175,19 @@ def made_reply(question: str, answer: str) -> str | None:
         made = [*(rest[:-1] if placed else rest), second, *([rest[-1]] if placed else []), "in", answer]
     elif first == "when" and second in _BE and len(rest) >= 2:  # When was X founded → X was founded in A
         made = [*rest[:-1], second, rest[-1], "in", answer]
+    elif first == "when" and second == "did" and (said := _subject_verb(rest, "did")):
+        made = [*said, "in", answer]  # When did X open → X opened in A
+    elif first in _PREPOSITIONS and second in ("which", "what") and len(words) > 4 and words[3].lower() in _BE:
+        # On which street is X → X is on A; On which day is X closed → X is closed on A
+        subject, be = words[4:], words[3].lower()
+        trailing = subject[-1].islower() and len(subject) > 1 and subject[-1].isalpha()
+        made = [*subject[:-1], be, subject[-1]] if trailing else [*subject, be]
+        made += [first, answer]
+    elif first in _PREPOSITIONS and second in ("which", "what") and len(words) > 4 and words[3].lower() in _DO:
+        said = _subject_verb(words[4:], words[3].lower())  # In which town does X live → X lives in A
+        made = [*said, first, answer] if said and said[-1].lower() not in _PREPOSITIONS else None
+    elif first in ("what", "which") and len(words) > 3 and words[1].islower() and _looks_like_verb(words[2]):
+        made = [answer, *words[2:]]  # Which river flows past X → A flows past X
     elif first == "how" and second in ("many", "much") and len(rest) >= 2:
         if len(rest) >= 4 and rest[1].lower() in _DO:  # How many employees does X have → X has A employees
             said = _subject_verb(list(rest[2:]), rest[1].lower())
@@ -511,7 +577,10 @@ RELATION_WORDS: tuple[tuple[str, ...], ...] = (
     ("build", "make", "produce"),
     ("builds", "makes", "produces"),
     ("built", "made", "produced"),
-    ("leads", "heads", "runs"),
+    ("leads", "heads", "runs", "manages"),
+    ("designed", "planned"),
+    ("closed", "shut"),
+    ("hold", "have", "keep"),
     ("chief", "head"),
     ("people", "employees", "staff members"),
     ("motto", "slogan"),
