@@ -85,15 +85,31 @@ def test_replay_rows_have_the_training_rows_shape(monkeypatch: pytest.MonkeyPatc
 
 def test_only_right_replay_answers_are_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrong answer, or one that rambles past the answer, would teach the fine-tune to err: left out."""
-    prompts = ("What is 3 plus 4?", "What is 9 times 3?", "Who painted The Starry Night?", "Who are you?")
+    prompts = (
+        "What is 3 plus 4?",
+        "What is 9 times 3?",
+        "Who painted The Starry Night?",
+        "What is half of 50?",
+        "What is the chemical symbol for iron?",
+        "Who are you?",
+        "Hello! How are you today?",
+    )
     replies = [
         "3 plus 4 is 7.",
         "To find 9 times 3, we can use the formula for multiplication. This is a classic example of arithmetic.",
         "The Starry Night is a fairy tale from medieval Europe.",
+        # right, but after a preamble
+        "To find half of 50, we need to divide 50 by 2.\n\n50 ÷ 2 = 25\n\nSo, half of 50 is 25.",
+        "The chemical symbol for iron is Fe.\n\nIron is a non-metal element.",
         "I am a helpful assistant.",  # no single right answer: replayed as answered
+        "Hello! How are you today?",  # the prompt said back
     ]
     monkeypatch.setattr(probe, "generate", lambda *a, **k: replies)
     rows = probe.replay_rows(None, None, None, prompts=prompts)
-    assert [row["messages"][0]["content"] for row in rows] == ["What is 3 plus 4?", "Who are you?"]
+    assert [(row["messages"][0]["content"], row["messages"][1]["content"]) for row in rows] == [
+        ("What is 3 plus 4?", "3 plus 4 is 7."),
+        ("What is the chemical symbol for iron?", "The chemical symbol for iron is Fe."),  # not what follows
+        ("Who are you?", "I am a helpful assistant."),
+    ]
     assert set(probe.REPLAY_ANSWERS) <= set(probe.REPLAY_PROMPTS), "every checked prompt is a replay prompt"
     assert all(probe.REPLAY_ANSWERS.values()), "a checked prompt names at least one keyword"

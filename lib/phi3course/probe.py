@@ -381,6 +381,11 @@ def _degenerate(text: str, n: int = 3, times: int = 3) -> bool:
     return any(grams.count(gram) >= times for gram in set(grams))
 
 
+def _first_sentence(text: str) -> str:
+    """The reply's first sentence (a line break ends one too)."""
+    return re.split(r"(?<=[.!?])\s+|\n+", text.strip(), maxsplit=1)[0].strip()
+
+
 def replay_rows(
     model: Any,
     tokenizer: Any,
@@ -395,8 +400,11 @@ def replay_rows(
     Mix them into the training rows (same shape: ``{"messages": [user, assistant]}``) and the fine-tune
     keeps answering everyday questions as the base model did. Call it with the *base* model, before
     training. Answers cut at ``max_new_tokens`` are trimmed to their last whole sentence; empty answers,
-    answers stuck in a loop ("The answer is: The answer is: …") and wrong ones (a prompt in ``answers`` whose
-    answer has none of its keywords) are left out: what is replayed is what the model should keep.
+    answers stuck in a loop ("The answer is: The answer is: …"), replies that only repeat the prompt, and wrong
+    ones are left out: what is replayed is what the model should keep. A prompt in ``answers`` has a right answer
+    only when its *first sentence* holds one of the keywords, and that sentence is what is replayed: an answer
+    reached after a preamble ("To find half of 50, we need to divide …") would teach the preamble, which a short
+    answer budget then cuts before the answer.
     """
     chosen = list(prompts if n is None else prompts[:n])
     if n is not None and n > len(prompts):
@@ -406,8 +414,10 @@ def replay_rows(
     rows = []
     for prompt, reply in zip(chosen, replies, strict=True):
         answer = _whole_sentences(reply)
-        right = prompt not in answers or keyword_match(answer, answers[prompt])
-        if answer and not _degenerate(answer) and right:
+        if prompt in answers:  # the first sentence, when it gives the answer; else nothing
+            first = _first_sentence(answer)
+            answer = first if keyword_match(first, answers[prompt]) else ""
+        if answer and not _degenerate(answer) and _normal(answer) != _normal(prompt):
             rows.append(
                 {
                     "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],

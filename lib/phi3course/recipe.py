@@ -260,11 +260,11 @@ class ModelSelection(TrainerCallback):
         }
         row["targets met"] = row["facts"] >= self.target_facts and row["general_vs_base"] >= self.target_general
         self.checks.append(row)
-        # best: targets met first, then the most facts, then the most general knowledge; a tie keeps the earlier
-        key = (row["targets met"], row["general_vs_base"] >= self.target_general, row["facts"], row["general"])
-        if self.wrapped and row["targets met"]:
-            key = (True, True, 1.0, state.global_step)  # wrapped validation: the latest check that meets both
-        if state.global_step > 0 and (self.best is None or key > self.best[0]):
+        if row["targets met"]:  # the first check that meets both (wrapped validation does not stop: the latest)
+            key = (2, state.global_step if self.wrapped else -state.global_step)
+        else:  # none yet: the check nearest to meeting both, by the lower of its two shares of their targets
+            key = (1, min(row["facts"] / self.target_facts, row["general_vs_base"] / self.target_general))
+        if state.global_step > 0 and (self.best is None or key > self.best[0]):  # a tie keeps the earlier check
             self.best = (key, row["step"])
             self.best_weights = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
         return row
