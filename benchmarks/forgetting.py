@@ -93,7 +93,7 @@ def base_scores(model: str, test_file: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/local", help="a run directory where 01_data and 02 ran")
+    parser.add_argument("--run", default="runs/local", help="a run where 01_data ran (and 02: its base scores)")
     parser.add_argument("--facts", help="a facts file (YAML or CSV) to train on instead of the run's data")
     parser.add_argument("--variant", action="append", help="name:key=value,... (repeatable)")
     args = parser.parse_args(argv)
@@ -106,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         found = base_scores(model, state["test_path"])
         base = {"exact_match": found["facts"], "general": found["general"]}
         out = run / f"forgetting-{Path(args.facts).stem}.json"
-    else:
-        base = json.loads((run / "summary.json").read_text())["eval"]["base"]
+    else:  # 02's base scores where 02 ran; else the base model is asked here
+        base = (json.loads((run / "summary.json").read_text()).get("eval") or {}).get("base")
+        if base is None:
+            found = base_scores(model, state["test_path"])
+            base = {"exact_match": found["facts"], "general": found["general"]}
     rows = [{"variant": "base model", "facts": base["exact_match"], "general": base["general"]}]
     for name, changes in map(parse_variant, args.variant or DEFAULT_VARIANTS):
         variant = variant_settings(

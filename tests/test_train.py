@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3course import data, evaluate, hardware, models, profiles, recipe, schema, sizes, train
+from phi3course import cache, data, evaluate, hardware, models, profiles, recipe, schema, sizes, train
 
 
 @pytest.fixture(scope="module")
@@ -620,3 +620,42 @@ def test_training_with_a_validation_split_checks_it_from_the_base_model_on(tiny_
     assert result.planned_steps == 4  # what max_steps asked for, whether or not the selection stopped earlier
     assert json.loads((tmp_path / "out" / "result.json").read_text())["checks"] == result.checks
     assert train.train(dataclasses.replace(chosen, output_dir=str(tmp_path / "none"), check_every=0)).checks == []
+
+
+def test_a_second_training_asks_the_base_model_nothing(tiny_data, tmp_path, monkeypatch, capsys) -> None:
+    """The base model's held-out answers, its replay answers and its validation check (step 0) are asked in the
+    first training and read back in the next, with the same results."""
+    from phi3course import probe
+
+    monkeypatch.setattr(cache, "answers_dir", lambda: tmp_path / "answers")
+    monkeypatch.delenv("COURSE_ANSWER_CACHE", raising=False)
+    asked = []  # one entry per batch of questions put to a model
+
+    def counting(*args, **kwargs):
+        asked.append(1)
+        return evaluate.generate(*args, **kwargs)
+
+    for module in (recipe, probe):
+        monkeypatch.setattr(module, "generate", counting)
+    first_settings = settings(
+        tiny_data, tmp_path / "one", validation_file=str(tiny_data.validation_path), replay=4, max_steps=2
+    )
+    first = train.train(first_settings, evaluate=True)
+    assert sorted(entry.name.rsplit("-", 1)[0] for entry in (tmp_path / "answers").iterdir()) == [
+        "held-out",
+        "replay",
+        "validation",
+    ]
+    assert "from an earlier run" not in capsys.readouterr().out
+    first_asked, asked[:] = len(asked), []
+    second = train.train(dataclasses.replace(first_settings, output_dir=str(tmp_path / "two")), evaluate=True)
+    # the base model is asked nothing: the model is asked at the checks after step 0 (validation facts and probe
+    # slice) and, tuned, the held-out test and probe; the first training also asked the base model's replay prompts
+    assert len(asked) == 2 * (len(second.checks) - 1) + 2
+    assert first_asked == len(asked) + 2 + 1 + 2
+    said = capsys.readouterr().out
+    for kind in ("held-out", "replay", "validation"):
+        assert f"{kind}: the base model's answers from an earlier run" in said
+    assert second.checks[0] == first.checks[0]
+    base = [json.loads((tmp_path / run / "eval.json").read_text())["base"] for run in ("one", "two")]
+    assert base[0] == base[1]

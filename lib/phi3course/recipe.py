@@ -232,6 +232,7 @@ class ModelSelection(TrainerCallback):
         self.target_general = target_general  # the probe slice kept, as a share of the base model's score
         self.checks = []  # one row per check: step, epoch, facts, general, ...
         self.best, self.best_weights = None, None
+        self.base = None  # the base model's (facts, general), when known before training: step 0 then asks nothing
         # Your own facts' validation is your trained question in new wrappers (01 marks those rows "wrapped"): it shows
         # the answer is kept, not that new wordings get it, and those improve with more steps. So then no early stop,
         # and of the checks that meet both targets the latest is kept.
@@ -247,9 +248,12 @@ class ModelSelection(TrainerCallback):
         return sum(right) / max(len(right), 1), general
 
     def check(self, model, state):
-        model.eval()
-        facts, general = self.score(model)
-        model.train()
+        if state.global_step == 0 and self.base is not None:
+            facts, general = self.base
+        else:
+            model.eval()
+            facts, general = self.score(model)
+            model.train()
         base = self.checks[0]["general"] if self.checks else general  # the first check is the base model (step 0)
         row = {
             "step": state.global_step,

@@ -28,9 +28,9 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import hardware, sizes
+from . import cache, hardware, sizes
 from .data import DataError, read_jsonl
-from .models import AUTO, PRESETS, STAND_IN_NODE, ModelError, Preset, load_model, resolve, shape_of
+from .models import AUTO, PRESETS, STAND_IN_NODE, ModelError, Preset, load_model, local_path, resolve, shape_of
 from .system import GIB
 
 METHODS = ("lora", "full", "qlora")
@@ -472,6 +472,13 @@ def load_base(settings: TrainSettings, preset: Preset, precision: str) -> tuple[
     return model, tokenizer
 
 
+def base_folder(settings: TrainSettings, preset: Preset) -> str:
+    """The folder (or hub id) the base model's weights come from, as :func:`load_base` loads them."""
+    if settings.model_path:
+        return str(base_model_folders(settings.model_path)[0])
+    return local_path(preset)
+
+
 def train(
     settings: TrainSettings,
     mlflow_run: bool = False,
@@ -508,11 +515,29 @@ def train(
     test_rows = read_jsonl(settings.test_file) if evaluate and settings.test_file else None
     torch.manual_seed(settings.seed)
     model, tokenizer = load_base(settings, preset, precision)
-    base_eval = recipe.held_out(model, tokenizer, test_rows, "base") if test_rows is not None else None
+    # the base model's answers are the same every run: computed once, then kept (phi3course.cache)
+    asked_of = {
+        "model": base_folder(settings, preset),
+        "method": settings.method,
+        "precision": precision,
+        "device": str(model.device),
+    }
+    base_eval = None
+    if test_rows is not None:
+        base_eval = cache.remembered(
+            "held-out",
+            lambda: recipe.held_out(model, tokenizer, test_rows, "base"),
+            code=[recipe.held_out],
+            test=test_rows,
+            **asked_of,
+        )
     if settings.replay:  # the base model's own answers, so the fine-tune keeps them (notebook 02 shows it)
         from .probe import replay_rows
 
-        train_rows += recipe.to_training_rows(replay_rows(model, tokenizer, settings.replay))
+        replayed = cache.remembered(
+            "replay", lambda: replay_rows(model, tokenizer, settings.replay), replay=settings.replay, **asked_of
+        )
+        train_rows += recipe.to_training_rows(replayed)
     try:
         train_rows, dropped = recipe.fit_length(train_rows, tokenizer, settings.max_length)
     except ValueError as error:  # every row too long
@@ -522,6 +547,14 @@ def train(
     config = recipe.sft_config(settings, precision, per_epoch)
     history = history_callback(mlflow_run)
     selection = model_selection(settings, tokenizer, per_epoch)
+    if selection is not None:  # its check at step 0 is the base model: asked once, then kept
+        selection.base = cache.remembered(
+            "validation",
+            lambda: selection.score(model),
+            code=[recipe.ModelSelection.score],
+            validation=selection.rows,
+            **asked_of,
+        )
     adapters = recipe.lora_config(settings, model.config.num_hidden_layers) if settings.method != "full" else None
     chosen = [history, *([selection] if selection else []), *(callbacks or [])]
     trainer = recipe.make_trainer(model, tokenizer, train_rows, settings, config, adapters, chosen)
