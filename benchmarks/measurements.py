@@ -142,6 +142,8 @@ def notes(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
         text += f"Command: `{meta['command']}`. Conditions: {meta['conditions']}."
         if meta.get("recipe"):
             text += f" Recipe: {meta['recipe']}."
+        if meta.get("answers_kept"):
+            text += f" The base model's answers read from the answer cache: {meta['answers_kept']}."
         for note in meta.get("notes", []):
             text += f" {note}"
         lines.append(text.rstrip())
@@ -404,6 +406,7 @@ def sizing_section(records: list[tuple[str, dict[str, Any]]], courses: list[tupl
         for n, r in courses
         if r.get("profile") == "local" and r["measurement"]["cpu_class"] == cpu_class
         and (r.get("stages") or {}).get("02_fine_tune", {}).get("seconds")
+        and not r["measurement"].get("answers_kept")  # a learner's first run asks the base model everything
     ]  # fmt: skip
     if not local:
         return [*out, f"No `local` course record of the {cpu_class} class yet: no table of expected times.", ""]
@@ -535,6 +538,7 @@ def add(args: argparse.Namespace) -> Path:
         install_seconds=args.install_seconds,
         notebooks_seconds=args.notebooks_seconds,
         recipe=args.recipe,
+        answers_kept=args.answers_kept or None,
     )
     check_record("new record", record)
     label = data.get("profile", "") if kind in ("course", "exercises") else ""
@@ -563,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--recipe", help="the training recipe, where it differs from the profile's")
     new.add_argument("--install-seconds", type=float, help="make setup's seconds, for a fresh clone")
     new.add_argument("--notebooks-seconds", type=float, help="the whole make course's seconds, kernel starts included")
+    new.add_argument(
+        "--answers-kept", help="a course run: the base-model answers read from the answer cache (unset: all asked)"
+    )
     new.add_argument("--date", default=date.today().isoformat(), help="YYYY-MM-DD (default: today)")
     new.add_argument("--name", help="a word that tells this record from another of the same day and kind")
     args = parser.parse_args(argv)

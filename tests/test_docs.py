@@ -170,6 +170,25 @@ def test_measurements_add_stamps_a_run_with_its_cpu_class(tmp_path: Path) -> Non
         measurements.check_record("x", {"measurement": {**record["measurement"], "cpu_class": "fast"}})
 
 
+def test_the_hub_sizing_takes_02_from_a_run_that_asked_the_base_model_everything(tmp_path: Path) -> None:
+    """A learner's first run asks the base model every answer: a course record with answers read from the answer
+    cache is listed, and says so, but the hub's expected times come from the latest run without."""
+    from benchmarks import measurements
+
+    records, page = tmp_path / "records", tmp_path / "page.md"
+    records.mkdir()
+    sizing = next((ROOT / "docs" / "measurements").glob("*-sizing-avx2-only-hub.json"))
+    (records / "2030-01-01-sizing-avx2-only-hub.json").write_text(sizing.read_text())
+    argv = ["--records", str(records), "--page", str(page), "add", "--cpu-class", "avx2-only", "--conditions", "idle"]
+    for day, seconds, kept in (("2030-01-02", 300.0, []), ("2030-01-03", 200.0, ["--answers-kept", "the replay"])):
+        run = tmp_path / f"{day}.json"
+        run.write_text(json.dumps({"profile": "local", "stages": {"02_fine_tune": {"seconds": seconds, "ok": True}}}))
+        assert measurements.main([*argv, str(run), "--date", day, *kept]) == 0
+    text = page.read_text()
+    assert "from its 5 min with 2 cores to itself ([2030-01-02]" in text
+    assert "The base model's answers read from the answer cache: the replay." in text
+
+
 # --- the product speaks of itself only -------------------------------------------------------------------------
 # How the course was built (rounds of work, sessions, issues, commits, design sections, machines lent or not) is
 # no part of it. Prose only: markdown, comments and docstrings, never code ("round(" is Python's).
