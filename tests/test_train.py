@@ -581,6 +581,8 @@ def test_model_selection_keeps_the_best_checks_weights_and_stops_once_both_targe
         # step 2: few facts (0.4) with general kept; steps 4 and 6: every fact, general just under target (0.86 ×)
         # and further under (0.81 ×): the nearest to both is step 4, not the one check that keeps general alone
         ([(0.0, 0.78), (0.4, 0.72), (1.0, 0.67), (1.0, 0.63)], 4),
+        # steps 2 and 4 equal on the lower share (general 0.85 × base, below its target); step 4 knows more facts
+        ([(0.0, 0.8), (0.9, 0.68), (1.0, 0.68), (0.5, 0.8)], 4),
     ],
 )
 def test_without_meeting_the_targets_the_check_nearest_to_both_is_kept(script, kept) -> None:
