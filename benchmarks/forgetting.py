@@ -100,17 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     state = json.loads((run / "state.json").read_text())
     model = state.get("model", "smollm2-135m-instruct")
-    out = run / "forgetting.json"
+    out, base = run / "forgetting.json", None
     if args.facts:
         state = {**state, **facts_data(run, args.facts)}
+        out = run / f"forgetting-{Path(args.facts).stem}.json"
+    else:  # 02's base scores where 02 ran on the run's data
+        base = (json.loads((run / "summary.json").read_text()).get("eval") or {}).get("base")
+    if base is None:  # the base model asked here
         found = base_scores(model, state["test_path"])
         base = {"exact_match": found["facts"], "general": found["general"]}
-        out = run / f"forgetting-{Path(args.facts).stem}.json"
-    else:  # 02's base scores where 02 ran; else the base model is asked here
-        base = (json.loads((run / "summary.json").read_text()).get("eval") or {}).get("base")
-        if base is None:
-            found = base_scores(model, state["test_path"])
-            base = {"exact_match": found["facts"], "general": found["general"]}
     rows = [{"variant": "base model", "facts": base["exact_match"], "general": base["general"]}]
     for name, changes in map(parse_variant, args.variant or DEFAULT_VARIANTS):
         variant = variant_settings(
