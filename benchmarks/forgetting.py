@@ -1,6 +1,7 @@
 """Which recipe learns the facts without forgetting the world: one training per lever, each scored like 02.
 
     python -m benchmarks.forgetting --run runs/local [--facts examples/my_facts.yaml] [--variant name:key=value,...]
+                                    [--test-at-checks]
 
 Each variant is the local profile's settings with some changed, trained by ``train.train`` (the job's own
 function: the same LoraConfig and SFTConfig as notebook 02, and 02's model selection on the validation split) on the
@@ -10,6 +11,10 @@ The base model's scores come from the run's ``summary.json`` (02 measured them);
 answers the file's test questions here. The default variants are five training seeds. Prints a table and writes
 ``<run>/forgetting.json`` (``forgetting-<facts file>.json`` with ``--facts``); minutes per variant on a 2-core CPU,
 so run it alone.
+
+``--test-at-checks`` also asks the test questions at every validation check, and so shows which checks would have
+met the targets on the test: what a selection rule could have kept at best. It is a measurement of the rule; the
+recipe never reads the test during training (each check costs a held-out evaluation, about half a minute here).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+from transformers import TrainerCallback
 
 from phi3course import profiles, train
 
@@ -84,6 +91,46 @@ def facts_data(run: Path, facts_file: str) -> dict[str, str]:
     }
 
 
+class TestAtChecks(TrainerCallback):
+    """A trainer callback asking the held-out test at the steps the model selection checks (every ``check_every``
+    epochs and the last step), for the measurement only; greedy answers, so the training it watches is unchanged."""
+
+    def __init__(self, test_file: str, settings: train.TrainSettings) -> None:
+        from phi3course.data import read_jsonl
+
+        self.rows, self.settings = read_jsonl(test_file), settings
+        self.every, self.scores = 0, {}  # step → {"facts", "general"}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        per_epoch = state.max_steps / self.settings.epochs if self.settings.max_steps <= 0 else state.max_steps
+        self.every = train.check_interval(self.settings, round(per_epoch))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.every and state.global_step < state.max_steps and not control.should_training_stop:
+            return
+        from phi3course.recipe import held_out
+
+        model.eval()
+        scored = held_out(model, kwargs["processing_class"], self.rows, f"test at step {state.global_step}")
+        model.train()
+        self.scores[state.global_step] = {"facts": scored["exact_match"], "general": scored["general"]}
+
+
+def check_table(checks: list[dict[str, Any]], tested: dict[int, dict[str, float]], base: dict[str, float]) -> list:
+    """The validation checks beside the test's scores at the same steps (step 0: the base model's)."""
+    rows = []
+    for check in checks:
+        test = tested.get(check["step"]) or (
+            {"facts": base["exact_match"], "general": base["general"]} if check["step"] == 0 else None
+        )
+        row = {key: check[key] for key in ("step", "facts", "general_vs_base")}
+        if test is not None:
+            row["test_facts"] = test["facts"]
+            row["test_general_vs_base"] = round(test["general"] / base["general"], 3) if base["general"] else None
+        rows.append(row)
+    return rows
+
+
 def base_scores(model: str, test_file: str) -> dict[str, float]:
     """The base model's held-out facts and general probe, as 02 scores them."""
     from phi3course import models
@@ -96,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="runs/local", help="a run where 01_data ran (and 02: its base scores)")
     parser.add_argument("--facts", help="a facts file (YAML or CSV) to train on instead of the run's data")
     parser.add_argument("--variant", action="append", help="name:key=value,... (repeatable)")
+    parser.add_argument(
+        "--test-at-checks", action="store_true", help="ask the test at every validation check too (a measurement)"
+    )
     args = parser.parse_args(argv)
     run = Path(args.run)
     state = json.loads((run / "state.json").read_text())
@@ -120,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             model=model,
         )
         began = time.perf_counter()
-        result = train.train(variant)
+        watch = TestAtChecks(variant.test_file, variant) if args.test_at_checks else None
+        result = train.train(variant, callbacks=[watch] if watch else None)
         scored = score(variant.test_file, result.model_dir, name)
         rows.append(
             {
@@ -136,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
                 "minutes": round((time.perf_counter() - began) / 60, 1),
             }
         )
+        if watch is not None:
+            rows[-1]["checks"] = check_table(result.checks, watch.scores, base)
+            for check in rows[-1]["checks"]:
+                print(
+                    f"  step {check['step']:>3}: validation {check['facts']:.3f} / {check['general_vs_base']:.3f} x"
+                    f"   test {check.get('test_facts', float('nan')):.3f} / "
+                    f"{check.get('test_general_vs_base') or float('nan'):.3f} x"
+                )
         print(json.dumps(rows[-1]), flush=True)
         out.write_text(json.dumps(rows, indent=1))
     print(f"\n{'variant':<14} {'facts':>6} {'general':>8} {'× base':>7} {'steps':>6} {'kept':>5} {'train s':>8}")
