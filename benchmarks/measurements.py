@@ -348,7 +348,30 @@ def variants_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
             "train_seconds": "training time",
         }
         out += table([*header, *(labels[k] for k in extra), "note"], rows)
+        out += checks_table(rows_in)
     return out + notes(records)
+
+
+def checks_table(rows_in: list[dict[str, Any]]) -> list[str]:
+    """The validation checks of each variant beside the test asked at the same steps (``--test-at-checks``)."""
+    rows = [
+        [
+            row["variant"] if i == 0 else "",
+            check["step"],
+            percent(check["facts"]),
+            times(check["general_vs_base"]),
+            percent(check.get("test_facts")) if check.get("test_facts") is not None else "",
+            times(check.get("test_general_vs_base")),
+            "kept" if check["step"] == row.get("best_step") else "",
+        ]
+        for row in rows_in
+        for i, check in enumerate(row.get("checks") or [])
+    ]
+    if not rows:
+        return []
+    header = ["variant", "step", "validation facts", "validation general × base", "test facts", "test general × base"]
+    intro = "Each validation check beside the test asked at the same step (measured only; training never reads it):"
+    return ["", intro, "", *table([*header, "selection"], rows)]
 
 
 def figures_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:

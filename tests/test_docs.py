@@ -317,3 +317,35 @@ def test_every_measured_figure_lives_in_the_measurements_page_only() -> None:
     pending = set(found) & PENDING_FIGURES
     assert set(found) - pending == set(), {name: found[name] for name in set(found) - pending}
     assert pending == PENDING_FIGURES, f"clean now, take them off PENDING_FIGURES: {sorted(PENDING_FIGURES - pending)}"
+
+
+def test_a_variants_record_with_test_at_checks_shows_each_check_beside_the_test() -> None:
+    """``--test-at-checks`` rows render as a table of checks, the kept one marked; rows without checks add none."""
+    check = {"step": 12, "facts": 0.5, "general_vs_base": 0.9, "test_facts": 0.6, "test_general_vs_base": 0.95}
+    record = {
+        "measurement": {
+            "kind": "variants",
+            "what": "w",
+            "cpu_class": "avx2-only",
+            "date": "2026-01-01",
+            "command": "c",
+            "conditions": "idle",
+        },
+        "rows": [
+            {"variant": "base model", "facts": 0.0, "general": 0.8},
+            {
+                "variant": "seed-7",
+                "facts": 0.6,
+                "general": 0.7,
+                "best_step": 12,
+                "checks": [{"step": 0, "facts": 0.0, "general_vs_base": 1.0}, check],
+            },
+        ],
+    }
+    from benchmarks import measurements
+
+    lines = measurements.variants_section([("r.json", record)])
+    assert "| seed-7 | 0 | 0 % | 1.00 × |  |  |  |" in lines
+    assert "|  | 12 | 50 % | 0.90 × | 60 % | 0.95 × | kept |" in lines
+    record["rows"][1].pop("checks")
+    assert not any("| step |" in line for line in measurements.variants_section([("r.json", record)]))
