@@ -433,7 +433,8 @@ def sizing_section(records: list[tuple[str, dict[str, Any]]], courses: list[tupl
     ]  # fmt: skip
     if not local:
         return [*out, f"No `local` course record of the {cpu_class} class yet: no table of expected times.", ""]
-    course_name, course = local[-1]
+    # the newest run: records of one day sort by name, so the run's own finishing time decides where it has one
+    course_name, course = max(local, key=lambda item: (item[1]["measurement"]["date"], item[1].get("finished") or ""))
     seconds_02 = float(course["stages"]["02_fine_tune"]["seconds"])
     measured_gib = max(learner["peak_rss_mib"] for learner in record["learners"]) / 1024
     out += [

@@ -189,6 +189,26 @@ def test_the_hub_sizing_takes_02_from_a_run_that_asked_the_base_model_everything
     assert "The base model's answers read from the answer cache: the replay." in text
 
 
+def test_the_hub_sizing_takes_the_newest_run_of_a_day_by_its_finishing_time(tmp_path: Path) -> None:
+    """Records of one day sort by their names; the run that finished last gives the expected times."""
+    from benchmarks import measurements
+
+    records, page = tmp_path / "records", tmp_path / "page.md"
+    records.mkdir()
+    sizing = next((ROOT / "docs" / "measurements").glob("*-sizing-avx2-only-hub.json"))
+    (records / "2030-01-01-sizing-avx2-only-hub.json").write_text(sizing.read_text())
+    argv = ["--records", str(records), "--page", str(page), "add", "--cpu-class", "avx2-only", "--conditions", "idle"]
+    for name, seconds, finished in (
+        ("b-earlier", 300.0, "2030-01-02T08:00:00+00:00"),
+        ("a-later", 240.0, "2030-01-02T13:00:00+00:00"),
+    ):
+        run = tmp_path / f"{name}.json"
+        summary = {"profile": "local", "finished": finished, "stages": {"02_fine_tune": {"seconds": seconds}}}
+        run.write_text(json.dumps(summary))
+        assert measurements.main([*argv, str(run), "--date", "2030-01-02", "--name", name]) == 0
+    assert "from its 4 min with 2 cores to itself ([2030-01-02]" in page.read_text()
+
+
 # --- the product speaks of itself only -------------------------------------------------------------------------
 # How the course was built (rounds of work, sessions, issues, commits, design sections, machines lent or not) is
 # no part of it. Prose only: markdown, comments and docstrings, never code ("round(" is Python's).
