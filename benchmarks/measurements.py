@@ -360,7 +360,7 @@ def checks_table(rows_in: list[dict[str, Any]]) -> list[str]:
             check["step"],
             percent(check["facts"]),
             times(check["general_vs_base"]),
-            percent(check.get("test_facts")) if check.get("test_facts") is not None else "",
+            percent(check.get("test_facts")),  # "" where the test was not asked
             times(check.get("test_general_vs_base")),
             "kept" if check["step"] == row.get("best_step") else "",
         ]
