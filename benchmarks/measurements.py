@@ -566,7 +566,10 @@ def add(args: argparse.Namespace) -> Path:
     )
     check_record("new record", record)
     label = data.get("profile", "") if kind in ("course", "exercises") else ""
-    stem = "-".join(filter(None, [args.date, kind, label, cpu_class, args.name]))
+    prefix = "-".join(filter(None, [args.date, kind, label, cpu_class]))
+    name = (args.name or "").removesuffix(".json")
+    name = name.removeprefix(f"{prefix}-")  # a whole record name given: its prefix is written once, not twice
+    stem = "-".join(filter(None, [prefix, name]))
     target = Path(args.records) / f"{stem}.json"
     if target.exists():
         raise SystemExit(f"{target} exists: give the record a --name")
@@ -595,7 +598,9 @@ def main(argv: list[str] | None = None) -> int:
         "--answers-kept", help="a course run: the base-model answers read from the answer cache (unset: all asked)"
     )
     new.add_argument("--date", default=date.today().isoformat(), help="YYYY-MM-DD (default: today)")
-    new.add_argument("--name", help="a word that tells this record from another of the same day and kind")
+    new.add_argument(
+        "--name", help="a word that tells this record from another of the same day and kind (after date, kind, class)"
+    )
     args = parser.parse_args(argv)
     page = Path(args.page)
     if args.action == "add":

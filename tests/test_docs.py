@@ -170,6 +170,22 @@ def test_measurements_add_stamps_a_run_with_its_cpu_class(tmp_path: Path) -> Non
         measurements.check_record("x", {"measurement": {**record["measurement"], "cpu_class": "fast"}})
 
 
+def test_measurements_add_writes_the_prefix_once_when_given_a_whole_record_name(tmp_path: Path) -> None:
+    """--name is the word after date, kind and CPU class; a whole record's name given there is not prefixed again."""
+    from benchmarks import measurements
+
+    run = tmp_path / "forgetting.json"
+    run.write_text(json.dumps([{"variant": "base model", "facts": 0.0, "general": 0.87}]))
+    records, page = tmp_path / "records", tmp_path / "page.md"
+    argv = ["--records", str(records), "--page", str(page), "add", str(run), "--cpu-class", "avx2-only"]
+    for name in ("seeds", "2030-01-02-variants-avx2-only-whole.json"):
+        assert measurements.main([*argv, "--date", "2030-01-02", "--name", name]) == 0
+    assert sorted(path.name for path in records.glob("*.json")) == [
+        "2030-01-02-variants-avx2-only-seeds.json",
+        "2030-01-02-variants-avx2-only-whole.json",
+    ]
+
+
 def test_the_hub_sizing_takes_02_from_a_run_that_asked_the_base_model_everything(tmp_path: Path) -> None:
     """A learner's first run asks the base model every answer: a course record with answers read from the answer
     cache is listed, and says so, but the hub's expected times come from the latest run without."""
