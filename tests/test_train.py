@@ -594,20 +594,25 @@ def test_without_meeting_the_targets_the_check_nearest_to_both_is_kept(script, k
     assert selection.best_step == kept and torch.all(model.weight == float(kept))
 
 
-def test_own_facts_wrapped_validation_trains_on_and_keeps_the_latest_check_that_meets_both() -> None:
+@pytest.mark.parametrize("wrapped", [False, True], ids=["new-phrasings", "own-facts-wrapped"])
+def test_validation_of_either_kind_stops_at_the_first_check_that_meets_both(wrapped) -> None:
     import torch
 
-    # the trained question in new wrappers is met at step 2 already; new wordings need more steps, so no early stop
+    # both targets met at step 2 and again at step 4; own facts' validation (the trained question in new wrappers,
+    # marked "wrapped" by 01) follows the same rule: their test phrasings peak early while the probe drifts on
     script = [(0.0, 0.8), (1.0, 0.8), (1.0, 0.76), (1.0, 0.6)]
-    selection, model, state, control = _select_over_six_steps(script, max_steps=6, wrapped=True)
-    assert not control.should_training_stop and state.global_step == 6
-    assert [check["targets met"] for check in selection.checks] == [False, True, True, False]
+    selection, model, state, control = _select_over_six_steps(script, max_steps=6, wrapped=wrapped)
+    assert control.should_training_stop and state.global_step == 2
+    assert [check["targets met"] for check in selection.checks] == [False, True]
+    with torch.no_grad():
+        model.weight.fill_(99.0)
     selection.on_train_end(None, state, control, model=model)
-    assert selection.best_step == 4 and torch.all(model.weight == 4.0), "the latest check that meets both targets"
-    from phi3course import facts
+    assert selection.best_step == 2 and torch.all(model.weight == 2.0), "the first check that meets both targets"
+    if wrapped:
+        from phi3course import facts
 
-    rows = facts.split(facts.read_facts("examples/minimal_facts.yaml"), templates=2)[1]
-    assert rows and all(row["wrapped"] for row in rows)  # 01 marks them so
+        rows = facts.split(facts.read_facts("examples/minimal_facts.yaml"), templates=2)[1]
+        assert rows and all(row["wrapped"] for row in rows)  # 01 marks them so
 
 
 def test_training_with_a_validation_split_checks_it_from_the_base_model_on(tiny_data, tmp_path) -> None:

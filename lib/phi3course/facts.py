@@ -638,8 +638,8 @@ def split(
 
     Training asks each fact in your phrasings plus ``templates`` phrasings made from templates; the
     test asks it only in your held-out ``test`` phrasings; validation asks your question once more, in one of
-    :data:`VALIDATION_TEMPLATES` (marked ``wrapped``: the model selection then trains to the end, see notebook 02).
-    ``phrasing`` numbers your phrasings first, then the test's, then the templated
+    :data:`VALIDATION_TEMPLATES` (marked ``wrapped``: a weaker check than new wordings, since the question itself is
+    trained on). ``phrasing`` numbers your phrasings first, then the test's, then the templated
     ones, then the validation one.
     """
     if not 0 <= templates <= 4 * len(QUESTION_TEMPLATES):

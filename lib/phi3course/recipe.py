@@ -233,10 +233,6 @@ class ModelSelection(TrainerCallback):
         self.checks = []  # one row per check: step, epoch, facts, general, ...
         self.best, self.best_weights = None, None
         self.base = None  # the base model's (facts, general), when known before training: step 0 then asks nothing
-        # Your own facts' validation is your trained question in new wrappers (01 marks those rows "wrapped"): it shows
-        # the answer is kept, not that new wordings get it, and those improve with more steps. So then no early stop,
-        # and of the checks that meet both targets the latest is kept.
-        self.wrapped = any(row.get("wrapped") for row in self.rows)
 
     def score(self, model):
         """(validation facts right, probe slice right), both 0–1, greedy as the test is asked."""
@@ -264,8 +260,8 @@ class ModelSelection(TrainerCallback):
         }
         row["targets met"] = row["facts"] >= self.target_facts and row["general_vs_base"] >= self.target_general
         self.checks.append(row)
-        if row["targets met"]:  # the first check that meets both (wrapped validation does not stop: the latest)
-            key = (2, state.global_step if self.wrapped else -state.global_step)
+        if row["targets met"]:  # the first check that meets both: later steps only risk forgetting
+            key = (2, -state.global_step)
         else:  # none yet: the check nearest to meeting both, by the lower of its two shares of their targets, and
             # between checks equal there (a slice of 39 questions moves in steps) by the higher share
             shares = sorted([row["facts"] / self.target_facts, row["general_vs_base"] / self.target_general])
@@ -281,7 +277,7 @@ class ModelSelection(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         due = state.global_step % self.every == 0 or state.global_step >= state.max_steps
-        if due and self.check(model, state)["targets met"] and not self.wrapped:
+        if due and self.check(model, state)["targets met"]:
             control.should_training_stop = True  # both targets met: more steps would only risk forgetting
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
