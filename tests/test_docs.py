@@ -357,7 +357,7 @@ def test_every_measured_figure_lives_in_the_measurements_page_only() -> None:
 
 def test_a_variants_record_with_test_at_checks_shows_each_check_beside_the_test() -> None:
     """``--test-at-checks`` rows render as a table of checks, the kept one marked; rows without checks add none."""
-    check = {"step": 12, "facts": 0.5, "general_vs_base": 0.9, "test_facts": 0.6, "test_general_vs_base": 0.95}
+    check = {"step": 12, "facts": 0.5, "general_vs_base": 0.897, "test_facts": 0.6, "test_general_vs_base": 0.95}
     record = {
         "measurement": {
             "kind": "variants",
@@ -381,7 +381,8 @@ def test_a_variants_record_with_test_at_checks_shows_each_check_beside_the_test(
     from benchmarks import measurements
 
     lines = measurements.variants_section([("r.json", record)])
-    assert "| seed-7 | 0 | 0 % | 1.00 × |  |  |  |" in lines
-    assert "|  | 12 | 50 % | 0.90 × | 60 % | 0.95 × | kept |" in lines
+    assert "| seed-7 | 0 | 0 % | 1.000 × |  |  |  |" in lines
+    # three digits: a slice at 0.897 × shows that it missed the 0.9 × target
+    assert "|  | 12 | 50 % | 0.897 × | 60 % | 0.950 × | kept |" in lines
     record["rows"][1].pop("checks")
     assert not any("| step |" in line for line in measurements.variants_section([("r.json", record)]))
