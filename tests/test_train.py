@@ -251,7 +251,8 @@ def test_the_model_loads_in_the_format_the_memory_estimate_assumes(monkeypatch: 
                 if method == "qlora":
                     quantization = kwargs["quantization_config"]
                     assert held == "nf4" and quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
-                    assert "dtype" not in kwargs
+                    # what stays unquantised (embeddings, norms, output layer) in the run's 16-bit format too
+                    assert kwargs["dtype"] == quantization.bnb_4bit_compute_dtype
                     assert quantization.bnb_4bit_compute_dtype == (
                         torch.bfloat16 if precision == "bf16" else torch.float16
                     )
@@ -383,6 +384,24 @@ def test_the_answer_only_loss_equals_trls_own(tiny_data, tmp_path, method) -> No
     assert our_gradients.keys() == their_gradients.keys() and len(our_gradients) > 0
     for name, gradient in their_gradients.items():
         torch.testing.assert_close(our_gradients[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_qlora_adapters_train_in_fp32_under_fp16_loss_scaling(tiny_data, tmp_path, precision) -> None:
+    """trl casts a 4-bit model's adapters to bf16; fp16 training (the T4 option, which has no bf16) scales its loss
+    and can unscale fp32 gradients only ("_amp_foreach_non_finite_check_and_unscale_cuda not implemented for
+    'BFloat16'" at the first step, seen on a GPU). So the recipe keeps them in fp32 there, and leaves trl's bf16 alone
+    under bf16. A CPU cannot load 4-bit weights: the tiny model says it is 4-bit, which is what trl looks at."""
+    import torch
+
+    s = settings(tiny_data, tmp_path, method="lora", batch_size=4)
+    rows = recipe.to_training_rows(train.load_rows(s.train_file))[:4]
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    model.is_loaded_in_4bit = True
+    adapters = recipe.lora_config(s, model.config.num_hidden_layers)
+    trainer = recipe.make_trainer(model, tokenizer, rows, s, recipe.sft_config(s, precision, 1), adapters)
+    trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert trained == ({torch.float32} if precision == "fp16" else {torch.bfloat16}), trained
 
 
 def test_new_data_in_the_same_file_trains_again(tiny_data, tmp_path) -> None:

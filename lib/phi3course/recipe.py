@@ -38,7 +38,8 @@ def model_kwargs(method, precision):
     half = torch.bfloat16 if precision == "bf16" else torch.float16
     if method == "qlora":  # QLoRA: the frozen base held in 4-bit NF4, dequantised to 16 bit for each matrix product
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=half)
-        return {"quantization_config": quantization, **place}
+        # what is not quantised (embeddings, norms, output layer) in the same 16-bit format, not the checkpoint's
+        return {"quantization_config": quantization, "dtype": half, **place}
     if method == "lora" and cuda and precision in ("bf16", "fp16"):  # a frozen base needs no fp32 copy on a GPU
         return {"dtype": half, **place}
     # what trains stays in fp32 (bf16/fp16 mixed precision computes in 16 bit, the weights it updates are fp32),
@@ -191,6 +192,11 @@ def make_trainer(model, tokenizer, rows, settings, args, peft_config, callbacks=
         peft_config=peft_config,
         callbacks=list(callbacks),
     )
+    if args.fp16 and getattr(trainer.model, "is_loaded_in_4bit", False):
+        # trl turns QLoRA's adapters into bf16, but fp16's loss scaling (a T4 has no bf16) unscales fp32 gradients only
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     if callbacks:  # the callbacks given show the progress (02's: one bar and the loss curve)
         for printer in (PrinterCallback, ProgressCallback):  # transformers' own would add a line per step
             trainer.remove_callback(printer)
