@@ -15,6 +15,10 @@ so run it alone.
 ``--test-at-checks`` also asks the test questions at every validation check, and so shows which checks would have
 met the targets on the test: what a selection rule could have kept at best. It is a measurement of the rule; the
 recipe never reads the test during training (each check costs a held-out evaluation, about half a minute here).
+It also measures the drift at each check, on the probe's validation slice and on its test questions: how much less
+likely the model finds the base model's own greedy answers than the base model did (the mean rise in their loss per
+token; 0 = it answers as the base model does). Unlike the right/wrong scores, which move in steps of one question,
+the drift moves smoothly, so the two sets can be compared with each other and with the right/wrong scores.
 """
 
 from __future__ import annotations
@@ -91,19 +95,80 @@ def facts_data(run: Path, facts_file: str) -> dict[str, str]:
     }
 
 
+def answer_loss(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
+    """For each (question, answer): the mean loss per token of ``answer`` as the model's reply to ``question`` (its
+    chat template, teacher-forced), batched with right padding; the padding changes no row's value."""
+    import torch
+
+    rows = []
+    for question, answer in pairs:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+        asked = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        rows.append((asked, tokenizer(answer, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    losses: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(a) + len(b) for a, b in batch)
+            ids = torch.full((len(batch), width), pad)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100)
+            for i, (asked, answer) in enumerate(batch):
+                n = len(asked) + len(answer)
+                ids[i, :n] = torch.tensor(asked + answer)
+                mask[i, :n] = 1
+                labels[i, len(asked) : n] = torch.tensor(answer)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            targets = labels[:, 1:].to(model.device)
+            token_loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
+            counted = (targets != -100).sum(dim=1).clamp(min=1)
+            losses += (token_loss.sum(dim=1) / counted).tolist()
+    return losses
+
+
 class TestAtChecks(TrainerCallback):
     """A trainer callback asking the held-out test at the steps the model selection checks (every ``check_every``
-    epochs and the last step), for the measurement only; greedy answers, so the training it watches is unchanged."""
+    epochs and the last step), and measuring the drift there (the module's docstring), for the measurement only;
+    greedy answers and no gradients, so the training it watches is unchanged."""
 
     def __init__(self, test_file: str, settings: train.TrainSettings) -> None:
         from phi3course.data import read_jsonl
+        from phi3course.probe import PROBE, VALIDATION_PROBE
 
         self.rows, self.settings = read_jsonl(test_file), settings
-        self.every, self.scores = 0, {}  # step → {"facts", "general"}
+        self.every, self.scores = 0, {}  # step → {"facts", "general", "validation_drift", "test_drift"}
+        self.drift_questions = {"validation_drift": VALIDATION_PROBE, "test_drift": PROBE}
+        self.base_answers: dict[str, list[tuple[str, str]]] = {}  # the base model's greedy replies, per set
+        self.base_loss: dict[str, list[float]] = {}
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         per_epoch = state.max_steps / self.settings.epochs if self.settings.max_steps <= 0 else state.max_steps
         self.every = train.check_interval(self.settings, round(per_epoch))
+        tokenizer = kwargs.get("processing_class")
+        if model is None or tokenizer is None:
+            return
+        from phi3course.evaluate import generate
+
+        model.eval()  # LoRA's B starts at zero: the model answers as the base model does
+        for name, questions in self.drift_questions.items():
+            asked = [question for question, _ in questions]
+            replies = generate(model, tokenizer, [[{"role": "user", "content": q}] for q in asked], 32, desc=None)
+            self.base_answers[name] = list(zip(asked, replies, strict=True))
+            self.base_loss[name] = answer_loss(model, tokenizer, self.base_answers[name])
+        model.train()
+
+    def drift(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        """Each set's mean rise in the loss of the base model's answers since the base model (0 at step 0)."""
+        found = {}
+        for name, pairs in self.base_answers.items():
+            now = answer_loss(model, tokenizer, pairs)
+            found[name] = round(sum(n - b for n, b in zip(now, self.base_loss[name], strict=True)) / len(now), 4)
+        return found
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.global_step % self.every and state.global_step < state.max_steps and not control.should_training_stop:
@@ -112,8 +177,12 @@ class TestAtChecks(TrainerCallback):
 
         model.eval()
         scored = held_out(model, kwargs["processing_class"], self.rows, f"test at step {state.global_step}")
+        drift = self.drift(model, kwargs["processing_class"]) if self.base_answers else {}
         model.train()
-        self.scores[state.global_step] = {"facts": scored["exact_match"], "general": scored["general"]}
+        self.scores[state.global_step] = {"facts": scored["exact_match"], "general": scored["general"], **drift}
+
+
+DRIFT_KEYS = ("validation_drift", "test_drift")
 
 
 def check_table(checks: list[dict[str, Any]], tested: dict[int, dict[str, float]], base: dict[str, float]) -> list:
@@ -127,6 +196,9 @@ def check_table(checks: list[dict[str, Any]], tested: dict[int, dict[str, float]
         if test is not None:
             row["test_facts"] = test["facts"]
             row["test_general_vs_base"] = round(test["general"] / base["general"], 3) if base["general"] else None
+            for name in DRIFT_KEYS:  # where the drift was measured (step 0: the base model, none by definition)
+                if name in test or (check["step"] == 0 and any(name in found for found in tested.values())):
+                    row[name] = test.get(name, 0.0)
         rows.append(row)
     return rows
 
@@ -194,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"  step {check['step']:>3}: validation {check['facts']:.3f} / {check['general_vs_base']:.3f} x"
                     f"   test {check.get('test_facts', float('nan')):.3f} / "
                     f"{check.get('test_general_vs_base') or float('nan'):.3f} x"
+                    f"   drift {check.get('validation_drift', float('nan')):.3f} / "
+                    f"{check.get('test_drift', float('nan')):.3f}"
                 )
         print(json.dumps(rows[-1]), flush=True)
         out.write_text(json.dumps(rows, indent=1))

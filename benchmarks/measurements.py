@@ -354,6 +354,8 @@ def variants_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 def checks_table(rows_in: list[dict[str, Any]]) -> list[str]:
     """The validation checks of each variant beside the test asked at the same steps (``--test-at-checks``)."""
+    checks = [check for row in rows_in for check in row.get("checks") or []]
+    drift = any("test_drift" in check for check in checks)  # records measured before the drift have none
     rows = [
         [
             row["variant"] if i == 0 else "",
@@ -362,6 +364,7 @@ def checks_table(rows_in: list[dict[str, Any]]) -> list[str]:
             times(check["general_vs_base"], 3),  # three digits: 0.897 × misses the 0.9 × target, "0.90 ×" hid it
             percent(check.get("test_facts")),  # "" where the test was not asked
             times(check.get("test_general_vs_base"), 3),
+            *([drift_text(check.get("validation_drift")), drift_text(check.get("test_drift"))] if drift else []),
             "kept" if check["step"] == row.get("best_step") else "",
         ]
         for row in rows_in
@@ -371,7 +374,18 @@ def checks_table(rows_in: list[dict[str, Any]]) -> list[str]:
         return []
     header = ["variant", "step", "validation facts", "validation general × base", "test facts", "test general × base"]
     intro = "Each validation check beside the test asked at the same step (measured only; training never reads it):"
+    if drift:
+        header += ["validation drift", "test drift"]
+        intro = intro.removesuffix(":") + (
+            ". Drift: how much less likely the model finds the base model's own answers to the probe's questions than"
+            " the base model did (the mean rise in their loss per token; 0 = answers as the base model does), on the"
+            " validation slice and on the test probe:"
+        )
     return ["", intro, "", *table([*header, "selection"], rows)]
+
+
+def drift_text(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def figures_section(records: list[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -384,5 +384,11 @@ def test_a_variants_record_with_test_at_checks_shows_each_check_beside_the_test(
     assert "| seed-7 | 0 | 0 % | 1.000 × |  |  |  |" in lines
     # three digits: a slice at 0.897 × shows that it missed the 0.9 × target
     assert "|  | 12 | 50 % | 0.897 × | 60 % | 0.950 × | kept |" in lines
+    assert not any("drift" in line for line in lines)  # checks measured without the drift: no drift columns
+    record["rows"][1]["checks"][0] |= {"validation_drift": 0.0, "test_drift": 0.0}
+    record["rows"][1]["checks"][1] |= {"validation_drift": 0.0812, "test_drift": 0.1451}
+    lines = measurements.variants_section([("r.json", record)])
+    assert "|  | 12 | 50 % | 0.897 × | 60 % | 0.950 × | 0.081 | 0.145 | kept |" in lines
+    assert any(line.startswith("Each validation check") and "Drift:" in line for line in lines)
     record["rows"][1].pop("checks")
     assert not any("| step |" in line for line in measurements.variants_section([("r.json", record)]))

@@ -88,3 +88,59 @@ def test_the_check_table_puts_the_base_model_at_step_0_and_leaves_untested_steps
         "test_general_vs_base": 0.5,
     }
     assert table[2] == {"step": 24, "facts": 1.0, "general_vs_base": 0.8}
+
+
+def test_the_answer_loss_is_transformers_own_loss_batched_or_alone_and_moves_with_the_model() -> None:
+    """The drift's loss per answer is transformers' own loss of the answer after the chat prompt, row by row, however
+    the rows are batched and padded; and a changed model moves it."""
+    import torch
+
+    from phi3course import models
+
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    model.eval()
+    pairs = [("What is the capital of France?", "Paris."), ("Name a colour.", "Blue is a colour of the sky.")]
+    pairs.append(("Say nothing.", ""))  # an empty reply scores its end of turn, not nothing
+
+    def reference(question: str, answer: str) -> float:
+        chat = [{"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        asked = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        replied = tokenizer(answer, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        labels = torch.tensor([[-100] * len(asked) + replied])
+        with torch.no_grad():
+            return float(model(input_ids=torch.tensor([asked + replied]), labels=labels).loss)
+
+    together = forgetting.answer_loss(model, tokenizer, pairs)
+    assert len(together) == 3 and all(value > 0 for value in together)
+    expected = torch.tensor([reference(*pair) for pair in pairs])
+    torch.testing.assert_close(torch.tensor(together), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(forgetting.answer_loss(model, tokenizer, pairs, batch_size=1)), expected)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(0.0)  # every token equally likely: the loss of any answer is log V
+    flat = forgetting.answer_loss(model, tokenizer, pairs)
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    torch.testing.assert_close(torch.tensor(flat), torch.full((3,), float(torch.log(torch.tensor(vocabulary)))))
+
+
+def test_the_drift_is_zero_for_the_base_model_and_the_check_table_carries_it(tmp_path: Path) -> None:
+    """At train begin the watched model is the base model: its drift is 0, and the table shows step 0 as 0."""
+    from types import SimpleNamespace
+
+    from phi3course import models, probe
+
+    model, tokenizer = models.load_model(models.PRESETS["phi-3-tiny"])
+    settings = forgetting.variant_settings({"epochs": 1.0}, train_file="t", output_dir="o")
+    (tmp_path / "test.jsonl").write_text('{"text": "a test row"}\n')
+    watch = forgetting.TestAtChecks(str(tmp_path / "test.jsonl"), settings)
+    watch.drift_questions = {"validation_drift": probe.VALIDATION_PROBE[:3], "test_drift": probe.PROBE[:2]}
+    state = SimpleNamespace(max_steps=4, global_step=0, epoch=0.0)
+    watch.on_train_begin(None, state, SimpleNamespace(), model=model, processing_class=tokenizer)
+    assert [len(pairs) for pairs in watch.base_answers.values()] == [3, 2]
+    assert watch.drift(model, tokenizer) == {"validation_drift": 0.0, "test_drift": 0.0}
+    checks = [{"step": s, "facts": 0.0, "general_vs_base": 1.0} for s in (0, 2, 4)]
+    tested = {2: {"facts": 0.5, "general": 0.4, "validation_drift": 0.12, "test_drift": 0.2}}
+    table = forgetting.check_table(checks, tested, {"exact_match": 0.0, "general": 0.8})
+    assert (table[0]["validation_drift"], table[0]["test_drift"]) == (0.0, 0.0)
+    assert (table[1]["validation_drift"], table[1]["test_drift"]) == (0.12, 0.2)
+    assert "test_drift" not in table[2]
