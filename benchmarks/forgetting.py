@@ -152,13 +152,12 @@ class TestAtChecks(TrainerCallback):
         tokenizer = kwargs.get("processing_class")
         if model is None or tokenizer is None:
             return
-        from phi3course.evaluate import generate
+        from phi3course.probe import probe_score
 
         model.eval()  # LoRA's B starts at zero: the model answers as the base model does
         for name, questions in self.drift_questions.items():
-            asked = [question for question, _ in questions]
-            replies = generate(model, tokenizer, [[{"role": "user", "content": q}] for q in asked], 32, desc=None)
-            self.base_answers[name] = list(zip(asked, replies, strict=True))
+            _, replied = probe_score(model, tokenizer, questions, desc=None)  # greedy, as the probe asks them
+            self.base_answers[name] = [(row["question"], row["reply"]) for row in replied]
             self.base_loss[name] = answer_loss(model, tokenizer, self.base_answers[name])
         model.train()
 
