@@ -47,6 +47,12 @@ class FakeEndpoint:
                     step = fake.script.pop(0) if fake.script else None
                 try:
                     time.sleep(step.delay_s if step else fake.work_s)
+                finally:
+                    # Out of flight before the answer leaves: once the client has it, its next request may
+                    # arrive before this thread runs again, and must not count as overlapping this one.
+                    with fake._lock:
+                        fake.in_flight -= 1
+                try:
                     if step is None:
                         self._send(200, [ANSWER] * len(body["input_data"]), {})
                     elif step.status == 0:
@@ -55,9 +61,6 @@ class FakeEndpoint:
                         self._send(step.status, {"error": f"scripted {step.status}"}, step.headers)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
                     pass
-                finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
 
             def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
                 data = json.dumps(payload).encode()

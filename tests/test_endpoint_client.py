@@ -198,7 +198,8 @@ def test_03s_held_out_cell_keeps_to_the_limit_and_rides_out_a_429(tmp_path) -> N
     from phi3course import endpoint_client, evaluate
     from phi3course.serving import score
 
-    with FakeEndpoint([Scripted(429)], work_s=0.3) as fake:
+    # The 429 takes as long as an answer, so every worker the cell starts is in flight at once: one too many shows.
+    with FakeEndpoint([Scripted(429, delay_s=0.3)], work_s=0.3) as fake:
         run = azure_run(tmp_path, fake.url, limit=2, facts=6 * score.MAX_INPUTS)  # six requests
         space = {
             **{"stage": SimpleNamespace(run=run), "scoring_uri": fake.url, "headers": HEADERS},
