@@ -265,3 +265,56 @@ def test_stop_all_and_deleting_the_endpoint_leave_no_gateway(ws, deploy) -> None
     record = json.loads(ws.state_file("deployments", endpoint, "last").read_text())
     ws.online_endpoints.begin_delete(name=endpoint).result()
     assert not alive(record["gateway"]) and not alive(record)
+
+
+def test_a_client_that_has_its_answer_may_send_the_next_request_at_once(tmp_path, monkeypatch) -> None:
+    """The gateway counts a request out of flight before its answer leaves: two clients at the limit (2 in flight),
+    each sending its next request the moment it has an answer, never see a 429, however slowly the gateway's
+    thread gets round to its bookkeeping."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from phi3course.endpoint import free_port
+    from phi3course.rehearsal.gateway import Gateway, GatewaySettings
+
+    class Answer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    release = Gateway.release
+
+    def slow_release(self: Gateway) -> None:
+        time.sleep(0.3)  # a gateway thread that is slow to run again after its answer is written
+        release(self)
+
+    monkeypatch.setattr(Gateway, "release", slow_release)
+    (tmp_path / "key").write_text("k")
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    settings = GatewaySettings("d", free_port(), upstream.server_address[1], (str(tmp_path / "key"),))
+    assert settings.max_in_flight == 2
+    gateway = Gateway(settings)
+    servers = [threading.Thread(target=s.serve_forever, daemon=True) for s in (upstream, gateway)]
+    for server in servers:
+        server.start()
+    try:
+
+        def client(_: int) -> list[int]:  # a new connection each time, as requests.post makes (a kept-alive one
+            url = f"http://127.0.0.1:{settings.port}/score"  # waits for the same gateway thread, so never overlaps)
+            return [requests.post(url, json={}, headers={"Authorization": "Bearer k"}).status_code for _ in range(3)]
+
+        with ThreadPoolExecutor(2) as pool:
+            statuses = [status for answers in pool.map(client, range(2)) for status in answers]
+    finally:
+        for server in (gateway, upstream):
+            server.shutdown()
+            server.server_close()
+    assert statuses == [200] * 6

@@ -156,9 +156,17 @@ class _Handler(BaseHTTPRequestHandler):
                 f"instance_count {settings.instance_count}) and refuses the rest. Send fewer at once, or retry after "
                 "a pause that grows each time (exponential backoff).",
             )
+        self._holding = True  # released before the answer is written (see _end), or here if it never is
         try:
             self._forward(body, began + settings.request_timeout_ms / 1000)
         finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Leave the count of requests in flight, once: a client that has its answer may send the next request at
+        once, and the gateway must not count the finished one against it."""
+        if getattr(self, "_holding", False):
+            self._holding = False
             self.server.release()
 
     def _forward(self, body: bytes, deadline: float) -> None:
@@ -207,6 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._end(message.encode())
 
     def _end(self, payload: bytes) -> None:
+        self._let_go()
         self.send_header("azureml-model-deployment", self.server.settings.deployment)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
