@@ -207,8 +207,9 @@ def test_the_notebooks_batch_cell_grades_every_question(served, tmp_path) -> Non
     assert list(details["outputs.correct"]) == [False, True, False]
 
 
-def test_the_batch_keeps_to_the_endpoints_limit(tmp_path, monkeypatch) -> None:
-    """04's pf.run cell against a managed endpoint that takes two requests at once: two lines in flight, never more."""
+def test_the_batch_keeps_to_the_endpoints_limit(tmp_path, monkeypatch, capsys) -> None:
+    """04's pf.run cell against a managed endpoint that takes two requests at once: two lines in flight, never more;
+    its bar shows the lines as they finish, not only at the end."""
     import os
 
     import nbformat
@@ -223,7 +224,7 @@ def test_the_batch_keeps_to_the_endpoints_limit(tmp_path, monkeypatch) -> None:
     (source,) = [c.source for c in cells if "flow-batch" in c.metadata.get("tags", [])]
     row = {"chat_history": [], "expected": "Lowmarsh", "kind": "facts", "max_new_tokens": 8}
     questions = data.write_jsonl(tmp_path / "q.jsonl", [{"question": f"Where is {i}?", **row} for i in range(6)])
-    with FakeEndpoint(work_s=0.5) as fake:
+    with FakeEndpoint(work_s=1.0) as fake:  # lines end in pairs a second apart: the bar reads its folder twice a second
         run = RunDir(tmp_path / "run")
         key = run.write_secret(endpoint.key_name(endpoint.TUNED), "k")
         endpoint.record(run, endpoint.TUNED, "azureml", fake.url, key, in_flight=2)
@@ -241,6 +242,8 @@ def test_the_batch_keeps_to_the_endpoints_limit(tmp_path, monkeypatch) -> None:
         exec(compile(source, "04_prompt_flow_chat[flow-batch]", "exec"), space)
         assert len(fake.requests) == 6 and fake.most_in_flight == 2
     assert space["scores"] == {"tuned": 1.0}
+    shown = [int(n) for n in re.findall(r"asking the tuned model: (\d)/6 line", capsys.readouterr().err)]
+    assert shown[-1:] == [6] and any(0 < n < 6 for n in shown), shown  # the bar (a log line each, headless) moved
 
 
 def test_the_tutorials_plain_text_data_has_no_questions_to_ask(tmp_path) -> None:

@@ -68,6 +68,7 @@ STEP_BARS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^training$"), "the course's bar over the optimiser's steps (trainer_hooks)"),
     (re.compile(r"^(held-out|general probe|replay)\b"), "the course's bar over a set of questions (evaluate)"),
     (re.compile(r"^asking$"), "03's bar over the requests it sends the endpoint at once (evaluate.Progress)"),
+    (re.compile(r"^asking the \w+ model$"), "04's bar over one batch run's lines, one per model (flow.lines_progress)"),
     (re.compile(r"^course \("), "the runner's bar over the notebooks"),
     (re.compile(r"^unpacking "), "the course's bar while it unpacks a model file (models)"),
     (re.compile(r"^Loading weights$"), "transformers reading a model's weights: long for a model of Phi-3's size"),

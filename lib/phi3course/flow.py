@@ -13,7 +13,11 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,60 @@ def pf_home() -> Path:
     """This process's Prompt flow home: ``PF_HOME_DIRECTORY``, else ``~/.promptflow`` (as Prompt flow decides)."""
     configured = os.environ.get("PF_HOME_DIRECTORY")
     return Path(configured).expanduser().resolve() if configured else Path.home().resolve() / ".promptflow"
+
+
+def run_name(prefix: str) -> str:
+    """A batch run's name no earlier run has: ``prefix`` and the time to the microsecond, as Prompt flow names its
+    own (``chat-tuned_20261204_203531_027455``). Rerunning a cell then makes a new run instead of failing."""
+    return f"{prefix}_{datetime.now():%Y%m%d_%H%M%S_%f}"
+
+
+def run_folder(name: str, home: Path | None = None) -> Path:
+    """Where Prompt flow keeps the local batch run ``name``: ``<home>/.runs/<name>``."""
+    return (home or pf_home()) / ".runs" / name
+
+
+def lines_finished(name: str, home: Path | None = None) -> int:
+    """How many lines of batch run ``name`` have finished so far: Prompt flow writes one file per line and node
+    (``node_artifacts/<node>/000000007.jsonl``) as each line ends, so the node with most files tells."""
+    nodes = run_folder(name, home) / "node_artifacts"
+    try:
+        return max((sum(1 for _ in node.glob("*.jsonl")) for node in nodes.iterdir() if node.is_dir()), default=0)
+    except OSError:  # not there yet: the run is starting
+        return 0
+
+
+@contextmanager
+def lines_progress(name: str, data: str | os.PathLike[str], desc: str, every_s: float = 0.5) -> Iterator[Any]:
+    """A progress bar of batch run ``name``'s finished lines, out of the lines of its ``data`` file, while the
+    block runs ``pf.run(data=data, name=name, ...)``.
+
+    ``pf.run(stream=False)`` shows nothing until the whole batch has ended, and ``stream=True`` prints its log
+    every 10 seconds; this reads the run's folder instead (:func:`lines_finished`) every ``every_s`` seconds.
+    """
+    from .evaluate import Progress
+
+    total = sum(1 for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip())
+    stop = threading.Event()
+    with Progress(total, desc, "line") as shown:
+
+        def catch_up() -> None:
+            done = min(lines_finished(name), total)
+            if done > shown.done:
+                shown.update(done - shown.done)
+
+        def watch() -> None:
+            while not stop.wait(every_s):
+                catch_up()
+
+        watcher = threading.Thread(target=watch, name=f"progress-{name}", daemon=True)
+        watcher.start()
+        try:
+            yield shown
+        finally:
+            stop.set()
+            watcher.join()
+            catch_up()
 
 
 def pf_service_port_file(home: Path | None = None) -> Path:
