@@ -257,3 +257,16 @@ def test_the_tutorials_plain_text_data_has_no_questions_to_ask(tmp_path) -> None
     chat = data.write_jsonl(tmp_path / "chat.jsonl", [{**schema.chat_row("Who?", "Ada did."), "answer": "Ada"}])
     run.remember(test_path=str(chat))
     assert flow.questions_file(run).read_text().count('"expected": "Ada"') == 1
+
+
+def test_lines_finished_reads_the_node_with_most_lines_and_zero_before_the_run_exists(tmp_path) -> None:
+    name = flow.run_name("chat-tuned")
+    assert name.startswith("chat-tuned_") and flow.run_name("chat-tuned") != name  # a rerun gets a new name
+    assert flow.lines_finished(name, home=tmp_path) == 0  # Prompt flow has not made the run's folder yet
+    nodes = flow.run_folder(name, home=tmp_path) / "node_artifacts"
+    for node, lines in (("ask_endpoint", 3), ("grade", 1)):
+        (nodes / node).mkdir(parents=True)
+        for line in range(lines):
+            (nodes / node / f"{line:09d}.jsonl").write_text("{}\n")
+    (nodes / "ask_endpoint" / "notes.txt").write_text("not a line")
+    assert flow.lines_finished(name, home=tmp_path) == 3
