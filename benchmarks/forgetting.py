@@ -97,38 +97,20 @@ def facts_data(run: Path, facts_file: str) -> dict[str, str]:
 
 def answer_loss(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
     """For each (question, answer): the mean loss per token of ``answer`` as the model's reply to ``question`` (its
-    chat template, teacher-forced), batched with right padding; the padding changes no row's value."""
-    import torch
+    chat template, teacher-forced, the answer's own tokens without an end of turn), by
+    :func:`phi3course.evaluate.row_losses`."""
+    from phi3course.evaluate import row_losses
 
-    rows = []
+    examples = []
     for question, answer in pairs:
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
         )
         asked = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        rows.append((asked, tokenizer(answer, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]))
+        said = tokenizer(answer, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        examples.append((asked + said, [-100] * len(asked) + said))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    losses: list[float] = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            width = max(len(a) + len(b) for a, b in batch)
-            ids = torch.full((len(batch), width), pad)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), -100)
-            for i, (asked, answer) in enumerate(batch):
-                n = len(asked) + len(answer)
-                ids[i, :n] = torch.tensor(asked + answer)
-                mask[i, :n] = 1
-                labels[i, len(asked) : n] = torch.tensor(answer)
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-            targets = labels[:, 1:].to(model.device)
-            token_loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none"
-            )
-            counted = (targets != -100).sum(dim=1).clamp(min=1)
-            losses += (token_loss.sum(dim=1) / counted).tolist()
-    return losses
+    return [total / max(count, 1) for total, count in row_losses(model, examples, pad, batch_size)]
 
 
 class TestAtChecks(TrainerCallback):

@@ -16,6 +16,37 @@ def tiny():
     return load_model(PRESETS["phi-3-tiny"])
 
 
+def test_row_losses_are_transformers_own_loss_per_row_and_perplexity_pools_them(tiny) -> None:
+    """Each row's summed loss and count match transformers' own (mean) loss of that row alone, however the rows are
+    batched and padded; perplexity is exp of the pooled mean over the rows' scored tokens."""
+    import math
+
+    import torch
+
+    model, tokenizer = tiny
+    model.eval()
+    texts = ["Paris is the capital of France.", "Blue.", "A longer sentence, so the others are padded in its batch."]
+    examples = []
+    for number, text in enumerate(texts):
+        ids = tokenizer(text)["input_ids"]
+        examples.append((ids, [-100] * number + ids[number:]))  # the first `number` tokens not scored
+
+    def alone(ids: list[int], labels: list[int]) -> tuple[float, int]:
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+        counted = sum(label != -100 for label in labels[1:])  # the first token is predicted from nothing
+        return float(loss) * counted, counted
+
+    expected = [alone(*example) for example in examples]
+    for batch_size in (16, 1):
+        scored = evaluate.row_losses(model, examples, pad_id=0, batch_size=batch_size)
+        assert [n for _, n in scored] == [n for _, n in expected]
+        torch.testing.assert_close(torch.tensor([s for s, _ in scored]), torch.tensor([s for s, _ in expected]))
+    whole = [alone(ids, list(ids)) for ids, _ in examples]  # text rows: every token scored
+    pooled = math.exp(sum(s for s, _ in whole) / sum(n for _, n in whole))
+    assert evaluate.perplexity(model, tokenizer, [{"text": t} for t in texts]) == pytest.approx(pooled, abs=1.1e-3)
+
+
 def test_answer_budget_fits_every_answer_and_no_more(tiny) -> None:
     _, tokenizer = tiny
     _, test = synthetic.splits(seed=42, subjects=4)
