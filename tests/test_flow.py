@@ -270,3 +270,17 @@ def test_lines_finished_reads_the_node_with_most_lines_and_zero_before_the_run_e
             (nodes / node / f"{line:09d}.jsonl").write_text("{}\n")
     (nodes / "ask_endpoint" / "notes.txt").write_text("not a line")
     assert flow.lines_finished(name, home=tmp_path) == 3
+
+
+def test_importing_promptflow_builds_no_iri_grammar() -> None:
+    """`import promptflow` runs in the kernel, in `pf flow serve` and in the process each pf.run starts: it must not
+    load rfc3987-syntax (jsonschema 4.24+'s format-nongpl extra), whose Earley grammar costs seconds each time."""
+    import subprocess
+    import sys
+
+    script = "import sys; from promptflow.client import PFClient; print('rfc3987_syntax' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "False", (
+        "promptflow now imports rfc3987_syntax: keep jsonschema below 4.24 in pyproject.toml (or drop its "
+        "format-nongpl extra), or the import costs about 3 s more on a 2-core CPU"
+    )
