@@ -272,23 +272,10 @@ def test_a_client_that_has_its_answer_may_send_the_next_request_at_once(tmp_path
     each sending its next request the moment it has an answer, never see a 429, however slowly the gateway's
     thread gets round to its bookkeeping."""
     import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from phi3course.endpoint import free_port
     from phi3course.rehearsal.gateway import Gateway, GatewaySettings
-
-    class Answer(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: object) -> None:
-            pass
+    from tests.fake_endpoint import FakeEndpoint
 
     release = Gateway.release
 
@@ -298,23 +285,21 @@ def test_a_client_that_has_its_answer_may_send_the_next_request_at_once(tmp_path
 
     monkeypatch.setattr(Gateway, "release", slow_release)
     (tmp_path / "key").write_text("k")
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    settings = GatewaySettings("d", free_port(), upstream.server_address[1], (str(tmp_path / "key"),))
-    assert settings.max_in_flight == 2
-    gateway = Gateway(settings)
-    servers = [threading.Thread(target=s.serve_forever, daemon=True) for s in (upstream, gateway)]
-    for server in servers:
-        server.start()
-    try:
+    with FakeEndpoint() as upstream:  # the scoring container: answers at once
+        settings = GatewaySettings("d", free_port(), upstream.server.server_address[1], (str(tmp_path / "key"),))
+        assert settings.max_in_flight == 2
+        gateway = Gateway(settings)
+        threading.Thread(target=gateway.serve_forever, daemon=True).start()
+        try:
 
-        def client(_: int) -> list[int]:  # a new connection each time, as requests.post makes (a kept-alive one
-            url = f"http://127.0.0.1:{settings.port}/score"  # waits for the same gateway thread, so never overlaps)
-            return [requests.post(url, json={}, headers={"Authorization": "Bearer k"}).status_code for _ in range(3)]
+            def client(_: int) -> list[int]:  # a new connection each time, as requests.post makes (a kept-alive
+                url = f"http://127.0.0.1:{settings.port}/score"  # one waits for the same gateway thread)
+                body, auth = {"input_data": []}, {"Authorization": "Bearer k"}
+                return [requests.post(url, json=body, headers=auth).status_code for _ in range(3)]
 
-        with ThreadPoolExecutor(2) as pool:
-            statuses = [status for answers in pool.map(client, range(2)) for status in answers]
-    finally:
-        for server in (gateway, upstream):
-            server.shutdown()
-            server.server_close()
+            with ThreadPoolExecutor(2) as pool:
+                statuses = [status for answers in pool.map(client, range(2)) for status in answers]
+        finally:
+            gateway.shutdown()
+            gateway.server_close()
     assert statuses == [200] * 6
