@@ -1,7 +1,7 @@
 """Which recipe learns the facts without forgetting the world: one training per lever, each scored like 02.
 
     python -m benchmarks.forgetting --run runs/local [--facts examples/my_facts.yaml] [--variant name:key=value,...]
-                                    [--test-at-checks]
+                                    [--test-at-checks] [--lora-targets gate_up_proj,gate_proj,up_proj,down_proj]
 
 Each variant is the local profile's settings with some changed, trained by ``train.train`` (the job's own
 function: the same LoraConfig and SFTConfig as notebook 02, and 02's model selection on the validation split) on the
@@ -56,6 +56,21 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         else:
             changes[key] = kind(value)
     return name, changes
+
+
+def lora_targets(text: str) -> list[str]:
+    """``--lora-targets``: the projections that get adapters, a comma-separated subset of the recipe's
+    ``LORA_TARGETS`` (every attention and MLP projection). A lever that is not a setting: the recipe's list is
+    replaced for every variant of the run."""
+    from phi3course.recipe import LORA_TARGETS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LORA_TARGETS]
+    if not names or unknown:
+        raise SystemExit(
+            f"--lora-targets {text!r}: name projections of the recipe's LORA_TARGETS ({', '.join(LORA_TARGETS)})"
+        )
+    return names
 
 
 def variant_settings(changes: dict[str, Any], **fields: Any) -> train.TrainSettings:
@@ -199,7 +214,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--test-at-checks", action="store_true", help="ask the test at every validation check too (a measurement)"
     )
+    parser.add_argument(
+        "--lora-targets",
+        type=lora_targets,
+        help="adapters on these projections only, e.g. the MLP's: "
+        "gate_up_proj,gate_proj,up_proj,down_proj (default: the recipe's LORA_TARGETS)",
+    )
     args = parser.parse_args(argv)
+    if not args.lora_targets:
+        return measure(args)
+    from phi3course import recipe
+
+    shipped = recipe.LORA_TARGETS
+    recipe.LORA_TARGETS = args.lora_targets  # lora_config reads it when each variant is built
+    try:
+        return measure(args)
+    finally:
+        recipe.LORA_TARGETS = shipped
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Train and score each variant of ``args`` (``main``'s options), print the table, write the file."""
     run = Path(args.run)
     state = json.loads((run / "state.json").read_text())
     model = state.get("model", "smollm2-135m-instruct")
@@ -230,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "variant": name,
                 "changes": changes,
+                **({"lora_targets": args.lora_targets} if args.lora_targets else {}),
                 **scored,
                 "general_vs_base": round(scored["general"] / base["general"], 3) if base["general"] else None,
                 "steps": result.steps,

@@ -39,6 +39,36 @@ def test_a_new_rank_brings_alpha_twice_the_rank_as_02_maps_it() -> None:
         assert (variant.lora_r, variant.lora_alpha, variant.seed) == (rank, 2 * rank, 7)
 
 
+def test_lora_targets_reach_the_lora_config_and_unknown_names_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--lora-targets`` is a lever that is not a setting: the adapters of every variant of the run go on the
+    projections named, and a name the recipe does not know stops the run before anything trains."""
+    import json
+
+    from phi3course import recipe
+
+    monkeypatch.setattr(recipe, "LORA_TARGETS", list(recipe.LORA_TARGETS))  # main() replaces it for its run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_text(json.dumps({"train_path": "t", "test_path": "x", "validation_path": "v"}))
+    (run / "summary.json").write_text(json.dumps({"eval": {"base": {"exact_match": 0.0, "general": 0.8}}}))
+    adapted = []
+
+    def train(settings, callbacks=None):  # what the variant would train with, then stop
+        adapted.append(sorted(recipe.lora_config(settings, 30).target_modules))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(forgetting.train, "train", train)
+    mlp = "gate_up_proj,gate_proj,up_proj,down_proj"
+    with pytest.raises(RuntimeError, match="stop here"):
+        forgetting.main(["--run", str(run), "--variant", "mlp:seed=7", "--lora-targets", mlp])
+    assert adapted == [sorted(mlp.split(","))]
+    with pytest.raises(SystemExit, match=r"--lora-targets 'gate,mlp'.*q_proj"):
+        forgetting.main(["--run", str(run), "--lora-targets", "gate,mlp"])
+    assert adapted == [sorted(mlp.split(","))]  # nothing trained
+
+
 def test_the_test_is_asked_at_the_steps_the_selection_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``--test-at-checks`` scores the test beside each validation check: the same steps, or the table misleads."""
     from types import SimpleNamespace
