@@ -1,9 +1,10 @@
 """Which number format trains fastest on this CPU: a short measured probe, kept in the course cache.
 
-A CPU with native bf16 (AVX512-BF16 or AMX) multiplies bf16 matrices at two to three times its fp32 rate, yet the
-course's recipe is not all large matmuls: a 135 M-parameter model's LoRA step spends much of its time in small
-shapes, in the casts that mixed precision adds around each layer and in fp32 work (the adapters, the optimizer). On
-such CPUs bf16 mixed precision was measured to train *slower* than the same matmuls give in fp32
+A CPU with native bf16 multiplies large bf16 matrices at two to three times its fp32 rate (AVX512-BF16), or
+several times (AMX), yet the course's recipe is not all large matmuls: a 135 M-parameter model's LoRA step spends
+much of its time in small shapes, in the casts that mixed precision adds around each layer and in fp32 work (the
+adapters, the optimizer). What bf16 buys therefore differs from CPU to CPU: on one with AVX512-BF16 the recipe
+trained in bf16 below what the same matmuls give in fp32, on one with AMX faster than in fp32
 (docs/measurements.md). So ``precision="auto"`` does not assume: :func:`fastest` times a few of the recipe's
 training steps (LoRA on the top layers, a padding-free batch of the recipe's size) in fp32 and in bf16 mixed
 precision, once per CPU, torch version and model, and the faster one trains.
