@@ -1,7 +1,7 @@
 """Which recipe learns the facts without forgetting the world: one training per lever, each scored like 02.
 
     python -m benchmarks.forgetting --run runs/local [--facts examples/my_facts.yaml] [--variant name:key=value,...]
-                                    [--test-at-checks] [--lora-targets gate_up_proj,gate_proj,up_proj,down_proj]
+                                    [--test-at-checks] [--lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,...]
 
 Each variant is the local profile's settings with some changed, trained by ``train.train`` (the job's own
 function: the same LoraConfig and SFTConfig as notebook 02, and 02's model selection on the validation split) on the
@@ -59,17 +59,16 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def lora_targets(text: str) -> list[str]:
-    """``--lora-targets``: the projections that get adapters, a comma-separated subset of the recipe's
-    ``LORA_TARGETS`` (every attention and MLP projection). A lever that is not a setting: the recipe's list is
-    replaced for every variant of the run."""
-    from phi3course.recipe import LORA_TARGETS
+    """``--lora-targets``: the projections that get adapters, comma-separated names from the recipe's
+    ``ATTENTION_TARGETS`` and ``MLP_TARGETS`` (the recipe's ``LORA_TARGETS`` is the MLP's). A lever that is not a
+    setting: the recipe's list is replaced for every variant of the run."""
+    from phi3course.recipe import ATTENTION_TARGETS, MLP_TARGETS
 
+    known = ATTENTION_TARGETS + MLP_TARGETS
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in LORA_TARGETS]
+    unknown = [name for name in names if name not in known]
     if not names or unknown:
-        raise SystemExit(
-            f"--lora-targets {text!r}: name projections of the recipe's LORA_TARGETS ({', '.join(LORA_TARGETS)})"
-        )
+        raise SystemExit(f"--lora-targets {text!r}: name projections of the decoder ({', '.join(known)})")
     return names
 
 
@@ -217,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lora-targets",
         type=lora_targets,
-        help="adapters on these projections only, e.g. the MLP's: "
-        "gate_up_proj,gate_proj,up_proj,down_proj (default: the recipe's LORA_TARGETS)",
+        help="adapters on these projections instead of the recipe's LORA_TARGETS (the MLP's), e.g. every one: "
+        "qkv_proj,q_proj,k_proj,v_proj,o_proj,gate_up_proj,gate_proj,up_proj,down_proj",
     )
     args = parser.parse_args(argv)
     if not args.lora_targets:

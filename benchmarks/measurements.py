@@ -514,13 +514,17 @@ def render(records: list[tuple[str, dict[str, Any]]]) -> str:
         "There are two CPU classes, and a figure from one does not stand for the other:",
         "",
         "- **native-bf16**: the CPU computes bf16 matmuls (`lscpu` lists `avx512_bf16` or `amx_bf16`); training",
-        "  runs in bf16.",
+        "  runs in bf16 where 02's short probe measures it faster than fp32.",
         "- **avx2-only**: it does not (most laptops); torch would only emulate bf16, so training runs in fp32.",
         "",
         "00_setup's machine table names the class of the machine it runs on. The machines here had 2 CPU cores.",
         "Where a record does not know a condition (an idle machine, a fresh clone), it says so. To add a run:",
         "`python -m benchmarks.measurements add runs/<profile>/summary.json` (or `runs/bench.json`, or a",
         "`forgetting.json`), then commit the new record and this page.",
+        "",
+        "A record's recipe is the one of its day: \"the local profile's\" in a record dated before 2026-12-05 means",
+        "LoRA on every attention and MLP projection of the upper layers; since then the recipe adapts the MLP",
+        "projections only (the records of 2026-12-05 name which one they trained).",
         "",
     ]
     lines += course_section(by_kind["course"])

@@ -60,13 +60,14 @@ def test_lora_targets_reach_the_lora_config_and_unknown_names_are_refused(
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(forgetting.train, "train", train)
-    mlp = "gate_up_proj,gate_proj,up_proj,down_proj"
+    every = ",".join(recipe.ATTENTION_TARGETS + recipe.MLP_TARGETS)  # the recipe's own list is the MLP's
     with pytest.raises(RuntimeError, match="stop here"):
-        forgetting.main(["--run", str(run), "--variant", "mlp:seed=7", "--lora-targets", mlp])
-    assert adapted == [sorted(mlp.split(","))]
+        forgetting.main(["--run", str(run), "--variant", "every:seed=7", "--lora-targets", every])
+    assert adapted == [sorted(every.split(","))]
+    assert recipe.LORA_TARGETS == recipe.MLP_TARGETS  # the recipe's list is back after the run
     with pytest.raises(SystemExit, match=r"--lora-targets 'gate,mlp'.*q_proj"):
         forgetting.main(["--run", str(run), "--lora-targets", "gate,mlp"])
-    assert adapted == [sorted(mlp.split(","))]  # nothing trained
+    assert adapted == [sorted(every.split(","))]  # nothing trained
 
 
 def test_the_test_is_asked_at_the_steps_the_selection_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

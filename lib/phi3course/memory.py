@@ -57,7 +57,8 @@ def total_parameters(shape: Shape) -> int:
 
 
 def lora_parameters(shape: Shape, r: int) -> int:
-    """Adapter parameters of LoRA rank ``r`` on every linear layer of every block (``target_modules='all-linear'``)."""
+    """Adapter parameters of LoRA rank ``r`` on every linear layer of every block (``target_modules='all-linear'``):
+    an upper bound for the recipe, which adapts the MLP projections of the upper layers only."""
     head_dim = shape.hidden // shape.heads
     q_out, kv_out, h, i = shape.heads * head_dim, shape.kv_heads * head_dim, shape.hidden, shape.intermediate
     per_layer = (h + q_out) + 2 * (h + kv_out) + (q_out + h) + 2 * (h + i) + (i + h)

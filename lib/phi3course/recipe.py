@@ -90,10 +90,12 @@ def held_out(model, tokenizer, test_rows, label):
     }
 
 
-# Every linear layer of the decoder but the output head, by name: Phi-3's fused projections and those of
-# Llama-style models such as SmolLM2 (the names a model lacks are not looked for). peft's "all-linear" picks the
-# same layers but cannot be combined with layers_to_transform, which adapts only the upper layers.
-LORA_TARGETS = ["qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "gate_proj", "up_proj", "down_proj"]
+# The decoder's linear layers by name: Phi-3's fused projections and those of Llama-style models such as SmolLM2
+# (the names a model lacks are not looked for). Both lists together are every linear layer but the output head:
+# peft's "all-linear", which cannot be combined with layers_to_transform (adapters on the upper layers only).
+ATTENTION_TARGETS = ["qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj"]
+MLP_TARGETS = ["gate_up_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = MLP_TARGETS  # the MLP alone: general knowledge held better (02_fine_tune, section 5)
 
 
 def lora_config(settings, layers):
@@ -103,7 +105,7 @@ def lora_config(settings, layers):
         r=settings.lora_r,  # rank of each update: 8–64; more rank, more capacity and memory
         lora_alpha=2 * settings.lora_r,  # the update is scaled by alpha / r: 2 here
         lora_dropout=settings.lora_dropout,  # 0 for short runs; 0.05–0.1 against overfitting on long ones
-        target_modules=LORA_TARGETS,  # every attention and MLP projection
+        target_modules=LORA_TARGETS,  # the MLP projections
         layers_to_transform=list(range(first, layers)),  # the layers below keep their weights; backprop stops there
         task_type="CAUSAL_LM",
     )
