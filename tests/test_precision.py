@@ -36,6 +36,15 @@ def test_the_probe_runs_once_per_cpu_torch_and_model(tmp_path: Path) -> None:
     assert precision.fastest("phi-3-tiny", fake_measure, tmp_path).fastest == "fp32" and len(measured) == 3
 
 
+def test_a_change_of_the_recipes_adapters_measures_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe times the recipe's step: adapters on other projections make another step, so another key."""
+    from phi3course import recipe
+
+    shipped = precision.probe_key("phi-3-tiny")
+    monkeypatch.setattr(recipe, "LORA_TARGETS", recipe.ATTENTION_TARGETS + recipe.MLP_TARGETS)
+    assert precision.probe_key("phi-3-tiny") != shipped
+
+
 @pytest.mark.parametrize(
     ("rates", "chosen"), [({"fp32": 300.0, "bf16": 250.0}, "fp32"), ({"fp32": 150.0, "bf16": 260.0}, "bf16")]
 )

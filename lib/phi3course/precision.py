@@ -32,7 +32,7 @@ CACHE_FILE = "precision-probe.json"
 class Probe:
     """Tokens per second of the recipe's training step in each format on one CPU, and what they were measured with."""
 
-    key: str  # CPU, torch version and model: a change of any of them measures again
+    key: str  # CPU, torch version, model and the recipe's adapters: a change of any of them measures again
     tokens_per_second: dict[str, float]
 
     @property
@@ -45,9 +45,14 @@ class Probe:
 
 
 def probe_key(model: str) -> str:
+    """What the probe's rates depend on: the CPU, torch, the model and the recipe's adapters (rank, layers, targets)."""
     import torch
 
-    return f"{hardware.cpu_name() or 'unknown CPU'} | torch {torch.__version__} | {model}"
+    from . import profiles, recipe
+
+    local = profiles.parameters("local")
+    adapters = f"LoRA r={local['lora_r']} on {local['lora_layers']} of the layers: {','.join(recipe.LORA_TARGETS)}"
+    return f"{hardware.cpu_name() or 'unknown CPU'} | torch {torch.__version__} | {model} | {adapters}"
 
 
 def time_steps(model: Any, bf16: bool, tokens: int = PROBE_TOKENS, steps: int = PROBE_STEPS) -> float:
