@@ -21,7 +21,7 @@ def test_the_probe_times_the_recipes_step_in_both_formats() -> None:
 def test_the_probe_runs_once_per_cpu_torch_and_model(tmp_path: Path) -> None:
     measured: list[str] = []
 
-    def fake_measure(model: str) -> precision.Probe:
+    def fake_measure(model: str, adapters: object = None) -> precision.Probe:
         measured.append(model)
         return precision.Probe(precision.probe_key(model), {"fp32": 300.0, "bf16": 250.0})
 
@@ -34,6 +34,23 @@ def test_the_probe_runs_once_per_cpu_torch_and_model(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / precision.CACHE_FILE).read_text())) == 2
     (tmp_path / precision.CACHE_FILE).write_text("{not json")  # a broken cache is measured again, not an error
     assert precision.fastest("phi-3-tiny", fake_measure, tmp_path).fastest == "fp32" and len(measured) == 3
+
+
+def test_a_job_without_the_course_folder_probes_with_its_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's snapshot holds the package, not the notebooks' profiles: ``train.train`` passes the run's settings, and
+    nothing reads the local profile (which would stop the job on a CPU with native bf16)."""
+    from types import SimpleNamespace
+
+    def no_course_folder() -> None:
+        raise FileNotFoundError("Cannot find the course folder")
+
+    monkeypatch.setattr(precision, "local_adapters", no_course_folder)
+    job = SimpleNamespace(lora_r=8, lora_dropout=0.0, lora_layers=0.5)
+    assert "LoRA r=8 on 0.5 of the layers" in precision.probe_key("phi-3-tiny", job)
+    probe = precision.measure("phi-3-tiny", job)
+    assert probe.key == precision.probe_key("phi-3-tiny", job) and set(probe.tokens_per_second) == {"fp32", "bf16"}
+    with pytest.raises(FileNotFoundError):  # without the run's settings it would have needed the course folder
+        precision.probe_key("phi-3-tiny")
 
 
 def test_a_change_of_the_recipes_adapters_measures_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,13 +70,17 @@ def test_auto_on_a_native_bf16_cpu_takes_the_measured_faster(monkeypatch, rates,
     monkeypatch.setattr(hardware, "cpu_bf16_flags", lambda flags=None: ["amx_bf16"])
     asked: list[str] = []
 
-    def cached(model: str) -> precision.Probe:
+    adapters_asked: list[object] = []
+
+    def cached(model: str, adapters: object = None) -> precision.Probe:
         asked.append(model)
+        adapters_asked.append(adapters)
         return precision.Probe(precision.probe_key(model), rates)
 
     monkeypatch.setattr(precision, "fastest", cached)
     picked, why = train.pick_precision("auto", model="auto")
     assert picked == chosen and asked == ["smollm2-135m-instruct"]  # auto: the local model
+    assert adapters_asked == [None]  # the local profile's, read by the probe itself
     assert "amx_bf16" in why and f"{chosen} trains faster" in why and f"fp32 {rates['fp32']:.0f}" in why
     assert train.pick_precision("bf16") == ("bf16", "asked for") and len(asked) == 1  # asked for: no probe
     # another machine's native-bf16 CPU (a CPU cluster) cannot be timed from here: bf16

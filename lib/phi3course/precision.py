@@ -44,15 +44,24 @@ class Probe:
         return f"measured on this CPU ({rates} tokens/s in the recipe's training step): {self.fastest} trains faster"
 
 
-def probe_key(model: str) -> str:
-    """What the probe's rates depend on: the CPU, torch, the model and the recipe's adapters (rank, layers, targets)."""
+def local_adapters() -> Any:
+    """The local profile's adapter settings (``lora_r``, ``lora_dropout``, ``lora_layers``): 02's defaults, read
+    where the course folder is (a job passes its own settings instead)."""
+    from . import profiles
+
+    return SimpleNamespace(**profiles.parameters("local"))
+
+
+def probe_key(model: str, adapters: Any = None) -> str:
+    """What the probe's rates depend on: the CPU, torch, the model and the recipe's adapters (rank, layers, targets);
+    ``adapters``: settings with ``lora_r`` and ``lora_layers`` (default: :func:`local_adapters`)."""
     import torch
 
-    from . import profiles, recipe
+    from . import recipe
 
-    local = profiles.parameters("local")
-    adapters = f"LoRA r={local['lora_r']} on {local['lora_layers']} of the layers: {','.join(recipe.LORA_TARGETS)}"
-    return f"{hardware.cpu_name() or 'unknown CPU'} | torch {torch.__version__} | {model} | {adapters}"
+    adapters = adapters or local_adapters()
+    lora = f"LoRA r={adapters.lora_r} on {adapters.lora_layers} of the layers: {','.join(recipe.LORA_TARGETS)}"
+    return f"{hardware.cpu_name() or 'unknown CPU'} | torch {torch.__version__} | {model} | {lora}"
 
 
 def time_steps(model: Any, bf16: bool, tokens: int = PROBE_TOKENS, steps: int = PROBE_STEPS) -> float:
@@ -75,34 +84,41 @@ def time_steps(model: Any, bf16: bool, tokens: int = PROBE_TOKENS, steps: int = 
     return tokens * steps / (time.perf_counter() - began)
 
 
-def measure(model_name: str) -> Probe:
-    """Load ``model_name`` (a preset) in fp32, put the recipe's adapters on it and time its step in both formats."""
+def measure(model_name: str, adapters: Any = None) -> Probe:
+    """Load ``model_name`` (a preset) in fp32, put the recipe's adapters on it (``adapters``: settings with ``lora_r``,
+    ``lora_dropout`` and ``lora_layers``, default :func:`local_adapters`) and time its step in both formats."""
     from peft import get_peft_model
 
-    from . import profiles, recipe
+    from . import recipe
     from .models import load_model, resolve
 
+    adapters = adapters or local_adapters()
     preset = resolve(model_name)
     model, _ = load_model(preset)
-    recipe_settings = SimpleNamespace(**profiles.parameters("local"))  # lora_r, lora_dropout, lora_layers: 02's
-    model = get_peft_model(model, recipe.lora_config(recipe_settings, preset.shape.layers))
+    model = get_peft_model(model, recipe.lora_config(adapters, preset.shape.layers))
     model.train()
     rates = {name: round(time_steps(model, bf16=name == "bf16"), 1) for name in ("fp32", "bf16")}
-    return Probe(probe_key(model_name), rates)
+    return Probe(probe_key(model_name, adapters), rates)
 
 
-def fastest(model_name: str, measure_with: Callable[[str], Probe] = measure, folder: Path | None = None) -> Probe:
-    """The probe for ``model_name`` on this CPU: read from the course cache, measured (and kept) when the cache has
-    none for this CPU, torch version and model."""
+def fastest(
+    model_name: str,
+    measure_with: Callable[[str, Any], Probe] = measure,
+    folder: Path | None = None,
+    adapters: Any = None,
+) -> Probe:
+    """The probe for ``model_name`` with the recipe's ``adapters`` (default: :func:`local_adapters`) on this CPU: read
+    from the course cache, measured (and kept) when the cache has none for this CPU, torch version, model and
+    adapters."""
     path = (folder or cache_dir()) / CACHE_FILE
-    key = probe_key(model_name)
+    key = probe_key(model_name, adapters)
     try:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
         kept = {}
     if isinstance(kept.get(key), dict):
         return Probe(key, {name: float(rate) for name, rate in kept[key].items()})
-    probe = measure_with(model_name)
+    probe = measure_with(model_name, adapters)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**kept, key: asdict(probe)["tokens_per_second"]}, indent=1))
     return probe

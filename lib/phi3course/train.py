@@ -177,11 +177,13 @@ def pick_precision(
     machine: hardware.Machine | None = None,
     where: str = "this machine",
     model: str = AUTO,
+    adapters: Any = None,
 ) -> tuple[str, str]:
     """(precision, why) on ``machine`` (this one when None; ``TrainSettings.trains_on`` gives the cluster's). ``auto``:
     on a GPU, bf16 where it computes bf16 natively, else fp16; on a CPU without native bf16, fp32; on this machine's
     CPU with native bf16, whichever of fp32 and bf16 trains ``model`` faster, timed once and cached
-    (:mod:`phi3course.precision`); on another machine's such CPU (a CPU cluster), bf16."""
+    (:mod:`phi3course.precision`; ``adapters``: the run's settings, whose LoRA the probe puts on the model, default
+    the local profile's); on another machine's such CPU (a CPU cluster), bf16."""
     here = machine is None
     machine = hardware.this_machine() if machine is None else machine
     if requested == "bf16" and machine.cuda and not machine.gpu_bf16:
@@ -204,7 +206,7 @@ def pick_precision(
         from . import precision as probe  # a few training steps in each format, once per CPU, torch and model
 
         flags = ", ".join(hardware.cpu_bf16_flags())
-        measured = probe.fastest(resolve(model).name)
+        measured = probe.fastest(resolve(model).name, adapters=adapters)
         return measured.fastest, f"this CPU has {flags}; {measured.why()}"
     if precision == "bf16":
         return "bf16", f"{where} has a CPU with native bf16: bf16 matmuls"
@@ -501,7 +503,8 @@ def train(
 
     preset = settings.validate()
     check_cluster_gpu(settings)  # a job that sees no GPU on a GPU cluster stops here, saying why
-    precision, why = pick_precision(settings.precision, model=settings.model)  # on the machine this process runs on
+    # on the machine this process runs on (a job has no course folder: the probe takes the run's own LoRA settings)
+    precision, why = pick_precision(settings.precision, model=settings.model, adapters=settings)
     if settings.model_path:  # the job's catalog input: the shapes of the model it holds (a rehearsal's stand-in too)
         base_model_folders(settings.model_path)
         preset = replace(preset, shape=shape_of(settings.model_path))
