@@ -389,13 +389,18 @@ def generate(prompts: list[str], params: dict[str, Any]) -> list[str]:
 
 
 def serving_dtype(machine: hardware.Machine | None = None) -> Any:
-    """The dtype the serving hardware (``machine``; this one when None) computes in: ``hardware.native_precision``,
-    the choice training makes too — bf16 where native (Ampere+ GPUs, AVX512-BF16/AMX CPUs), fp16 on older GPUs such
-    as the T4, fp32 on other CPUs. transformers 5 would otherwise keep the checkpoint's saved dtype, so a bf16
-    fine-tune would generate in emulated bf16 on a CPU instance, many times slower."""
+    """The dtype the serving hardware (``machine``; this one when None) computes in: on a GPU its fastest native
+    format (``hardware.native_precision``: bf16 on Ampere and newer, fp16 on older GPUs such as the T4); on a CPU
+    fp32, native bf16 or not. On a CPU with native bf16 the greedy answer to a prompt in bf16 depended on which other
+    requests shared its batch (04's flow and 05's agent got different answers from the same endpoint), and fp32
+    answers as 02 evaluated the model (fp32 on a CPU). transformers 5 would otherwise keep the checkpoint's saved
+    dtype, so a bf16 fine-tune would generate in emulated bf16 on a CPU instance, many times slower."""
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[hardware.native_precision(machine)]
+    machine = hardware.this_machine() if machine is None else machine
+    if not machine.cuda:
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[hardware.native_precision(machine)]
 
 
 def steady_attention() -> None:
