@@ -118,26 +118,34 @@ def matmul_weights(model: Any, trained_only: bool = False) -> int:
     return sum(w.numel() for w in weights.values())
 
 
-def flops_per_token(model: Any, trained: int, attended: float, added: int = 0, first_layer: int = 0) -> float:
+def flops_per_token(
+    model: Any, trained: int, attended: float, added: int = 0, first_layer: int = 0, attention_trained: bool = True
+) -> float:
     """Training FLOPs per token of ``model`` (the base model) with ``trained`` of its matmul weights updated.
 
     ``added``: matmul weights the fine-tune adds to the base model (LoRA's adapters: they run forward and
     backward too, and are also the trained ones); 0 for a full fine-tune. ``first_layer``: the lowest decoder
     layer that trains (adapters on the upper layers only): nothing below it is in the backward pass.
+    ``attention_trained``: False when adapters sit on the MLP projections only; then the first trained layer's
+    attention block is not in the backward pass either.
     """
     config = model.config
     n = matmul_weights(model) + added
     layers = config.num_hidden_layers
     below = sum(matmul_weights(layer) for layer in model.model.layers[:first_layer])
+    backward_attention = layers - first_layer
+    if not attention_trained and first_layer < layers:
+        below += matmul_weights(model.model.layers[first_layer].self_attn)
+        backward_attention -= 1
     width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
-    return 2 * n + 2 * (n - below) + 2 * trained + (4 * layers + 8 * (layers - first_layer)) * width * attended
+    return 2 * n + 2 * (n - below) + 2 * trained + (4 * layers + 8 * backward_attention) * width * attended
 
 
 def bench_ours(train_file: str, out: Path, steps: int) -> dict[str, Any]:
     """The course's recipe (LoRA on the local profile's top layers, answer-only loss, padding-free, hardware
     precision)."""
     from phi3course import profiles
-    from phi3course.recipe import lora_config
+    from phi3course.recipe import ATTENTION_TARGETS, LORA_TARGETS, lora_config
     from phi3course.train import settings_from_profile, train
 
     timer, _ = step_timer()  # prints each pass as it ends; the figures below are train()'s own
@@ -160,6 +168,7 @@ def bench_ours(train_file: str, out: Path, steps: int) -> dict[str, Any]:
         "precision": result.precision,
         "lora_layers": settings.lora_layers,
         "first_layer": lora_config(settings, PRESETS[BENCH_MODEL].shape.layers).layers_to_transform[0],
+        "attention_trained": bool(set(LORA_TARGETS) & set(ATTENTION_TARGETS)),  # adapters on attention too
     }
 
 
@@ -445,7 +454,12 @@ def bench_train(
     mean_row = sum(lengths) / len(lengths)
     # LoRA: the trained weights are adapters added to the base model's matmuls
     ours_f = flops_per_token(
-        model, ours["trainable"], (mean_row + 1) / 2, added=ours["trainable"], first_layer=ours["first_layer"]
+        model,
+        ours["trainable"],
+        (mean_row + 1) / 2,
+        added=ours["trainable"],
+        first_layer=ours["first_layer"],
+        attention_trained=ours["attention_trained"],
     )
     tutorial_f = flops_per_token(model, tutorial["trainable"], (2048 + 1) / 2)
     ours_gflops = ours["tokens_per_second"] * ours_f / 1e9

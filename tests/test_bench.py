@@ -61,15 +61,19 @@ def test_flop_estimate_stops_the_backward_pass_at_the_first_adapted_layer() -> N
     tuned = get_peft_model(model, config)
     adapters = sum(p.numel() for p in tuned.parameters() if p.requires_grad)
     counted = counted_flops_per_token(tuned, tokens=64)
-    # as with every layer, the first adapted layer's qkv projection and its adapter's A need no input gradient
+    # adapters on the MLP only: the first adapted layer's attention is out of the backward pass, and its first adapted
+    # projection (gate_up) and that adapter's A need no input gradient
+    assert "gate_up_proj" in config.target_modules and "qkv_proj" not in config.target_modules
     skipped = 2 * sum(
         w.numel()
         for name, w in tuned.named_parameters()
-        if any(f"layers.{first}.self_attn.qkv_proj.{part}" in name for part in ("base_layer.", "lora_A."))
+        if any(f"layers.{first}.mlp.gate_up_proj.{part}" in name for part in ("base_layer.", "lora_A."))
     )
-    estimate = bench.flops_per_token(base, adapters, attended=64, added=adapters, first_layer=first)
+    estimate = bench.flops_per_token(
+        base, adapters, attended=64, added=adapters, first_layer=first, attention_trained=False
+    )
     assert estimate - skipped == pytest.approx(counted, rel=1e-6)
-    assert estimate < bench.flops_per_token(base, adapters, attended=64, added=adapters)
+    assert estimate < bench.flops_per_token(base, adapters, attended=64, added=adapters, first_layer=first)
 
 
 def test_the_denominator_is_the_training_precisions_matmul_rate() -> None:

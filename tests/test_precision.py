@@ -92,3 +92,18 @@ def test_auto_on_an_avx2_only_cpu_is_fp32_without_a_probe(monkeypatch) -> None:
     monkeypatch.setattr(hardware, "this_machine", lambda: hardware.Machine(cpu_bf16=False))
     monkeypatch.setattr(precision, "fastest", lambda model: pytest.fail("no probe where bf16 is only emulated"))
     assert train.pick_precision("auto")[0] == "fp32"
+
+
+def test_a_model_the_probe_cannot_load_here_trains_in_the_native_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in of a hub model (the shaped CUDA check, offline): nothing to time, so bf16, saying why."""
+    from phi3course.models import ModelError
+
+    monkeypatch.setattr(hardware, "this_machine", lambda: hardware.Machine(cpu_bf16=True))
+    monkeypatch.setattr(hardware, "cpu_bf16_flags", lambda flags=None: ["amx_bf16"])
+
+    def offline(model: str, adapters: object = None) -> precision.Probe:
+        raise ModelError(f"Could not load {model} from the Hugging Face hub (no network)")
+
+    monkeypatch.setattr(precision, "fastest", offline)
+    picked, why = train.pick_precision("auto", model="phi-4-mini-instruct")
+    assert picked == "bf16" and "not timed (Could not load phi-4-mini-instruct from the Hugging Face hub)" in why

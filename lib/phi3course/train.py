@@ -206,7 +206,11 @@ def pick_precision(
         from . import precision as probe  # a few training steps in each format, once per CPU, torch and model
 
         flags = ", ".join(hardware.cpu_bf16_flags())
-        measured = probe.fastest(resolve(model).name, adapters=adapters)
+        try:
+            measured = probe.fastest(resolve(model).name, adapters=adapters)
+        except ModelError as error:  # e.g. a stand-in of a hub model, offline: nothing to time it with here
+            reason = str(error).split(" (")[0]
+            return "bf16", f"this CPU has {flags}; not timed ({reason}): bf16, the format it computes natively"
         return measured.fastest, f"this CPU has {flags}; {measured.why()}"
     if precision == "bf16":
         return "bf16", f"{where} has a CPU with native bf16: bf16 matmuls"
