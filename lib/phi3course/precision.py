@@ -110,6 +110,7 @@ def fastest(
     """The probe for ``model_name`` with the recipe's ``adapters`` (default: :func:`local_adapters`) on this CPU: read
     from the course cache, measured (and kept) when the cache has none for this CPU, torch version, model and
     adapters."""
+    adapters = adapters or local_adapters()  # read once: the key and the measurement use the same settings
     path = (folder or cache_dir()) / CACHE_FILE
     key = probe_key(model_name, adapters)
     try:
